@@ -1,0 +1,1 @@
+"""The `abharness` command group; one small module per command."""

@@ -1,0 +1,30 @@
+"""`abharness merge`: merge staging files left by runs that could not get the database lock."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..store import merge, staging_dir
+from .common import console, db_option, err_console
+
+
+@click.command("merge")
+@db_option
+def command(db: Path) -> None:
+    """Merge every leftover staging file into the database (idempotent)."""
+    leftovers = sorted(staging_dir(db).glob("*.duckdb"))
+    if not leftovers:
+        console.print("nothing to merge")
+        return
+    failed = 0
+    for staging in leftovers:
+        result = merge(staging, db)
+        if result.merged:
+            console.print(f"merged {staging.name}: {result.rows.get('calls', 0)} calls")
+        else:
+            failed += 1
+            err_console.print(f"[yellow]not merged:[/] {result.message}")
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,46 @@
+"""`abharness validate SPEC`: every check a run makes before its first call, and budgets."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..errors import CallError, InvalidInput
+from ..experiment import EXIT_INVALID, prepare
+from ..plan import check_budgets
+from .common import console, db_option, err_console, invalid_input_exits
+
+
+@click.command("validate")
+@click.argument("spec", type=click.Path(path_type=Path))
+@db_option
+@click.option("--allow-changed-prompts", is_flag=True, help="Only warn when name@N's content changed.")
+@invalid_input_exits
+def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
+    """Render every prompt for every case and fit it to its budget, calling no model."""
+    plan, warnings = prepare(spec, db, allow_changed_prompts=allow_changed_prompts)
+    for w in warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    try:
+        problems = check_budgets(plan)
+    except CallError as exc:
+        raise InvalidInput(f"cannot load a model to count tokens: {exc}", file=spec) from exc
+    table = Table(title=f"{plan.spec.experiment.name}: {plan.n_cases} cases × {len(plan.arms)} arms "
+                        f"× {plan.spec.experiment.repeats} repeats = {plan.n_calls} calls")
+    for col in ("arm", "provider", "model", "prompt", "hash", "tokenizer", "input budget"):
+        table.add_column(col)
+    for a in plan.arms:
+        table.add_row(a.id + (" (baseline)" if a.is_baseline else ""), a.endpoint_name, a.arm.model,
+                      a.template.ref, a.template.hash, a.provider.tokenizer().method,
+                      str(a.budget() if a.budget() is not None else "unlimited"))
+    console.print(table)
+    if problems:
+        for p in problems[:10]:
+            err_console.print(f"[bold red]error:[/] {p}", soft_wrap=True)
+        if len(problems) > 10:
+            err_console.print(f"... and {len(problems) - 10} more prompts that cannot fit")
+        sys.exit(EXIT_INVALID)
+    console.print("[green]valid[/]: every prompt renders and fits its budget")

@@ -1,0 +1,100 @@
+"""Datasets: the cases of an experiment, from JSONL, CSV or an inline list.
+
+A case is a flat mapping of template variables. ``id`` (optional) names it; without
+one, the id is a hash of its content, so it is stable across runs and file order.
+``expected`` (optional) is stored apart as the case's expected answer; everything is
+also available to templates and scorers as ``case``.
+
+Cases are streamed: `iter_cases` re-reads the file each time, so memory does not
+grow with the dataset. `check_dataset` reads it once to find the first bad line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DatasetError
+from .hashing import content_hash
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    data: dict[str, Any]  # every field, for templates (`case.x` and `x`) and scorers
+    line: int | None = None  # 1-based line in the file; None for inline cases
+
+    @property
+    def vars(self) -> dict[str, Any]:
+        return {k: v for k, v in self.data.items() if k not in ("id", "expected")}
+
+    @property
+    def expected(self) -> Any:
+        return self.data.get("expected")
+
+    def template_vars(self) -> dict[str, Any]:
+        return {**self.data, "case": self.data}
+
+
+def _case(raw: Any, source: Path | str, line: int | None) -> Case:
+    if not isinstance(raw, dict):
+        raise DatasetError(f"expected a JSON object per case, got {type(raw).__name__}", file=source, line=line)
+    raw_id = raw.get("id")
+    if raw_id is not None and not isinstance(raw_id, (str, int)):
+        raise DatasetError("'id' must be a string or an integer", file=source, line=line, key="id")
+    case_id = str(raw_id) if raw_id is not None else content_hash(raw, 12)
+    return Case(case_id, dict(raw), line)
+
+
+def iter_cases(path: Path | None = None, inline: list[dict[str, Any]] | None = None,
+               spec_file: Path | str = "spec") -> Iterator[Case]:
+    """Yield cases one at a time; raise `DatasetError` at the first bad one."""
+    if inline is not None:
+        for i, raw in enumerate(inline):
+            yield _case(raw, f"{spec_file} cases[{i}]", None)
+        return
+    assert path is not None
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise DatasetError("CSV file has no header row", file=path, line=1)
+            for row in reader:
+                if None in row:
+                    raise DatasetError(
+                        f"more fields than the {len(reader.fieldnames)} header columns",
+                        file=path, line=reader.line_num,
+                    )
+                yield _case(row, path, reader.line_num)
+        return
+    with path.open(encoding="utf-8") as f:
+        for n, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(
+                    f"malformed JSON: {exc.msg} at column {exc.colno}", file=path, line=n
+                ) from exc
+            yield _case(raw, path, n)
+
+
+def check_dataset(path: Path | None, inline: list[dict[str, Any]] | None,
+                  spec_file: Path | str) -> int:
+    """Read every case once; return how many there are. Duplicate ids are an error."""
+    seen: dict[str, int | None] = {}
+    for case in iter_cases(path, inline, spec_file):
+        if case.id in seen:
+            where = f" (first at line {seen[case.id]})" if seen[case.id] else ""
+            raise DatasetError(
+                f"duplicate case id {case.id!r}{where}", file=path or spec_file, line=case.line
+            )
+        seen[case.id] = case.line
+    if not seen:
+        raise DatasetError("the dataset has no cases", file=path or spec_file)
+    return len(seen)

