@@ -105,7 +105,7 @@ def split_front_matter(source: str, path: Path) -> tuple[dict[str, Any], str]:
         raise TemplateError(f"front matter is not valid YAML: {exc}", file=path, line=line) from exc
     if not isinstance(data, dict):
         raise TemplateError("front matter must be a YAML mapping", file=path, line=2)
-    body = "\n" * end + "\n".join(lines[end + 1 :])
+    body = "\n" * (end + 1) + "\n".join(lines[end + 1 :])
     return data, body
 
 

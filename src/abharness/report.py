@@ -109,8 +109,8 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
         "experiment": run["experiment"],
         "description": run["description"],
         "status": run["status"],
-        "started_at": str(run["started_at"]),
-        "finished_at": str(run["finished_at"]),
+        "started_at": f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
+        "finished_at": f"{run['finished_at']:%Y-%m-%d %H:%M:%S}" if run["finished_at"] is not None else None,
         "wall_time_s": _clean(run["wall_time_s"]),
         "spec_hash": run["spec_hash"],
         "harness_version": run["harness_version"],
@@ -158,6 +158,8 @@ def _fmt(value: Any, spec: str = "", suffix: str = "") -> str:
         return "–"
     if spec == "pct":
         return f"{value * 100:.1f}%"
+    if spec == "," and float(value).is_integer():
+        value = int(value)
     return f"{value:{spec}}{suffix}"
 
 

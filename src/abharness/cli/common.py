@@ -15,7 +15,7 @@ from ..errors import InvalidInput
 from ..experiment import DEFAULT_DB, EXIT_INVALID
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -23,26 +23,30 @@ from .common import console, db_option, err_console, invalid_input_exits
 @invalid_input_exits
 def command(spec: Path, db: Path, reports_dir: Path, allow_changed_prompts: bool) -> None:
     """Run the experiment SPEC (a YAML file)."""
-    with Progress(
+    progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[errors]} errors"), TimeElapsedColumn(),
         console=err_console, transient=False,
-    ) as progress:
-        task = progress.add_task(spec.name, total=None, errors=0)
-        errors = 0
+    )
+    task = progress.add_task(spec.name, total=None, errors=0)
+    errors = 0
 
-        def on_call(row: dict[str, Any]) -> None:
-            nonlocal errors
-            errors += row["status"] == "error"
-            progress.update(task, advance=1, errors=errors)
+    def on_start(total: int) -> None:  # only once every input check has passed
+        progress.update(task, total=total)
+        progress.start()
 
-        def started(total: int) -> None:
-            progress.update(task, total=total)
+    def on_call(row: dict[str, Any]) -> None:
+        nonlocal errors
+        errors += row["status"] == "error"
+        progress.update(task, advance=1, errors=errors)
 
+    try:
         outcome = run_experiment(
             spec, db=db, reports_dir=reports_dir, allow_changed_prompts=allow_changed_prompts,
-            on_call=on_call, on_start=started,
+            on_call=on_call, on_start=on_start,
         )
+    finally:
+        progress.stop()
     for w in outcome.warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
     s = outcome.stats

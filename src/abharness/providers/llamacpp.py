@@ -122,13 +122,16 @@ class LlamaCppProvider(Provider):
         if self._llm is not None:
             return
         from llama_cpp import Llama
+        from llama_cpp._utils import suppress_stdout_stderr
 
-        self._llm = Llama(
-            model_path=str(self.model_path),
-            n_ctx=int(self.options.get("n_ctx", DEFAULT_N_CTX)),
-            n_threads=int(self.options.get("n_threads") or os.cpu_count() or 1),
-            verbose=False,
-        )
+        # verbose=False still lets llama.cpp print context-creation notes to fd 2
+        with suppress_stdout_stderr(disable=bool(self.options.get("verbose"))):
+            self._llm = Llama(
+                model_path=str(self.model_path),
+                n_ctx=int(self.options.get("n_ctx", DEFAULT_N_CTX)),
+                n_threads=int(self.options.get("n_threads") or os.cpu_count() or 1),
+                verbose=bool(self.options.get("verbose")),
+            )
         self._tokenizer = LlamaTokenizer(self._llm)
 
     def tokenizer(self) -> Tokenizer:
@@ -207,5 +210,5 @@ class LlamaCppProvider(Provider):
     async def aclose(self) -> None:
         if self._llm is not None:
             with self._lock:
-                self._llm.close() if hasattr(self._llm, "close") else None
+                self._llm.close()
                 self._llm = None

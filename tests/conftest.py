@@ -1,0 +1,127 @@
+"""Shared fixtures: a throwaway project on disk and an in-process fake provider.
+
+`FakeProvider` (type ``fake``) answers from a script: per prompt text, a reply or an
+exception, with an optional delay; it records every request and the peak number of
+calls in flight, so runner tests can assert exact counts without a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from abharness import providers as registry
+from abharness.providers.base import Provider, ProviderRequest, ProviderResponse, Usage
+
+
+class FakeProvider(Provider):
+    type_name = "fake"
+    default_concurrency = 4
+    script: Callable[[ProviderRequest], Any] | None = None
+    delay_s: float = 0.0
+    requests: list[ProviderRequest] = []
+    in_flight = 0
+    peak_in_flight = 0
+
+    async def generate(self, request: ProviderRequest) -> ProviderResponse:
+        cls = type(self)
+        cls.requests.append(request)
+        cls.in_flight += 1
+        cls.peak_in_flight = max(cls.peak_in_flight, cls.in_flight)
+        try:
+            if cls.delay_s:
+                await asyncio.sleep(cls.delay_s)
+            reply = cls.script(request) if cls.script else "ok"
+            if isinstance(reply, BaseException):
+                raise reply
+            text = request.prompt or request.messages[-1]["content"]
+            return ProviderResponse(
+                text=str(reply),
+                usage=Usage(input_tokens=len(text.split()), output_tokens=len(str(reply).split())),
+                finish_reason="stop",
+                ttft_ms=0.5,
+            )
+        finally:
+            cls.in_flight -= 1
+
+
+@pytest.fixture
+def fake_provider(monkeypatch: pytest.MonkeyPatch) -> type[FakeProvider]:
+    monkeypatch.setitem(registry.PROVIDER_TYPES, "fake", "tests.conftest:FakeProvider")
+    FakeProvider.script = None
+    FakeProvider.delay_s = 0.0
+    FakeProvider.requests = []
+    FakeProvider.in_flight = FakeProvider.peak_in_flight = 0
+    return FakeProvider
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+CAPITALS = [("fr", "France", "Paris"), ("de", "Germany", "Berlin"), ("it", "Italy", "Rome"),
+            ("es", "Spain", "Madrid"), ("jp", "Japan", "Tokyo"), ("pe", "Peru", "Lima")]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project directory with the capitals prompts, a dataset and a spec on the fake provider."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "prompts/capitals/v1.j2", """
+        ---
+        description: zero-shot
+        variables: [country]
+        ---
+        {% block prompt %}{% block examples %}{% endblock %}Q: What is the capital of {{ country }}?
+        A:{% endblock %}
+        """)
+    write(tmp_path / "prompts/capitals/v2.j2", """
+        ---
+        description: few-shot
+        ---
+        {% extends "capitals/v1.j2" %}
+        {% block examples %}Q: What is the capital of Portugal?
+        A: Lisbon
+        {% endblock %}
+        """)
+    lines = [f'{{"id": "{i}", "country": "{c}", "answer": "{a}"}}' for i, c, a in CAPITALS]
+    write(tmp_path / "experiments/data/capitals.jsonl", "\n".join(lines) + "\n")
+    write(tmp_path / "experiments/spec.yaml", """
+        name: capitals-test
+        dataset: data/capitals.jsonl
+        prompts_dir: ../prompts
+        baseline: zero-shot
+        defaults: {temperature: 0, max_tokens: 8}
+        providers:
+          mock: {type: fake}
+        arms:
+          - {id: zero-shot, provider: mock, model: m1, prompt: capitals@1}
+          - {id: few-shot, provider: mock, model: m1, prompt: capitals@2}
+        scorers:
+          - {type: contains, expected: "{{ case.answer }}", ignore_case: true}
+        """)
+    return tmp_path
+
+
+def capital_answers(correct: set[str] | None = None) -> Callable[[ProviderRequest], str]:
+    """A script answering correctly for the countries in `correct` (all when None)."""
+    answers = {c: a for _, c, a in CAPITALS}
+
+    def reply(request: ProviderRequest) -> str:
+        text = request.prompt or ""
+        country = text.rsplit("capital of ", 1)[1].split("?")[0]
+        return answers[country] if correct is None or country in correct else "I do not know"
+
+    return reply
+
+
+def file_digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
