@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .budget import FittedPrompt, fit_to_budget, input_budget
 from .dataset import Case, check_dataset, iter_cases
-from .errors import ContextLengthError, InvalidInput, PromptChangedError, SpecError, TemplateError
+from .errors import CallError, InvalidInput, PromptChangedError, SpecError, TemplateError
 from .prompts import PromptLibrary, PromptTemplate
 from .providers import Provider, provider_class
 from .providers.base import ProviderRequest
@@ -188,7 +188,7 @@ def check_budgets(plan: Plan) -> list[InvalidInput]:
         for arm in plan.arms:
             try:
                 arm.fit(case)
-            except ContextLengthError as exc:
+            except CallError as exc:  # context_length, or e.g. a chat prompt for a model without a chat template
                 problems.append(
                     InvalidInput(f"arm {arm.id}: {exc}", file=source, line=case.line, key=f"case {case.id!r}")
                 )

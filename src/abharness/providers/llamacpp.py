@@ -7,8 +7,14 @@ per loaded model, and the model's KV cache is reset before each call so an outpu
 never depends on the call before it. Token counts are llama.cpp's own; the time to
 first token is taken when the first sampled token reaches the stopping criteria.
 
+Chat templates are formatted with the GGUF's own ``tokenizer.chat_template``, or, when
+the option ``chat_format`` names one of llama-cpp-python's formats (``gemma``,
+``chatml``, ...), with that one; a GGUF with neither is a ``bad_request`` for chat
+prompts rather than llama-cpp-python's silent llama-2 fallback. Either way the chat
+is sent as tokens through plain completion, so TTFT and cancellation work alike.
+
 Options (``providers: {name: {type: llamacpp, options: {...}}}``): ``n_ctx``
-(default 2048), ``n_threads`` (default: all cores).
+(default 2048), ``n_threads`` (default: all cores), ``chat_format``, ``verbose``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import CallError, ContextLengthError, OtherCallError, TimeoutError_
+from ..errors import BadRequestError, CallError, ContextLengthError, OtherCallError, TimeoutError_
 from ..tokenizers import Tokenizer
 from .base import Provider, ProviderRequest, ProviderResponse, Usage
 
@@ -60,19 +66,28 @@ class LlamaTokenizer(Tokenizer):
 
     method = "llamacpp:exact"
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, chat_format: str | None = None) -> None:
+        from llama_cpp import llama_chat_format
+
         self._llm = llm
         self._formatter: Any = None
+        self.chat_format: str | None = None
         template = (llm.metadata or {}).get("tokenizer.chat_template")
-        if template:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            vocab = llm._model
-            self._formatter = Jinja2ChatFormatter(
+        if chat_format:
+            for candidate in (chat_format.replace("-", "_"), chat_format.replace("-", "")):
+                self._formatter = getattr(llama_chat_format, f"format_{candidate}", None)
+                if self._formatter is not None:
+                    self.chat_format = chat_format
+                    break
+            else:
+                raise OtherCallError(f"llama-cpp-python has no chat format {chat_format!r}")
+        elif template:
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
                 template=template,
-                eos_token=llm.detokenize([vocab.token_eos()]).decode("utf-8", "ignore"),
-                bos_token=llm.detokenize([vocab.token_bos()]).decode("utf-8", "ignore"),
+                eos_token=llm.detokenize([llm.token_eos()]).decode("utf-8", "ignore"),
+                bos_token=llm.detokenize([llm.token_bos()]).decode("utf-8", "ignore"),
             )
+            self.chat_format = "gguf"
 
     def encode(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -83,16 +98,21 @@ class LlamaTokenizer(Tokenizer):
     def count_prompt(self, prompt: str) -> int:
         return len(self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
 
-    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str | None:
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[str]]:
+        """The model's chat template applied to `messages`, tokenized exactly as
+        llama-cpp-python's own chat handler does, and the template's stop strings."""
         if self._formatter is None:
-            return None
-        return str(self._formatter(messages=list(messages)).prompt)
+            raise BadRequestError(
+                "this GGUF has no chat template: use a {% block prompt %} template for raw "
+                "completion, or set the provider option chat_format (e.g. gemma, chatml)"
+            )
+        result = self._formatter(messages=list(messages))
+        ids = self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        return list(ids), stop
 
     def count_messages(self, messages: Sequence[dict[str, str]]) -> int:
-        text = self.chat_prompt(messages)
-        if text is None:
-            return super().count_messages(messages)
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        return len(self.chat_tokens(messages)[0])
 
 
 class LlamaCppProvider(Provider):
@@ -132,7 +152,7 @@ class LlamaCppProvider(Provider):
                 n_threads=int(self.options.get("n_threads") or os.cpu_count() or 1),
                 verbose=bool(self.options.get("verbose")),
             )
-        self._tokenizer = LlamaTokenizer(self._llm)
+        self._tokenizer = LlamaTokenizer(self._llm, self.options.get("chat_format"))
 
     def tokenizer(self) -> Tokenizer:
         self.load()
@@ -178,12 +198,15 @@ class LlamaCppProvider(Provider):
                 kwargs["top_k"] = request.top_k
             start = time.perf_counter()
             try:
+                prompt: str | list[int]
                 if request.prompt is not None:
-                    out = llm.create_completion(request.prompt, **kwargs)
-                    text = out["choices"][0]["text"]
-                else:
-                    out = llm.create_chat_completion(messages=list(request.messages), **kwargs)
-                    text = out["choices"][0]["message"]["content"] or ""
+                    prompt = request.prompt
+                else:  # chat: the model's template, then plain completion (keeps TTFT and cancel)
+                    assert self._tokenizer is not None
+                    prompt, template_stop = self._tokenizer.chat_tokens(request.messages)
+                    kwargs["stop"] = [*(kwargs["stop"] or []), *template_stop] or None
+                out = llm.create_completion(prompt, **kwargs)
+                text = out["choices"][0]["text"]
             except CallError:
                 raise
             except ValueError as exc:
