@@ -67,23 +67,34 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-CAPITALS = [("fr", "France", "Paris"), ("de", "Germany", "Berlin"), ("it", "Italy", "Rome"),
-            ("es", "Spain", "Madrid"), ("jp", "Japan", "Tokyo"), ("pe", "Peru", "Lima")]
+CAPITALS = [
+    ("fr", "France", "Paris"),
+    ("de", "Germany", "Berlin"),
+    ("it", "Italy", "Rome"),
+    ("es", "Spain", "Madrid"),
+    ("jp", "Japan", "Tokyo"),
+    ("pe", "Peru", "Lima"),
+]
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project directory with the capitals prompts, a dataset and a spec on the fake provider."""
     monkeypatch.chdir(tmp_path)
-    write(tmp_path / "prompts/capitals/v1.j2", """
+    write(
+        tmp_path / "prompts/capitals/v1.j2",
+        """
         ---
         description: zero-shot
         variables: [country]
         ---
         {% block prompt %}{% block examples %}{% endblock %}Q: What is the capital of {{ country }}?
         A:{% endblock %}
-        """)
-    write(tmp_path / "prompts/capitals/v2.j2", """
+        """,
+    )
+    write(
+        tmp_path / "prompts/capitals/v2.j2",
+        """
         ---
         description: few-shot
         ---
@@ -91,10 +102,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         {% block examples %}Q: What is the capital of Portugal?
         A: Lisbon
         {% endblock %}
-        """)
+        """,
+    )
     lines = [f'{{"id": "{i}", "country": "{c}", "answer": "{a}"}}' for i, c, a in CAPITALS]
     write(tmp_path / "experiments/data/capitals.jsonl", "\n".join(lines) + "\n")
-    write(tmp_path / "experiments/spec.yaml", """
+    write(
+        tmp_path / "experiments/spec.yaml",
+        """
         name: capitals-test
         dataset: data/capitals.jsonl
         prompts_dir: ../prompts
@@ -107,7 +121,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
           - {id: few-shot, provider: mock, model: m1, prompt: capitals@2}
         scorers:
           - {type: contains, expected: "{{ case.answer }}", ignore_case: true}
-        """)
+        """,
+    )
     return tmp_path
 
 

@@ -40,46 +40,75 @@ def _yaml_syntax(p: Path) -> None:
 
 CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
     # name: (break the project, command, what the message must contain (regex))
-    "yaml syntax error": (
-        _yaml_syntax, ["run", SPEC], r"spec\.yaml:\d+: YAML syntax error"),
+    "yaml syntax error": (_yaml_syntax, ["run", SPEC], r"spec\.yaml:\d+: YAML syntax error"),
     "unknown key": (
         lambda p: edit(p / SPEC, "defaults: {temperature: 0", "defaults: {tempreature: 0"),
-        ["run", SPEC], r"spec\.yaml:5: defaults\.tempreature: unknown key 'tempreature'; expected one of: .*temperature"),
+        ["run", SPEC],
+        r"spec\.yaml:5: defaults\.tempreature: unknown key 'tempreature'; expected one of: .*temperature",
+    ),
     "unknown provider": (
-        lambda p: edit(p / SPEC, "provider: mock, model: m1, prompt: capitals@2", "provider: mystery, model: m1, prompt: capitals@2"),
-        ["run", SPEC], r"spec\.yaml:10: arms\[1\]\.provider: unknown provider 'mystery'"),
+        lambda p: edit(
+            p / SPEC,
+            "provider: mock, model: m1, prompt: capitals@2",
+            "provider: mystery, model: m1, prompt: capitals@2",
+        ),
+        ["run", SPEC],
+        r"spec\.yaml:10: arms\[1\]\.provider: unknown provider 'mystery'",
+    ),
     "duplicate arm id": (
         lambda p: edit(p / SPEC, "id: few-shot", "id: zero-shot"),
-        ["run", SPEC], r"spec\.yaml:10: arms\[1\]\.id: arm id 'zero-shot' is already used by arms\[0\]"),
+        ["run", SPEC],
+        r"spec\.yaml:10: arms\[1\]\.id: arm id 'zero-shot' is already used by arms\[0\]",
+    ),
     "baseline not an arm": (
         lambda p: edit(p / SPEC, "baseline: zero-shot", "baseline: zeroshot"),
-        ["run", SPEC], r"spec\.yaml:4: baseline: baseline 'zeroshot' is not an arm id"),
+        ["run", SPEC],
+        r"spec\.yaml:4: baseline: baseline 'zeroshot' is not an arm id",
+    ),
     "missing dataset file": (
         lambda p: (p / "experiments/data/capitals.jsonl").unlink(),
-        ["run", SPEC], r"spec\.yaml:2: dataset: dataset file not found: .*capitals\.jsonl"),
+        ["run", SPEC],
+        r"spec\.yaml:2: dataset: dataset file not found: .*capitals\.jsonl",
+    ),
     "malformed JSONL line": (
         lambda p: edit(p / "experiments/data/capitals.jsonl", '{"id": "it"', '{"id": "it",,'),
-        ["run", SPEC], r"capitals\.jsonl:3: malformed JSON"),
+        ["run", SPEC],
+        r"capitals\.jsonl:3: malformed JSON",
+    ),
     "template file missing": (
         lambda p: (p / "prompts/capitals/v2.j2").unlink(),
-        ["run", SPEC], r"spec\.yaml: arms\[1\]\.prompt: .*v2\.j2: template file missing for capitals@2"),
+        ["run", SPEC],
+        r"spec\.yaml: arms\[1\]\.prompt: .*v2\.j2: template file missing for capitals@2",
+    ),
     "template syntax error": (
         lambda p: edit(p / "prompts/capitals/v1.j2", "{{ country }}", "{{ country }"),
-        ["run", SPEC], r"v1\.j2:5: template syntax error"),
+        ["run", SPEC],
+        r"v1\.j2:5: template syntax error",
+    ),
     "variable missing for a case": (
-        lambda p: edit(p / "experiments/data/capitals.jsonl", '"country": "Japan"', '"nation": "Japan"'),
-        ["run", SPEC], r"capitals\.jsonl:5: case 'jp': arm zero-shot .*'country' is undefined"),
+        lambda p: edit(
+            p / "experiments/data/capitals.jsonl", '"country": "Japan"', '"nation": "Japan"'
+        ),
+        ["run", SPEC],
+        r"capitals\.jsonl:5: case 'jp': arm zero-shot .*'country' is undefined",
+    ),
     "template changed without a version bump": (
         lambda p: edit(p / "prompts/capitals/v1.j2", "What is", "What's"),
-        ["run", SPEC], r"v1\.j2: capitals@1 changed since it was recorded .*bump the version"),
+        ["run", SPEC],
+        r"v1\.j2: capitals@1 changed since it was recorded .*bump the version",
+    ),
     "prompt cannot fit the budget": (
         lambda p: edit(p / SPEC, "defaults:", "budget: {max_input_tokens: 3}\ndefaults:"),
-        ["validate", SPEC], r"capitals\.jsonl:1: case 'fr': arm zero-shot: prompt needs \d+ tokens .* budget is 3"),
+        ["validate", SPEC],
+        r"capitals\.jsonl:1: case 'fr': arm zero-shot: prompt needs \d+ tokens .* budget is 3",
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_exits_1_names_the_problem_and_writes_nothing(name: str, project: Path, db_with_a_run: Path) -> None:
+def test_bad_input_exits_1_names_the_problem_and_writes_nothing(
+    name: str, project: Path, db_with_a_run: Path
+) -> None:
     breaker, command, expected = CASES[name]
     breaker(project)
     before = file_digest(db_with_a_run)
@@ -95,13 +124,18 @@ def test_bad_input_exits_1_names_the_problem_and_writes_nothing(name: str, proje
 
 def test_allow_changed_prompts_lets_the_run_go_on(project: Path, db_with_a_run: Path) -> None:
     edit(project / "prompts/capitals/v1.j2", "What is", "What's")
-    result = CliRunner().invoke(cli, ["run", SPEC, "--db", str(db_with_a_run), "--allow-changed-prompts"])
+    result = CliRunner().invoke(
+        cli, ["run", SPEC, "--db", str(db_with_a_run), "--allow-changed-prompts"]
+    )
     assert result.exit_code == 0, result.output
     assert "bump the version" in result.output
 
 
 def test_csv_dataset_with_extra_field_names_the_line(project: Path, fake_provider) -> None:
-    write(project / "experiments/data/c.csv", "id,country,answer\nfr,France,Paris\nde,Germany,Berlin,extra\n")
+    write(
+        project / "experiments/data/c.csv",
+        "id,country,answer\nfr,France,Paris\nde,Germany,Berlin,extra\n",
+    )
     edit(project / SPEC, "data/capitals.jsonl", "data/c.csv")
     result = CliRunner().invoke(cli, ["run", SPEC, "--db", "results/x.duckdb"])
     assert result.exit_code == 1

@@ -14,7 +14,9 @@ from .conftest import write
 
 @pytest.fixture
 def doc_template(tmp_path: Path):
-    write(tmp_path / "doc/v1.j2", """
+    write(
+        tmp_path / "doc/v1.j2",
+        """
         ---
         variables: [context, notes, question]
         truncate:
@@ -25,7 +27,8 @@ def doc_template(tmp_path: Path):
         {% block user %}Context: {{ context }}
         Notes: {{ notes }}
         Question: {{ question }}{% endblock %}
-        """)
+        """,
+    )
     return PromptLibrary(tmp_path).resolve("doc@1")
 
 
@@ -44,7 +47,9 @@ def test_budget_is_min_of_max_input_and_context_minus_output() -> None:
 
 def test_fits_untouched_when_under_budget(doc_template) -> None:
     tok = TiktokenTokenizer("gpt-4")
-    fitted = fit_to_budget(doc_template, {"context": "short", "notes": "n", "question": "q?"}, tok, 500)
+    fitted = fit_to_budget(
+        doc_template, {"context": "short", "notes": "n", "question": "q?"}, tok, 500
+    )
     assert fitted.truncated == []
     assert fitted.est_input_tokens == count_tokens(fitted.rendered, tok)
 
@@ -70,9 +75,14 @@ def test_truncation_is_token_exact_in_priority_order(doc_template) -> None:
 def test_keep_tail_keeps_the_end(doc_template) -> None:
     tok = CharEstimateTokenizer()
     notes = "".join(f"{i:04d}" for i in range(200))
-    fitted = fit_to_budget(doc_template, {"context": "c", "notes": notes, "question": "q"}, tok, 100)
+    fitted = fit_to_budget(
+        doc_template, {"context": "c", "notes": notes, "question": "q"}, tok, 100
+    )
     assert fitted.truncated[0]["var"] == "notes" and 0 < fitted.truncated[0]["tokens_after"] < 200
-    assert "0199" in fitted.rendered.messages[1].content and "0000" not in fitted.rendered.messages[1].content
+    assert (
+        "0199" in fitted.rendered.messages[1].content
+        and "0000" not in fitted.rendered.messages[1].content
+    )
 
 
 def test_prompt_that_cannot_fit_is_a_context_length_error(doc_template) -> None:

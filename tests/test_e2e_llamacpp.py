@@ -41,7 +41,9 @@ def reference_llm() -> Llama:
     return Llama(model_path=str(resolve_model_path("gemma3-270m")), n_ctx=2048, verbose=False)
 
 
-def test_real_model_run_records_llama_cpp_exact_counts(tmp_path: Path, reference_llm: Llama) -> None:
+def test_real_model_run_records_llama_cpp_exact_counts(
+    tmp_path: Path, reference_llm: Llama
+) -> None:
     spec = tmp_path / "e2e.yaml"
     spec.write_text(SPEC)
     out = run_experiment(spec, db=tmp_path / "e2e.duckdb", reports_dir=tmp_path / "reports")
@@ -52,15 +54,19 @@ def test_real_model_run_records_llama_cpp_exact_counts(tmp_path: Path, reference
         "est_method, latency_ms, ttft_ms, cost_usd, price_source FROM calls ORDER BY arm_id, case_id"
     ).fetchall()
     for arm_id, prompt, response, n_in, n_out, est, method, latency, ttft, cost, source in rows:
-        ref = reference_llm.create_completion(prompt, max_tokens=12, temperature=0, seed=7, stop=["\n"])
+        ref = reference_llm.create_completion(
+            prompt, max_tokens=12, temperature=0, seed=7, stop=["\n"]
+        )
         reference_llm.reset()
-        assert (n_in, n_out) == (ref["usage"]["prompt_tokens"], ref["usage"]["completion_tokens"]), arm_id
+        assert (n_in, n_out) == (
+            ref["usage"]["prompt_tokens"],
+            ref["usage"]["completion_tokens"],
+        ), arm_id
         assert response == ref["choices"][0]["text"]
         assert est == n_in and method == "llamacpp:exact"
         assert 0 < ttft < latency
         assert (cost, source) == (0.0, "local:free")
-    passed = dict(con.execute(
-        "SELECT arm_id, pass_rate FROM arm_summary").fetchall())
+    passed = dict(con.execute("SELECT arm_id, pass_rate FROM arm_summary").fetchall())
     assert passed["few-shot"] >= passed["zero-shot"]
     assert out.report is not None and "few-shot" in out.report.read_text()
 
@@ -80,10 +86,19 @@ def test_chat_prompt_counts_match_llama_cpp(tmp_path: Path) -> None:
     )
     out = run_experiment(spec, db=tmp_path / "c.duckdb", reports_dir=tmp_path / "reports")
     con = duckdb.connect(str(out.db), read_only=True)
-    rows = {r[0]: r[1:] for r in con.execute(
-        "SELECT arm_id, status, input_tokens, est_input_tokens, output_tokens, error_type, prompt_text "
-        "FROM calls").fetchall()}
+    rows = {
+        r[0]: r[1:]
+        for r in con.execute(
+            "SELECT arm_id, status, input_tokens, est_input_tokens, output_tokens, error_type, prompt_text "
+            "FROM calls"
+        ).fetchall()
+    }
     status, n_in, est, n_out, _, prompt = rows["chat"]
-    assert status == "ok" and n_in == est and 0 < n_out <= 4 and prompt == "[user]\nName the capital of France."
+    assert (
+        status == "ok"
+        and n_in == est
+        and 0 < n_out <= 4
+        and prompt == "[user]\nName the capital of France."
+    )
     # the base GGUF has no chat template: a clear bad_request, not a silent llama-2 format
     assert rows["no-template"][0] == "error" and rows["no-template"][4] == "bad_request"

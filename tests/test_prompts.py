@@ -15,7 +15,10 @@ def test_raw_prompt_and_extends_override_a_nested_block(project: Path) -> None:
     v1 = lib.resolve("capitals@1").render({"country": "Chile"})
     v2 = lib.resolve("capitals@2").render({"country": "Chile"})
     assert v1.is_raw and v1.prompt == "Q: What is the capital of Chile?\nA:"
-    assert v2.prompt == "Q: What is the capital of Portugal?\nA: Lisbon\nQ: What is the capital of Chile?\nA:"
+    assert (
+        v2.prompt
+        == "Q: What is the capital of Portugal?\nA: Lisbon\nQ: What is the capital of Chile?\nA:"
+    )
 
 
 def test_bare_name_resolves_to_the_highest_version(project: Path) -> None:
@@ -25,12 +28,15 @@ def test_bare_name_resolves_to_the_highest_version(project: Path) -> None:
 
 
 def test_chat_blocks_become_messages_in_document_order(tmp_path: Path) -> None:
-    write(tmp_path / "qa/v1.j2", """
+    write(
+        tmp_path / "qa/v1.j2",
+        """
         {% block system %}You answer with one word.{% endblock %}
         {% block user_1 %}Capital of France?{% endblock %}
         {% block assistant_1 %}Paris{% endblock %}
         {% block user %}Capital of {{ country }}?{% endblock %}
-        """)
+        """,
+    )
     rendered = PromptLibrary(tmp_path).resolve("qa@1").render({"country": "Peru"})
     assert [(m.role, m.content) for m in rendered.messages] == [
         ("system", "You answer with one word."),
@@ -42,17 +48,26 @@ def test_chat_blocks_become_messages_in_document_order(tmp_path: Path) -> None:
 
 def test_hash_covers_parents_and_includes(project: Path) -> None:
     write(project / "prompts/shared/v1.j2", "{% block prompt %}x{% endblock %}")
-    write(project / "prompts/capitals/v3.j2", """
+    write(
+        project / "prompts/capitals/v3.j2",
+        """
         {% extends "capitals/v1.j2" %}
         {% block examples %}{% include "shared/v1.j2" %}{% endblock %}
-        """)
-    before = {r: PromptLibrary(project / "prompts").resolve(r).hash for r in ("capitals@2", "capitals@3")}
+        """,
+    )
+    before = {
+        r: PromptLibrary(project / "prompts").resolve(r).hash for r in ("capitals@2", "capitals@3")
+    }
     path = project / "prompts/capitals/v1.j2"
     path.write_text(path.read_text().replace("What is", "What's"))
-    after_parent = {r: PromptLibrary(project / "prompts").resolve(r).hash for r in ("capitals@2", "capitals@3")}
+    after_parent = {
+        r: PromptLibrary(project / "prompts").resolve(r).hash for r in ("capitals@2", "capitals@3")
+    }
     assert before["capitals@2"] != after_parent["capitals@2"]
     (project / "prompts/shared/v1.j2").write_text("{% block prompt %}y{% endblock %}")
-    assert PromptLibrary(project / "prompts").resolve("capitals@3").hash != after_parent["capitals@3"]
+    assert (
+        PromptLibrary(project / "prompts").resolve("capitals@3").hash != after_parent["capitals@3"]
+    )
 
 
 def test_strict_undefined_and_sandbox(tmp_path: Path) -> None:
@@ -71,7 +86,10 @@ def test_strict_undefined_and_sandbox(tmp_path: Path) -> None:
         ("{% block prompt %}a{% endblock %}{% block user %}b{% endblock %}", "cannot be combined"),
         ("{% block question %}a{% endblock %}", "question are not messages"),
         ("no blocks at all", "no message blocks"),
-        ("---\ndescription: [unclosed\n---\n{% block prompt %}{% endblock %}", "front matter is not valid YAML"),
+        (
+            "---\ndescription: [unclosed\n---\n{% block prompt %}{% endblock %}",
+            "front matter is not valid YAML",
+        ),
         ("---\nvariabels: [a]\n---\n{% block prompt %}{% endblock %}", "front matter"),
         ('{% extends "p/v9.j2" %}', "'p/v9.j2' does not exist"),
     ],

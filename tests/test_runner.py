@@ -27,13 +27,20 @@ def test_every_call_is_recorded_exactly_once_with_scores(project: Path, fake_pro
     fake_provider.script = capital_answers()
     out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
     assert out.exit_code == 0 and out.status == "completed" and out.merge.merged
-    rows = query(out.db, "SELECT arm_id, case_id, repeat, status, attempts, input_tokens, output_tokens FROM calls")
+    rows = query(
+        out.db,
+        "SELECT arm_id, case_id, repeat, status, attempts, input_tokens, output_tokens FROM calls",
+    )
     assert len(rows) == len({r[:3] for r in rows}) == 2 * len(CAPITALS)
     assert len(fake_provider.requests) == 2 * len(CAPITALS)
     assert all(r[3] == "ok" and r[4] == 1 and r[5] and r[6] == 1 for r in rows)
-    assert query(out.db, "SELECT count(*), bool_and(passed) FROM scores") == [(2 * len(CAPITALS), True)]
+    assert query(out.db, "SELECT count(*), bool_and(passed) FROM scores") == [
+        (2 * len(CAPITALS), True)
+    ]
     assert query(out.db, "SELECT count(*) FROM cases") == [(len(CAPITALS),)]
-    assert query(out.db, "SELECT status, total_calls, error_calls FROM runs") == [("completed", 12, 0)]
+    assert query(out.db, "SELECT status, total_calls, error_calls FROM runs") == [
+        ("completed", 12, 0)
+    ]
     assert out.report is not None and out.report.exists()
     assert not list((project / "staging").glob("*.duckdb"))
 
@@ -54,11 +61,18 @@ def test_failures_become_typed_error_rows_and_exit_2(project: Path, fake_provide
     fake_provider.script = script
     out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
     assert out.exit_code == 2
-    got = dict(query(out.db, "SELECT error_type, count(*) FROM calls WHERE status = 'error' GROUP BY 1"))
+    got = dict(
+        query(out.db, "SELECT error_type, count(*) FROM calls WHERE status = 'error' GROUP BY 1")
+    )
     assert got == {"rate_limit": 2, "auth": 2, "other": 2}
-    assert query(out.db, "SELECT error_message FROM calls WHERE error_type = 'other' LIMIT 1") == [("ValueError: boom",)]
+    assert query(out.db, "SELECT error_message FROM calls WHERE error_type = 'other' LIMIT 1") == [
+        ("ValueError: boom",)
+    ]
     assert query(out.db, "SELECT count(*) FROM calls") == [(12,)]
-    assert query(out.db, "SELECT count(*) FROM scores s JOIN calls c USING (call_id) WHERE c.status = 'error'") == [(0,)]
+    assert query(
+        out.db,
+        "SELECT count(*) FROM scores s JOIN calls c USING (call_id) WHERE c.status = 'error'",
+    ) == [(0,)]
 
 
 def test_max_error_rate_lets_a_few_errors_pass(project: Path, fake_provider) -> None:
@@ -79,7 +93,9 @@ def test_timeout_is_recorded_and_the_run_goes_on(project: Path, fake_provider) -
 
 def test_concurrency_cap_per_endpoint_is_respected(project: Path, fake_provider) -> None:
     spec = project / "experiments/spec.yaml"
-    spec.write_text(spec.read_text().replace("mock: {type: fake}", "mock: {type: fake, concurrency: 3}"))
+    spec.write_text(
+        spec.read_text().replace("mock: {type: fake}", "mock: {type: fake, concurrency: 3}")
+    )
     fake_provider.delay_s = 0.02
     run_experiment(spec, db=project / "r.duckdb")
     assert fake_provider.peak_in_flight == 3
@@ -87,8 +103,13 @@ def test_concurrency_cap_per_endpoint_is_respected(project: Path, fake_provider)
 
 def test_dispatch_is_lazy(project: Path, fake_provider, monkeypatch: pytest.MonkeyPatch) -> None:
     n_cases = 400
-    write(project / "experiments/data/big.jsonl",
-          "".join(json.dumps({"id": str(i), "country": f"C{i}", "answer": "x"}) + "\n" for i in range(n_cases)))
+    write(
+        project / "experiments/data/big.jsonl",
+        "".join(
+            json.dumps({"id": str(i), "country": f"C{i}", "answer": "x"}) + "\n"
+            for i in range(n_cases)
+        ),
+    )
     spec = project / "experiments/spec.yaml"
     spec.write_text(spec.read_text().replace("capitals.jsonl", "big.jsonl"))
     produced = 0
@@ -116,8 +137,13 @@ def test_dispatch_is_lazy(project: Path, fake_provider, monkeypatch: pytest.Monk
 
 
 def test_report_pairs_by_case_and_calls_a_clear_winner(project: Path, fake_provider) -> None:
-    write(project / "experiments/data/capitals.jsonl", "".join(
-        json.dumps({"id": str(i), "country": f"Land{i}", "answer": f"City{i}"}) + "\n" for i in range(40)))
+    write(
+        project / "experiments/data/capitals.jsonl",
+        "".join(
+            json.dumps({"id": str(i), "country": f"Land{i}", "answer": f"City{i}"}) + "\n"
+            for i in range(40)
+        ),
+    )
 
     def script(request):
         country = request.prompt.rsplit("capital of ", 1)[1].split("?")[0]
@@ -127,13 +153,21 @@ def test_report_pairs_by_case_and_calls_a_clear_winner(project: Path, fake_provi
 
     fake_provider.script = script
     out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
-    result = CliRunner().invoke(cli, ["report", out.run_id, "--format", "json", "--db", str(out.db)])
+    result = CliRunner().invoke(
+        cli, ["report", out.run_id, "--format", "json", "--db", str(out.db)]
+    )
     report = json.loads(result.output)
     arms = {a["arm_id"]: a for a in report["arms"]}
     assert arms["zero-shot"]["pass_rate"] == 0.25 and arms["few-shot"]["pass_rate"] == 1.0
     (c,) = report["comparisons"]
     assert (c["arm_id"], c["baseline"], c["wins"], c["ties"], c["losses"], c["verdict"]) == (
-        "few-shot", "zero-shot", 30, 10, 0, "better")
+        "few-shot",
+        "zero-shot",
+        30,
+        10,
+        0,
+        "better",
+    )
     assert c["diff"] == pytest.approx(0.75)
     md = out.report.read_text()
     assert "| few-shot | +75.0 pts | 30 | 10 | 0 |" in md and "is **better** than" in md

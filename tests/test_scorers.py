@@ -10,8 +10,15 @@ CASE = {"country": "France", "answer": "Paris"}
 
 
 def scorer(**spec):
-    x = Experiment.model_validate({"name": "t", "cases": [CASE], "prompt": "p",
-                                   "arms": [{"id": "a", "provider": "llamacpp", "model": "m"}], "scorers": [spec]})
+    x = Experiment.model_validate(
+        {
+            "name": "t",
+            "cases": [CASE],
+            "prompt": "p",
+            "arms": [{"id": "a", "provider": "llamacpp", "model": "m"}],
+            "scorers": [spec],
+        }
+    )
     return build_scorers(x.scorers)[0]
 
 
@@ -23,7 +30,11 @@ def scorer(**spec):
         ({"type": "exact", "expected": "{{ answer }}", "ignore_case": True}, "paris", True),
         ({"type": "contains", "expected": "{{ case.answer }}"}, "It is Paris.", True),
         ({"type": "contains", "expected": "{{ case.answer }}"}, "It is PARIS.", False),
-        ({"type": "contains", "expected": "{{ case.answer }}", "ignore_case": True}, "It is PARIS.", True),
+        (
+            {"type": "contains", "expected": "{{ case.answer }}", "ignore_case": True},
+            "It is PARIS.",
+            True,
+        ),
         ({"type": "regex", "pattern": r"^\s*Par"}, " Paris", True),
         ({"type": "regex", "pattern": r"^Lyon"}, "Paris", False),
     ],
@@ -39,7 +50,13 @@ def test_expected_with_an_unknown_variable_is_a_spec_error() -> None:
 
 
 def test_duplicate_scorer_types_get_distinct_names() -> None:
-    x = Experiment.model_validate({"name": "t", "cases": [CASE], "prompt": "p",
-                                   "arms": [{"id": "a", "provider": "llamacpp", "model": "m"}],
-                                   "scorers": [{"type": "contains"}, {"type": "contains"}]})
+    x = Experiment.model_validate(
+        {
+            "name": "t",
+            "cases": [CASE],
+            "prompt": "p",
+            "arms": [{"id": "a", "provider": "llamacpp", "model": "m"}],
+            "scorers": [{"type": "contains"}, {"type": "contains"}],
+        }
+    )
     assert [s.name for s in build_scorers(x.scorers)] == ["contains", "contains_2"]

@@ -11,13 +11,13 @@ from abharness.store import MIGRATIONS, Store, merge, recorded_prompt_hashes
 
 CONTRACT = {
     "runs": "run_id experiment description status started_at finished_at spec_hash spec_yaml git_sha "
-            "harness_version host cached_calls total_cost_usd",
+    "harness_version host cached_calls total_cost_usd",
     "arms": "run_id arm_id provider endpoint model tier prompt_name prompt_version prompt_hash params_json is_baseline",
     "cases": "run_id case_id vars_json expected_json",
     "calls": "call_id run_id arm_id case_id repeat status error_type error_message attempts started_at latency_ms "
-             "ttft_ms queue_ms input_tokens output_tokens cache_read_tokens cache_write_tokens reasoning_tokens "
-             "est_input_tokens est_method truncated_json cost_usd price_source cache_hit request_hash prompt_text "
-             "response_text finish_reason provider_metrics_json",
+    "ttft_ms queue_ms input_tokens output_tokens cache_read_tokens cache_write_tokens reasoning_tokens "
+    "est_input_tokens est_method truncated_json cost_usd price_source cache_hit request_hash prompt_text "
+    "response_text finish_reason provider_metrics_json",
     "scores": "call_id run_id scorer value passed detail",
 }
 
@@ -25,12 +25,49 @@ CONTRACT = {
 def _stage(path: Path, run_id: str = "r1", calls: int = 3) -> Path:
     store = Store(path)
     store.insert("runs", [{"run_id": run_id, "experiment": "e", "status": "completed"}])
-    store.insert("arms", [{"run_id": run_id, "arm_id": "a", "provider": "p", "model": "m",
-                           "prompt_name": "q", "prompt_version": 1, "prompt_hash": "h1", "is_baseline": True}])
-    store.insert("calls", [{"call_id": f"{run_id}-{i}", "run_id": run_id, "arm_id": "a", "case_id": str(i),
-                            "repeat": 0, "status": "ok", "latency_ms": 10.0 * i} for i in range(calls)])
-    store.insert("scores", [{"call_id": f"{run_id}-{i}", "run_id": run_id, "scorer": "s", "value": 1.0,
-                             "passed": True} for i in range(calls)])
+    store.insert(
+        "arms",
+        [
+            {
+                "run_id": run_id,
+                "arm_id": "a",
+                "provider": "p",
+                "model": "m",
+                "prompt_name": "q",
+                "prompt_version": 1,
+                "prompt_hash": "h1",
+                "is_baseline": True,
+            }
+        ],
+    )
+    store.insert(
+        "calls",
+        [
+            {
+                "call_id": f"{run_id}-{i}",
+                "run_id": run_id,
+                "arm_id": "a",
+                "case_id": str(i),
+                "repeat": 0,
+                "status": "ok",
+                "latency_ms": 10.0 * i,
+            }
+            for i in range(calls)
+        ],
+    )
+    store.insert(
+        "scores",
+        [
+            {
+                "call_id": f"{run_id}-{i}",
+                "run_id": run_id,
+                "scorer": "s",
+                "value": 1.0,
+                "passed": True,
+            }
+            for i in range(calls)
+        ],
+    )
     store.close()
     return path
 
@@ -42,7 +79,9 @@ def test_contract_tables_views_and_migrations(tmp_path: Path) -> None:
         assert set(columns.split()) <= have, (table, set(columns.split()) - have)
     for view in ("call_facts", "arm_summary"):
         store.con.execute(f"SELECT * FROM {view}").fetchall()
-    applied = store.con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+    applied = store.con.execute(
+        "SELECT version, name FROM schema_migrations ORDER BY version"
+    ).fetchall()
     assert applied == [(n, name) for n, name, _ in sorted(MIGRATIONS)]
     store.close()
     Store(tmp_path / "a.duckdb").close()  # reopening applies nothing twice
@@ -68,9 +107,13 @@ def test_merge_waits_for_a_lock_then_keeps_the_staging_file(tmp_path: Path) -> N
     Store(main).close()
     staging = _stage(tmp_path / "staging/r2.duckdb", "r2")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         f"import duckdb, time; c = duckdb.connect({str(main)!r}); print('locked', flush=True); time.sleep(30)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(main)!r}); print('locked', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -82,4 +125,6 @@ def test_merge_waits_for_a_lock_then_keeps_the_staging_file(tmp_path: Path) -> N
         holder.kill()
         holder.wait()
     assert merge(staging, main).merged  # later, once the analyst is gone
-    assert duckdb.connect(str(main), read_only=True).execute("SELECT count(*) FROM calls").fetchone() == (3,)
+    assert duckdb.connect(str(main), read_only=True).execute(
+        "SELECT count(*) FROM calls"
+    ).fetchone() == (3,)

@@ -39,7 +39,9 @@ def input_budget(
 def count_tokens(rendered: RenderedPrompt, tokenizer: Tokenizer) -> int:
     if rendered.prompt is not None:
         return tokenizer.count_prompt(rendered.prompt)
-    return tokenizer.count_messages([{"role": m.role, "content": m.content} for m in rendered.messages])
+    return tokenizer.count_messages(
+        [{"role": m.role, "content": m.content} for m in rendered.messages]
+    )
 
 
 def fit_to_budget(
@@ -64,7 +66,9 @@ def fit_to_budget(
         head = rule.keep == "head"
         total = len(tokenizer.encode(value))
 
-        def attempt(keep: int, var: str = rule.var, value: str = value, head: bool = head) -> tuple[RenderedPrompt, int]:
+        def attempt(
+            keep: int, var: str = rule.var, value: str = value, head: bool = head
+        ) -> tuple[RenderedPrompt, int]:
             cut = tokenizer.truncate(value, keep, head)
             trial = {**current, var: cut}
             if isinstance(trial.get("case"), dict):
@@ -84,7 +88,9 @@ def fit_to_budget(
                     hi = mid
             keep = lo
             rendered, used = attempt(keep)
-        truncated.append({"var": rule.var, "keep": rule.keep, "tokens_before": total, "tokens_after": keep})
+        truncated.append(
+            {"var": rule.var, "keep": rule.keep, "tokens_before": total, "tokens_after": keep}
+        )
         current[rule.var] = tokenizer.truncate(value, keep, head)
         if isinstance(current.get("case"), dict):
             current["case"] = {**current["case"], rule.var: current[rule.var]}

@@ -42,7 +42,9 @@ class Case:
 
 def _case(raw: Any, source: Path | str, line: int | None) -> Case:
     if not isinstance(raw, dict):
-        raise DatasetError(f"expected a JSON object per case, got {type(raw).__name__}", file=source, line=line)
+        raise DatasetError(
+            f"expected a JSON object per case, got {type(raw).__name__}", file=source, line=line
+        )
     raw_id = raw.get("id")
     if raw_id is not None and not isinstance(raw_id, (str, int)):
         raise DatasetError("'id' must be a string or an integer", file=source, line=line, key="id")
@@ -50,8 +52,11 @@ def _case(raw: Any, source: Path | str, line: int | None) -> Case:
     return Case(case_id, dict(raw), line)
 
 
-def iter_cases(path: Path | None = None, inline: list[dict[str, Any]] | None = None,
-               spec_file: Path | str = "spec") -> Iterator[Case]:
+def iter_cases(
+    path: Path | None = None,
+    inline: list[dict[str, Any]] | None = None,
+    spec_file: Path | str = "spec",
+) -> Iterator[Case]:
     """Yield cases one at a time; raise `DatasetError` at the first bad one."""
     if inline is not None:
         for i, raw in enumerate(inline):
@@ -67,7 +72,8 @@ def iter_cases(path: Path | None = None, inline: list[dict[str, Any]] | None = N
                 if None in row:
                     raise DatasetError(
                         f"more fields than the {len(reader.fieldnames)} header columns",
-                        file=path, line=reader.line_num,
+                        file=path,
+                        line=reader.line_num,
                     )
                 yield _case(row, path, reader.line_num)
         return
@@ -84,8 +90,9 @@ def iter_cases(path: Path | None = None, inline: list[dict[str, Any]] | None = N
             yield _case(raw, path, n)
 
 
-def check_dataset(path: Path | None, inline: list[dict[str, Any]] | None,
-                  spec_file: Path | str) -> int:
+def check_dataset(
+    path: Path | None, inline: list[dict[str, Any]] | None, spec_file: Path | str
+) -> int:
     """Read every case once; return how many there are. Duplicate ids are an error."""
     seen: dict[str, int | None] = {}
     for case in iter_cases(path, inline, spec_file):

@@ -54,7 +54,9 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def prepare(spec_path: str | Path, db: Path, *, allow_changed_prompts: bool = False) -> tuple[Plan, list[str]]:
+def prepare(
+    spec_path: str | Path, db: Path, *, allow_changed_prompts: bool = False
+) -> tuple[Plan, list[str]]:
     """Every pre-call check; raises `InvalidInput` and writes nothing."""
     spec = load_spec(spec_path)
     plan = build_plan(spec)
@@ -65,7 +67,9 @@ def prepare(spec_path: str | Path, db: Path, *, allow_changed_prompts: bool = Fa
 
 def _git_sha(where: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -74,19 +78,45 @@ def _git_sha(where: Path) -> str | None:
 def _record_start(store: Store, plan: Plan, run_id: str) -> None:
     spec = plan.spec
     x = spec.experiment
-    store.insert("runs", [{
-        "run_id": run_id, "experiment": x.name, "description": x.description, "status": "running",
-        "started_at": datetime.now(UTC).replace(tzinfo=None), "spec_hash": spec.hash,
-        "spec_yaml": spec.source, "spec_path": str(spec.path), "git_sha": _git_sha(spec.path.parent),
-        "harness_version": __version__, "host": socket.gethostname(), "total_calls": plan.n_calls,
-    }])
-    store.insert("arms", [{
-        "run_id": run_id, "arm_id": a.id, "provider": a.endpoint_name, "endpoint": a.endpoint.base_url,
-        "model": a.arm.model, "tier": a.tier, "prompt_name": a.template.name,
-        "prompt_version": a.template.version, "prompt_hash": a.template.hash,
-        "params_json": json.dumps(a.params.model_dump(exclude_none=True)), "is_baseline": a.is_baseline,
-        "position": i,
-    } for i, a in enumerate(plan.arms)])
+    store.insert(
+        "runs",
+        [
+            {
+                "run_id": run_id,
+                "experiment": x.name,
+                "description": x.description,
+                "status": "running",
+                "started_at": datetime.now(UTC).replace(tzinfo=None),
+                "spec_hash": spec.hash,
+                "spec_yaml": spec.source,
+                "spec_path": str(spec.path),
+                "git_sha": _git_sha(spec.path.parent),
+                "harness_version": __version__,
+                "host": socket.gethostname(),
+                "total_calls": plan.n_calls,
+            }
+        ],
+    )
+    store.insert(
+        "arms",
+        [
+            {
+                "run_id": run_id,
+                "arm_id": a.id,
+                "provider": a.endpoint_name,
+                "endpoint": a.endpoint.base_url,
+                "model": a.arm.model,
+                "tier": a.tier,
+                "prompt_name": a.template.name,
+                "prompt_version": a.template.version,
+                "prompt_hash": a.template.hash,
+                "params_json": json.dumps(a.params.model_dump(exclude_none=True)),
+                "is_baseline": a.is_baseline,
+                "position": i,
+            }
+            for i, a in enumerate(plan.arms)
+        ],
+    )
 
 
 def run_experiment(
@@ -114,8 +144,12 @@ def run_experiment(
     except KeyboardInterrupt:
         status, stats = "interrupted", runner.stats
     store.update_run(
-        run_id, status=status, finished_at=datetime.now(UTC).replace(tzinfo=None),
-        total_cost_usd=stats.cost_usd, error_calls=stats.error_count, wall_time_s=stats.wall_time_s,
+        run_id,
+        status=status,
+        finished_at=datetime.now(UTC).replace(tzinfo=None),
+        total_cost_usd=stats.cost_usd,
+        error_calls=stats.error_count,
+        wall_time_s=stats.wall_time_s,
         cached_calls=0,
     )
     store.close()

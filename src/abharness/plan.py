@@ -56,7 +56,9 @@ class ArmPlan:
         return self._budget
 
     def fit(self, case: Case) -> FittedPrompt:
-        return fit_to_budget(self.template, case.template_vars(), self.provider.tokenizer(), self.budget())
+        return fit_to_budget(
+            self.template, case.template_vars(), self.provider.tokenizer(), self.budget()
+        )
 
     def request(self, fitted: FittedPrompt) -> ProviderRequest:
         p = self.params
@@ -102,8 +104,8 @@ def build_plan(spec: LoadedSpec) -> Plan:
         try:
             template = library.resolve(spec.prompt_ref(arm))
         except TemplateError as exc:
-            key = f"arms[{i}].prompt" if arm.prompt else "prompt"
-            raise TemplateError(f"{exc}", file=spec.path, key=key) from exc
+            where = f"arms[{i}].prompt" if arm.prompt else "prompt"
+            raise TemplateError(f"{exc}", file=spec.path, key=where) from exc
         endpoint = spec.endpoint(arm)
         key = (arm.provider, arm.model)
         if key not in providers:
@@ -146,13 +148,17 @@ def check_cases(plan: Plan) -> int:
             except TemplateError as exc:
                 raise TemplateError(
                     f"arm {arm.id} ({arm.template.ref}, {arm.template.path}): {exc.problem}",
-                    file=source, line=case.line, key=f"case {case.id!r}",
+                    file=source,
+                    line=case.line,
+                    key=f"case {case.id!r}",
                 ) from exc
         for scorer in plan.scorers:
             try:
                 scorer.check(case.data)
             except SpecError as exc:
-                raise SpecError(exc.problem, file=source, line=case.line, key=f"case {case.id!r}") from exc
+                raise SpecError(
+                    exc.problem, file=source, line=case.line, key=f"case {case.id!r}"
+                ) from exc
     plan.n_cases = n
     return n
 
@@ -188,8 +194,12 @@ def check_budgets(plan: Plan) -> list[InvalidInput]:
         for arm in plan.arms:
             try:
                 arm.fit(case)
-            except CallError as exc:  # context_length, or e.g. a chat prompt for a model without a chat template
+            except (
+                CallError
+            ) as exc:  # context_length, or e.g. a chat prompt for a model without a chat template
                 problems.append(
-                    InvalidInput(f"arm {arm.id}: {exc}", file=source, line=case.line, key=f"case {case.id!r}")
+                    InvalidInput(
+                        f"arm {arm.id}: {exc}", file=source, line=case.line, key=f"case {case.id!r}"
+                    )
                 )
     return problems

@@ -23,8 +23,14 @@ def price_usage(usage: Usage, price: Price) -> Decimal:
     """
     cache_read = usage.cache_read_tokens or 0
     cache_write = usage.cache_write_tokens or 0
-    read_rate = price.cache_read_per_mtok if price.cache_read_per_mtok is not None else price.input_per_mtok
-    write_rate = price.cache_write_per_mtok if price.cache_write_per_mtok is not None else price.input_per_mtok
+    read_rate = (
+        price.cache_read_per_mtok if price.cache_read_per_mtok is not None else price.input_per_mtok
+    )
+    write_rate = (
+        price.cache_write_per_mtok
+        if price.cache_write_per_mtok is not None
+        else price.input_per_mtok
+    )
     plain_input = max((usage.input_tokens or 0) - cache_read - cache_write, 0)
     total = (
         plain_input * price.input_per_mtok
@@ -35,7 +41,9 @@ def price_usage(usage: Usage, price: Price) -> Decimal:
     return total / MILLION
 
 
-def call_cost(usage: Usage, price: Price | None, *, local: bool) -> tuple[Decimal | None, str | None]:
+def call_cost(
+    usage: Usage, price: Price | None, *, local: bool
+) -> tuple[Decimal | None, str | None]:
     """(cost, price_source) for one call; (None, None) when no price is known."""
     if price is not None:
         return price_usage(usage, price), "spec"

@@ -153,9 +153,7 @@ class PromptTemplate:
                     ctx.blocks.setdefault(name, []).append(fn)
             rendered = {name: "".join(ctx.blocks[name][0](ctx)) for name in self.blocks}
         except UndefinedError as exc:
-            raise TemplateError(
-                f"{exc.message}; the case must provide it", file=self.path
-            ) from exc
+            raise TemplateError(f"{exc.message}; the case must provide it", file=self.path) from exc
         except SecurityError as exc:
             raise TemplateError(f"unsafe operation in template: {exc}", file=self.path) from exc
         if self.blocks == ["prompt"]:
@@ -173,8 +171,9 @@ class PromptLibrary:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._loader = _FrontMatterLoader(self.root)
         self.env = ImmutableSandboxedEnvironment(
-            loader=_FrontMatterLoader(self.root),
+            loader=self._loader,
             undefined=StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
@@ -243,7 +242,7 @@ class PromptLibrary:
 
     def _source(self, key: str) -> tuple[str, str]:
         try:
-            body, filename, _ = self.env.loader.get_source(self.env, key)  # type: ignore[union-attr]
+            body, filename, _ = self._loader.get_source(self.env, key)
         except TemplateNotFound as exc:
             raise TemplateError("template file missing", file=self.root / key) from exc
         return body, filename
@@ -265,7 +264,9 @@ class PromptLibrary:
             ast = self.env.parse(body, key, filename)
             self.env.get_template(key)  # compile now: syntax errors surface before any call
         except TemplateSyntaxError as exc:
-            raise TemplateError(f"template syntax error: {exc.message}", file=path, line=exc.lineno) from exc
+            raise TemplateError(
+                f"template syntax error: {exc.message}", file=path, line=exc.lineno
+            ) from exc
         extends = next(iter(ast.find_all(nodes.Extends)), None)
         if top:
             chain.append(key)

@@ -25,7 +25,9 @@ class RunNotFound(LookupError):
 def resolve_run_id(con: duckdb.DuckDBPyConnection, run: str | None) -> str:
     """`run` itself if recorded, or the latest run when `run` is None or 'last'."""
     if run in (None, "last", "--last"):
-        row = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1").fetchone()
+        row = con.execute(
+            "SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1"
+        ).fetchone()
         if row is None:
             raise RunNotFound("the database has no runs yet")
         return str(row[0])
@@ -60,17 +62,30 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
 
     arm_list = []
     for _, a in arms.iterrows():
-        arm_list.append({
-            "arm_id": a["arm_id"], "provider": a["provider"], "model": a["model"], "tier": _clean(a["tier"]),
-            "prompt": f"{a['prompt_name']}@{a['prompt_version']}", "prompt_hash": a["prompt_hash"],
-            "n": _clean(a["n"]), "ok": _clean(a["ok"]), "errors": _clean(a["errors"]),
-            "errors_by_type": {t: n for arm_id, t, n, _ in errors if arm_id == a["arm_id"]},
-            "cache_hits": _clean(a["cache_hits"]), "pass_rate": _clean(a["pass_rate"]),
-            "mean_score": _clean(a["mean_score"]), "latency_p50_ms": _clean(a["latency_p50_ms"]),
-            "latency_p90_ms": _clean(a["latency_p90_ms"]), "ttft_p50_ms": _clean(a["ttft_p50_ms"]),
-            "input_tokens": _clean(a["input_tokens"]), "output_tokens": _clean(a["output_tokens"]),
-            "cost_usd": _clean(a["cost_usd"]), "est_error_mean_tokens": _clean(a["est_error_mean_tokens"]),
-        })
+        arm_list.append(
+            {
+                "arm_id": a["arm_id"],
+                "provider": a["provider"],
+                "model": a["model"],
+                "tier": _clean(a["tier"]),
+                "prompt": f"{a['prompt_name']}@{a['prompt_version']}",
+                "prompt_hash": a["prompt_hash"],
+                "n": _clean(a["n"]),
+                "ok": _clean(a["ok"]),
+                "errors": _clean(a["errors"]),
+                "errors_by_type": {t: n for arm_id, t, n, _ in errors if arm_id == a["arm_id"]},
+                "cache_hits": _clean(a["cache_hits"]),
+                "pass_rate": _clean(a["pass_rate"]),
+                "mean_score": _clean(a["mean_score"]),
+                "latency_p50_ms": _clean(a["latency_p50_ms"]),
+                "latency_p90_ms": _clean(a["latency_p90_ms"]),
+                "ttft_p50_ms": _clean(a["ttft_p50_ms"]),
+                "input_tokens": _clean(a["input_tokens"]),
+                "output_tokens": _clean(a["output_tokens"]),
+                "cost_usd": _clean(a["cost_usd"]),
+                "est_error_mean_tokens": _clean(a["est_error_mean_tokens"]),
+            }
+        )
     arm_list.sort(key=lambda a: a["arm_id"] != baseline)  # stable: baseline first, then spec order
 
     comparisons = []
@@ -98,19 +113,32 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
                 verdict = "better" if out.diff > 0 else "worse"
             else:
                 verdict = "inconclusive"
-            comparisons.append({
-                "arm_id": a["arm_id"], "baseline": baseline, "metric": "pass_rate", "n_pairs": out.n_pairs,
-                "diff": out.diff, "ci_low": None, "ci_high": None, "p_value": out.p_value,
-                "p_adjusted": None, "wins": out.wins, "ties": out.ties, "losses": out.losses,
-                "verdict": verdict,
-            })
+            comparisons.append(
+                {
+                    "arm_id": a["arm_id"],
+                    "baseline": baseline,
+                    "metric": "pass_rate",
+                    "n_pairs": out.n_pairs,
+                    "diff": out.diff,
+                    "ci_low": None,
+                    "ci_high": None,
+                    "p_value": out.p_value,
+                    "p_adjusted": None,
+                    "wins": out.wins,
+                    "ties": out.ties,
+                    "losses": out.losses,
+                    "verdict": verdict,
+                }
+            )
     return {
         "run_id": run_id,
         "experiment": run["experiment"],
         "description": run["description"],
         "status": run["status"],
         "started_at": f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
-        "finished_at": f"{run['finished_at']:%Y-%m-%d %H:%M:%S}" if run["finished_at"] is not None else None,
+        "finished_at": f"{run['finished_at']:%Y-%m-%d %H:%M:%S}"
+        if run["finished_at"] is not None
+        else None,
         "wall_time_s": _clean(run["wall_time_s"]),
         "spec_hash": run["spec_hash"],
         "harness_version": run["harness_version"],
@@ -121,8 +149,13 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     }
 
 
-def _examples(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str | None,
-              arm_ids: list[str], per_arm: int = 3) -> dict[str, list[dict[str, Any]]]:
+def _examples(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    baseline: str | None,
+    arm_ids: list[str],
+    per_arm: int = 3,
+) -> dict[str, list[dict[str, Any]]]:
     """A few cases per arm where its outcome differs from the baseline's."""
     if baseline is None:
         return {}
@@ -146,8 +179,14 @@ def _examples(con: duckdb.DuckDBPyConnection, run_id: str, baseline: str | None,
             [run_id, arm_id, baseline, run_id, arm_id, baseline, per_arm],
         ).fetchall()
         out[arm_id] = [
-            {"case_id": r[0], "vars": json.loads(r[1] or "{}"), "arm_passed": r[2], "arm_response": r[3],
-             "baseline_passed": r[4], "baseline_response": r[5]}
+            {
+                "case_id": r[0],
+                "vars": json.loads(r[1] or "{}"),
+                "arm_passed": r[2],
+                "arm_response": r[3],
+                "baseline_passed": r[4],
+                "baseline_response": r[5],
+            }
             for r in rows
         ]
     return out
@@ -181,9 +220,13 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
     ]
     if db_path:
         lines.append(f"- database: `{db_path}` (tables `calls`, `scores`; view `call_facts`)")
-    lines += ["", "## Arms", "",
-              "| arm | model | prompt | n | ok | errors | pass rate | mean score | p50 ms | p90 ms | TTFT p50 ms | input tok | output tok | cost USD | estimate error (tok/call) |",
-              "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines += [
+        "",
+        "## Arms",
+        "",
+        "| arm | model | prompt | n | ok | errors | pass rate | mean score | p50 ms | p90 ms | TTFT p50 ms | input tok | output tok | cost USD | estimate error (tok/call) |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for a in r["arms"]:
         name = f"**{a['arm_id']}** (baseline)" if a["arm_id"] == r["baseline"] else a["arm_id"]
         lines.append(
@@ -196,10 +239,15 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
     if errs:
         lines += ["", "Errors by type: " + "; ".join(f"{arm}: {n} × {t}" for arm, t, n in errs)]
     if r["comparisons"]:
-        lines += ["", f"## Against the baseline `{r['baseline']}`", "",
-                  "Paired by case and repeat; a call passes when it succeeded and every scorer passed.", "",
-                  "| arm | pass-rate difference | wins | ties | losses | exact McNemar p | verdict |",
-                  "|---|--:|--:|--:|--:|--:|---|"]
+        lines += [
+            "",
+            f"## Against the baseline `{r['baseline']}`",
+            "",
+            "Paired by case and repeat; a call passes when it succeeded and every scorer passed.",
+            "",
+            "| arm | pass-rate difference | wins | ties | losses | exact McNemar p | verdict |",
+            "|---|--:|--:|--:|--:|--:|---|",
+        ]
         for c in r["comparisons"]:
             lines.append(
                 f"| {c['arm_id']} | {c['diff'] * 100:+.1f} pts | {c['wins']} | {c['ties']} | {c['losses']} | "
@@ -234,8 +282,9 @@ def _quote(text: str | None, limit: int = 80) -> str:
     return "`" + (text if len(text) <= limit else text[: limit - 1] + "…").replace("`", "'") + "`"
 
 
-def write_report(con: duckdb.DuckDBPyConnection, run_id: str, reports_dir: Path,
-                 db_path: str | None = None) -> Path:
+def write_report(
+    con: duckdb.DuckDBPyConnection, run_id: str, reports_dir: Path, db_path: str | None = None
+) -> Path:
     report = build_report(con, run_id)
     target = reports_dir / report["experiment"] / f"{run_id}.md"
     target.parent.mkdir(parents=True, exist_ok=True)

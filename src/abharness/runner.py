@@ -66,7 +66,9 @@ class _Writer:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(maxsize=4 * WRITE_BATCH)
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(
+            maxsize=4 * WRITE_BATCH
+        )
 
     async def put(self, table: str, row: dict[str, Any]) -> None:
         await self.queue.put((table, row))
@@ -78,7 +80,9 @@ class _Writer:
         done = False
         while not done:
             try:
-                item = await asyncio.wait_for(self.queue.get(), max(deadline - time.monotonic(), 0.01))
+                item = await asyncio.wait_for(
+                    self.queue.get(), max(deadline - time.monotonic(), 0.01)
+                )
             except TimeoutError:
                 item = ("", {})
             if item is None:
@@ -160,7 +164,9 @@ class Runner:
             except CallError as exc:
                 self._load_errors[id(p)] = exc
             except Exception as exc:
-                self._load_errors[id(p)] = CallError(f"could not load {p.endpoint}/{p.model}: {exc}")
+                self._load_errors[id(p)] = CallError(
+                    f"could not load {p.endpoint}/{p.model}: {exc}"
+                )
 
         await asyncio.gather(*(load(p) for p in self.plan.providers))
 
@@ -178,7 +184,9 @@ class Runner:
             )
             for repeat in range(repeats):
                 for arm in self.plan.arms:
-                    await queues[self._key(arm.provider)].put(_Work(arm, case, repeat, time.perf_counter()))
+                    await queues[self._key(arm.provider)].put(
+                        _Work(arm, case, repeat, time.perf_counter())
+                    )
 
     async def _worker(self, queue: asyncio.Queue[_Work | None]) -> None:
         while (work := await queue.get()) is not None:
@@ -212,15 +220,22 @@ class Runner:
             )
             request = arm.request(fitted)
             row["request_hash"] = content_hash(
-                [arm.endpoint.type, arm.provider.connection_key(), request.model,
-                 fitted.rendered.as_json(), arm.params.model_dump(exclude_none=True)]
+                [
+                    arm.endpoint.type,
+                    arm.provider.connection_key(),
+                    request.model,
+                    fitted.rendered.as_json(),
+                    arm.params.model_dump(exclude_none=True),
+                ]
             )
             row["attempts"] = 1
             t0 = time.perf_counter()
             response = await asyncio.wait_for(arm.provider.generate(request), arm.params.timeout_s)
             row["status"] = "ok"
         except Exception as exc:  # every failure is a row; nothing a call raises stops the run
-            row.update(status="error", error_type=error_type_of(exc), error_message=_describe(exc, arm))
+            row.update(
+                status="error", error_type=error_type_of(exc), error_message=_describe(exc, arm)
+            )
         row["latency_ms"] = (time.perf_counter() - t0) * 1000
         scores = []
         if response is not None:
@@ -242,15 +257,31 @@ class Runner:
             for scorer in self.plan.scorers:
                 try:
                     s = scorer.score(response.text, case.data)
-                    scores.append({"call_id": row["call_id"], "run_id": self.run_id, "scorer": s.scorer,
-                                   "value": s.value, "passed": s.passed, "detail": s.detail})
+                    scores.append(
+                        {
+                            "call_id": row["call_id"],
+                            "run_id": self.run_id,
+                            "scorer": s.scorer,
+                            "value": s.value,
+                            "passed": s.passed,
+                            "detail": s.detail,
+                        }
+                    )
                 except Exception as exc:  # a scorer bug is recorded, not a crash
-                    scores.append({"call_id": row["call_id"], "run_id": self.run_id, "scorer": scorer.name,
-                                   "value": None, "passed": None, "detail": f"scorer error: {exc}"})
+                    scores.append(
+                        {
+                            "call_id": row["call_id"],
+                            "run_id": self.run_id,
+                            "scorer": scorer.name,
+                            "value": None,
+                            "passed": None,
+                            "detail": f"scorer error: {exc}",
+                        }
+                    )
         self._account(row)
         await self._writer.put("calls", row)
-        for s in scores:
-            await self._writer.put("scores", s)
+        for score_row in scores:
+            await self._writer.put("scores", score_row)
         if self.on_call:
             self.on_call(row)
 

@@ -37,7 +37,9 @@ class Scorer:
             try:
                 self._expected = _env.from_string(spec.expected)
             except TemplateSyntaxError as exc:
-                raise SpecError(f"scorer {name}: expected is not valid Jinja: {exc.message}") from exc
+                raise SpecError(
+                    f"scorer {name}: expected is not valid Jinja: {exc.message}"
+                ) from exc
 
     def expected(self, case: dict[str, Any]) -> str:
         assert self._expected is not None
@@ -56,7 +58,9 @@ class Scorer:
         if isinstance(spec, RegexScorer):
             flags = re.IGNORECASE if spec.ignore_case else 0
             m = re.search(spec.pattern, response, flags)
-            return Score(self.name, float(bool(m)), bool(m), f"matched {m.group(0)!r}" if m else "no match")
+            return Score(
+                self.name, float(bool(m)), bool(m), f"matched {m.group(0)!r}" if m else "no match"
+            )
         want = self.expected(case)
         got = response
         if spec.ignore_case:

@@ -9,10 +9,9 @@ providers, the dataset and every template.
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,7 +51,9 @@ class GenerationParams(_Model):
     def merged(self, override: GenerationParams) -> GenerationParams:
         """These params with every field `override` sets replacing ours."""
         data = self.model_dump(exclude_none=True)
-        data.update(override.model_dump(exclude_none=True, include=set(GenerationParams.model_fields)))
+        data.update(
+            override.model_dump(exclude_none=True, include=set(GenerationParams.model_fields))
+        )
         return GenerationParams(**data)
 
 
@@ -104,7 +105,7 @@ class RegexScorer(_Model):
     ignore_case: bool = False
 
 
-ScorerSpec = Annotated[Union[ExactScorer, ContainsScorer, RegexScorer], Field(discriminator="type")]
+ScorerSpec = Annotated[ExactScorer | ContainsScorer | RegexScorer, Field(discriminator="type")]
 
 
 class Budget(_Model):
@@ -161,7 +162,9 @@ class LoadedSpec:
                 return ProviderSpec(**merged)
             return spec
         assert builtin is not None, "validated in load_spec"
-        return ProviderSpec(type=builtin.type, base_url=builtin.base_url, api_key_env=builtin.api_key_env)
+        return ProviderSpec(
+            type=builtin.type, base_url=builtin.base_url, api_key_env=builtin.api_key_env
+        )
 
     def tier(self, arm: Arm) -> int:
         endpoint = self.endpoint(arm)
@@ -201,7 +204,9 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
             line=mark.line + 1 if mark is not None else None,
         ) from exc
     if not isinstance(data, dict):
-        raise SpecError("expected a YAML mapping with name, arms, ... at the top", file=path, line=1)
+        raise SpecError(
+            "expected a YAML mapping with name, arms, ... at the top", file=path, line=1
+        )
 
     try:
         experiment = Experiment.model_validate(data)
@@ -209,7 +214,10 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
         err = exc.errors()[0]
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _SCORER_TAGS))
         raise SpecError(
-            _explain(err, tuple(err["loc"])), file=path, line=_line_of(root, loc), key=_key_path(loc)
+            _explain(err, tuple(err["loc"])),
+            file=path,
+            line=_line_of(root, loc),
+            key=_key_path(loc),
         ) from exc
 
     def fail(message: str, *loc: str | int) -> SpecError:
@@ -219,14 +227,18 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
     seen: dict[str, int] = {}
     for i, arm in enumerate(x.arms):
         if arm.id in seen:
-            raise fail(f"arm id {arm.id!r} is already used by arms[{seen[arm.id]}]", "arms", i, "id")
+            raise fail(
+                f"arm id {arm.id!r} is already used by arms[{seen[arm.id]}]", "arms", i, "id"
+            )
         seen[arm.id] = i
         if arm.provider not in x.providers and arm.provider not in BUILTIN_ENDPOINTS:
             known = sorted({*BUILTIN_ENDPOINTS, *x.providers})
             raise fail(
                 f"unknown provider {arm.provider!r}; expected one of {', '.join(known)} "
                 "or a name defined under providers:",
-                "arms", i, "provider",
+                "arms",
+                i,
+                "provider",
             )
         if arm.prompt is None and x.prompt is None:
             raise fail("no prompt: set prompt on the arm or at the top of the spec", "arms", i)
@@ -239,25 +251,36 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
             raise fail(
                 f"provider type {p.type!r} is not available{hint}; "
                 f"available: {', '.join(PROVIDER_TYPES)}",
-                "providers", name, "type",
+                "providers",
+                name,
+                "type",
             )
     for i, arm in enumerate(x.arms):
-        if arm.provider not in x.providers and BUILTIN_ENDPOINTS[arm.provider].type not in PROVIDER_TYPES:
+        if (
+            arm.provider not in x.providers
+            and BUILTIN_ENDPOINTS[arm.provider].type not in PROVIDER_TYPES
+        ):
             raise fail(
                 f"provider {arm.provider!r} is not implemented in this version yet; "
                 f"available: {', '.join(PROVIDER_TYPES)}",
-                "arms", i, "provider",
+                "arms",
+                i,
+                "provider",
             )
     if x.baseline is not None and x.baseline not in seen:
         raise fail(f"baseline {x.baseline!r} is not an arm id; arms: {', '.join(seen)}", "baseline")
     if (x.dataset is None) == (x.cases is None):
-        raise fail("give exactly one of dataset: (a JSONL or CSV file) or cases: (a list)", "dataset")
+        raise fail(
+            "give exactly one of dataset: (a JSONL or CSV file) or cases: (a list)", "dataset"
+        )
     if x.dataset is not None:
         ds = path.parent / x.dataset
         if not ds.is_file():
             raise fail(f"dataset file not found: {ds}", "dataset")
         if ds.suffix.lower() not in (".jsonl", ".csv"):
-            raise fail(f"dataset must be .jsonl or .csv, got {ds.suffix or 'no extension'}", "dataset")
+            raise fail(
+                f"dataset must be .jsonl or .csv, got {ds.suffix or 'no extension'}", "dataset"
+            )
     if x.prompts_dir is not None:
         prompts_dir = (path.parent / x.prompts_dir).resolve()
     else:
@@ -287,7 +310,9 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
                 if key.value == part:
                     nxt, line = value, key.start_mark.line + 1
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             nxt = node.value[part]
             line = nxt.start_mark.line + 1
         if nxt is None:
@@ -322,7 +347,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         field = model.model_fields.get(part)
         if field is None:
             if part in _SCORER_TAGS:
-                model = {"exact": ExactScorer, "contains": ContainsScorer, "regex": RegexScorer}[part]
+                model = {"exact": ExactScorer, "contains": ContainsScorer, "regex": RegexScorer}[
+                    part
+                ]
             continue
         model = _inner_model(field.annotation)
     if isinstance(model, type) and issubclass(model, BaseModel):

@@ -125,7 +125,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
         con.execute("BEGIN TRANSACTION")
         try:
             fn(con)
-            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [number, name])
+            con.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [number, name]
+            )
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")
@@ -203,7 +205,9 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
             con.execute("BEGIN TRANSACTION")
             try:
                 for table in TABLES:
-                    con.execute(f"INSERT OR REPLACE INTO main.{table} BY NAME SELECT * FROM staging.{table}")
+                    con.execute(
+                        f"INSERT OR REPLACE INTO main.{table} BY NAME SELECT * FROM staging.{table}"
+                    )
                     rows[table] = con.execute(f"SELECT count(*) FROM staging.{table}").fetchone()[0]  # type: ignore[index]
                 con.execute("COMMIT")
             except Exception:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,14 @@ class CharEstimateTokenizer(Tokenizer):
         return text[:chars] if head else text[-chars:]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_encoding(name: str) -> Any:
     import tiktoken
 
     return tiktoken.get_encoding(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _encoding_for(model: str) -> tuple[Any, str]:
     """(encoding, method) for an OpenAI model, falling back offline to cl100k_base."""
     import tiktoken

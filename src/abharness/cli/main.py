@@ -15,7 +15,10 @@ from . import merge, prompts, report, run, sql, validate
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output to stderr.")
 def cli(verbose: bool) -> None:
     """A/B evaluation of LLM set-ups: run experiments, compare arms, query results."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 for module in (run, validate, report, prompts, sql, merge):

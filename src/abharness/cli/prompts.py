@@ -11,8 +11,14 @@ from rich.table import Table
 from ..prompts import PromptLibrary
 from .common import console, invalid_input_exits
 
-dir_option = click.option("--dir", "prompts_dir", type=click.Path(file_okay=False, path_type=Path),
-                          default="prompts", show_default=True, help="The prompts directory.")
+dir_option = click.option(
+    "--dir",
+    "prompts_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="prompts",
+    show_default=True,
+    help="The prompts directory.",
+)
 
 
 @click.group("prompts")
@@ -33,7 +39,13 @@ def list_(prompts_dir: Path) -> None:
         for v in lib.versions(name):
             t = lib.resolve(f"{name}@{v}")
             parent = t.chain[1] if len(t.chain) > 1 else ""
-            table.add_row(t.ref, "raw" if t.blocks == ["prompt"] else "chat", t.hash, parent, t.front.description)
+            table.add_row(
+                t.ref,
+                "raw" if t.blocks == ["prompt"] else "chat",
+                t.hash,
+                parent,
+                t.front.description,
+            )
     console.print(table)
 
 

@@ -19,8 +19,12 @@ from .common import console, db_option, err_console
 @click.option("--last", is_flag=True, help="The most recent run (the default without RUN_ID).")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 @db_option
-@click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path), default=str(DEFAULT_REPORTS),
-              show_default=True)
+@click.option(
+    "--reports-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=str(DEFAULT_REPORTS),
+    show_default=True,
+)
 def command(run_id: str | None, last: bool, fmt: str, db: Path, reports_dir: Path) -> None:
     """Write reports/<experiment>/<RUN_ID>.md, or print the figures as JSON."""
     if not db.exists():

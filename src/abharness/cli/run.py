@@ -16,17 +16,29 @@ from .common import console, db_option, err_console, invalid_input_exits
 @click.command("run")
 @click.argument("spec", type=click.Path(path_type=Path))
 @db_option
-@click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path), default=str(DEFAULT_REPORTS),
-              show_default=True, help="Where reports are written.")
-@click.option("--allow-changed-prompts", is_flag=True,
-              help="Run a name@N whose content differs from the one recorded in the database.")
+@click.option(
+    "--reports-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=str(DEFAULT_REPORTS),
+    show_default=True,
+    help="Where reports are written.",
+)
+@click.option(
+    "--allow-changed-prompts",
+    is_flag=True,
+    help="Run a name@N whose content differs from the one recorded in the database.",
+)
 @invalid_input_exits
 def command(spec: Path, db: Path, reports_dir: Path, allow_changed_prompts: bool) -> None:
     """Run the experiment SPEC (a YAML file)."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[errors]} errors"), TimeElapsedColumn(),
-        console=err_console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[errors]} errors"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
     )
     task = progress.add_task(spec.name, total=None, errors=0)
     errors = 0
@@ -42,16 +54,22 @@ def command(spec: Path, db: Path, reports_dir: Path, allow_changed_prompts: bool
 
     try:
         outcome = run_experiment(
-            spec, db=db, reports_dir=reports_dir, allow_changed_prompts=allow_changed_prompts,
-            on_call=on_call, on_start=on_start,
+            spec,
+            db=db,
+            reports_dir=reports_dir,
+            allow_changed_prompts=allow_changed_prompts,
+            on_call=on_call,
+            on_start=on_start,
         )
     finally:
         progress.stop()
     for w in outcome.warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
     s = outcome.stats
-    console.print(f"run id:   {outcome.run_id}  ({outcome.status}, {s.calls} calls, {s.ok} ok, "
-                  f"{s.error_count} errors, {s.wall_time_s:.1f} s)")
+    console.print(
+        f"run id:   {outcome.run_id}  ({outcome.status}, {s.calls} calls, {s.ok} ok, "
+        f"{s.error_count} errors, {s.wall_time_s:.1f} s)"
+    )
     for etype, n in sorted(s.errors.items()):
         console.print(f"  {n} × {etype}")
     console.print(f"database: {outcome.db}")

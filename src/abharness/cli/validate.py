@@ -17,7 +17,9 @@ from .common import console, db_option, err_console, invalid_input_exits
 @click.command("validate")
 @click.argument("spec", type=click.Path(path_type=Path))
 @db_option
-@click.option("--allow-changed-prompts", is_flag=True, help="Only warn when name@N's content changed.")
+@click.option(
+    "--allow-changed-prompts", is_flag=True, help="Only warn when name@N's content changed."
+)
 @invalid_input_exits
 def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
     """Render every prompt for every case and fit it to its budget, calling no model."""
@@ -28,14 +30,22 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
         problems = check_budgets(plan)
     except CallError as exc:
         raise InvalidInput(f"cannot load a model to count tokens: {exc}", file=spec) from exc
-    table = Table(title=f"{plan.spec.experiment.name}: {plan.n_cases} cases × {len(plan.arms)} arms "
-                        f"× {plan.spec.experiment.repeats} repeats = {plan.n_calls} calls")
+    table = Table(
+        title=f"{plan.spec.experiment.name}: {plan.n_cases} cases × {len(plan.arms)} arms "
+        f"× {plan.spec.experiment.repeats} repeats = {plan.n_calls} calls"
+    )
     for col in ("arm", "provider", "model", "prompt", "hash", "tokenizer", "input budget"):
         table.add_column(col)
     for a in plan.arms:
-        table.add_row(a.id + (" (baseline)" if a.is_baseline else ""), a.endpoint_name, a.arm.model,
-                      a.template.ref, a.template.hash, a.provider.tokenizer().method,
-                      str(a.budget() if a.budget() is not None else "unlimited"))
+        table.add_row(
+            a.id + (" (baseline)" if a.is_baseline else ""),
+            a.endpoint_name,
+            a.arm.model,
+            a.template.ref,
+            a.template.hash,
+            a.provider.tokenizer().method,
+            str(a.budget() if a.budget() is not None else "unlimited"),
+        )
     console.print(table)
     if problems:
         for p in problems[:10]:

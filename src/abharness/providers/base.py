@@ -87,8 +87,8 @@ class Provider(ABC):
     def context_window(self) -> int | None:
         return None
 
-    def load(self) -> None:
+    def load(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Blocking set-up before the first call (runs in a worker thread)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027
         """Release clients and models after the last call."""

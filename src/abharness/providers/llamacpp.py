@@ -107,8 +107,12 @@ class LlamaTokenizer(Tokenizer):
                 "completion, or set the provider option chat_format (e.g. gemma, chatml)"
             )
         result = self._formatter(messages=list(messages))
-        ids = self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
-        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        ids = self._llm.tokenize(
+            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+        )
+        stop = (
+            result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        )
         return list(ids), stop
 
     def count_messages(self, messages: Sequence[dict[str, str]]) -> int:
