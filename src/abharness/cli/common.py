@@ -12,9 +12,9 @@ import click
 from rich.console import Console
 
 from ..errors import InvalidInput
-from ..experiment import DEFAULT_DB, EXIT_INVALID
+from ..experiment import DEFAULT_DB, DEFAULT_REPORTS, EXIT_INVALID
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,6 +26,14 @@ db_option = click.option(
     default=str(DEFAULT_DB),
     show_default=True,
     help="DuckDB file (env ABHARNESS_DB).",
+)
+
+reports_dir_option = click.option(
+    "--reports-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=str(DEFAULT_REPORTS),
+    show_default=True,
+    help="Where reports are written.",
 )
 
 

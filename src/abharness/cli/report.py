@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 import duckdb
 
-from ..experiment import DEFAULT_REPORTS, EXIT_INVALID
+from ..experiment import EXIT_INVALID
 from ..report import RunNotFound, build_report, resolve_run_id, write_report
-from .common import console, db_option, err_console
+from .common import console, db_option, err_console, reports_dir_option
 
 
 @click.command("report")
@@ -19,12 +19,7 @@ from .common import console, db_option, err_console
 @click.option("--last", is_flag=True, help="The most recent run (the default without RUN_ID).")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 @db_option
-@click.option(
-    "--reports-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=str(DEFAULT_REPORTS),
-    show_default=True,
-)
+@reports_dir_option
 def command(run_id: str | None, last: bool, fmt: str, db: Path, reports_dir: Path) -> None:
     """Write reports/<experiment>/<RUN_ID>.md, or print the figures as JSON."""
     if not db.exists():

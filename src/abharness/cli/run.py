@@ -9,20 +9,14 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..experiment import DEFAULT_REPORTS, run_experiment
-from .common import console, db_option, err_console, invalid_input_exits
+from ..experiment import run_experiment
+from .common import console, db_option, err_console, invalid_input_exits, reports_dir_option
 
 
 @click.command("run")
 @click.argument("spec", type=click.Path(path_type=Path))
 @db_option
-@click.option(
-    "--reports-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=str(DEFAULT_REPORTS),
-    show_default=True,
-    help="Where reports are written.",
-)
+@reports_dir_option
 @click.option(
     "--allow-changed-prompts",
     is_flag=True,
