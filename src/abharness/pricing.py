@@ -7,12 +7,22 @@ then (for API providers) genai-prices; local models cost 0 unless the spec price
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
 
 from .providers.base import Usage
 from .spec import Price
 
 MILLION = Decimal(1_000_000)
+
+
+@cache
+def genai_prices_source() -> str:
+    """``price_source`` for genai-prices figures: the package and its bundled data version."""
+    import genai_prices
+
+    return f"genai-prices {genai_prices.__version__}"
 
 
 def price_usage(usage: Usage, price: Price) -> Decimal:
@@ -41,12 +51,64 @@ def price_usage(usage: Usage, price: Price) -> Decimal:
     return total / MILLION
 
 
+@cache
+def genai_prices_source() -> str:
+    """``price_source`` for genai-prices figures: the package and its bundled data version."""
+    import genai_prices
+
+    return f"genai-prices {genai_prices.__version__}"
+
+
+def genai_price(
+    usage: Usage,
+    model: str,
+    *,
+    provider_id: str | None,
+    api_url: str | None,
+    when: datetime | None = None,
+) -> Decimal | None:
+    """genai-prices' total for `usage` at the call's time, or None if it knows no price."""
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
+    counts = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
+    try:
+        result = calc_price(
+            PriceUsage(**{k: v for k, v in counts.items() if v is not None}),
+            model,
+            provider_id=provider_id,
+            provider_api_url=api_url if provider_id is None else None,
+            genai_request_timestamp=(when or datetime.now(UTC)).replace(tzinfo=UTC),
+        )
+    except LookupError:
+        return None
+    return Decimal(result.total_price)
+
+
 def call_cost(
-    usage: Usage, price: Price | None, *, local: bool
+    usage: Usage,
+    price: Price | None,
+    *,
+    local: bool,
+    model: str = "",
+    provider_id: str | None = None,
+    api_url: str | None = None,
+    when: datetime | None = None,
 ) -> tuple[Decimal | None, str | None]:
-    """(cost, price_source) for one call; (None, None) when no price is known."""
+    """(cost, price_source) for one call; (None, None) when no price is known or the
+    provider reported no usage (an unknown cost is never shown as zero)."""
+    if local and price is None:
+        return Decimal(0), "local:free"
+    if usage.input_tokens is None and usage.output_tokens is None:
+        return None, None
     if price is not None:
         return price_usage(usage, price), "spec"
-    if local:
-        return Decimal(0), "local:free"
-    return None, None
+    if provider_id is None and api_url is None:
+        return None, None
+    cost = genai_price(usage, model, provider_id=provider_id, api_url=api_url, when=when)
+    return (cost, genai_prices_source()) if cost is not None else (None, None)

@@ -240,7 +240,15 @@ class Runner:
         scores = []
         if response is not None:
             usage = response.usage
-            cost, source = call_cost(usage, arm.price, local=arm.tier == 1)
+            cost, source = call_cost(
+                usage,
+                arm.price,
+                local=arm.tier == 1,
+                model=arm.arm.model,
+                provider_id=arm.endpoint.price_provider,
+                api_url=arm.endpoint.base_url,
+                when=row["started_at"],
+            )
             row.update(
                 ttft_ms=response.ttft_ms,
                 input_tokens=usage.input_tokens,

@@ -31,29 +31,28 @@ class Endpoint:
     tier: int
     base_url: str | None = None
     api_key_env: str | None = None
+    price_provider: str | None = None  # genai-prices provider id
 
 
 # type -> "module:Class", imported on first use.
 PROVIDER_TYPES: dict[str, str] = {
     "llamacpp": "abharness.providers.llamacpp:LlamaCppProvider",
+    "ollama": "abharness.providers.ollama:OllamaProvider",
+    "openai": "abharness.providers.openai:OpenAIProvider",
+    "anthropic": "abharness.providers.anthropic:AnthropicProvider",
 }
-
-# Types the spec may name that a later version implements; known, so the error is precise.
-PLANNED_TYPES = ("openai", "anthropic", "ollama")
 
 LOCAL_TYPES = ("llamacpp", "ollama")
 
 BUILTIN_ENDPOINTS: dict[str, Endpoint] = {
     "llamacpp": Endpoint("llamacpp", tier=1),
     "ollama": Endpoint("ollama", tier=1, base_url=None),  # OLLAMA_HOST or localhost
-    "openai": Endpoint("openai", tier=2, api_key_env="OPENAI_API_KEY"),
-    "anthropic": Endpoint("anthropic", tier=2, api_key_env="ANTHROPIC_API_KEY"),
-    "deepseek": Endpoint(
-        "openai", tier=2, base_url="https://api.deepseek.com", api_key_env="DEEPSEEK_API_KEY"
-    ),
-    "xai": Endpoint("openai", tier=2, base_url="https://api.x.ai/v1", api_key_env="XAI_API_KEY"),
+    "openai": Endpoint("openai", 2, None, "OPENAI_API_KEY", "openai"),
+    "anthropic": Endpoint("anthropic", 2, None, "ANTHROPIC_API_KEY", "anthropic"),
+    "deepseek": Endpoint("openai", 2, "https://api.deepseek.com", "DEEPSEEK_API_KEY", "deepseek"),
+    "xai": Endpoint("openai", 2, "https://api.x.ai/v1", "XAI_API_KEY", "x-ai"),
     "openrouter": Endpoint(
-        "openai", tier=2, base_url="https://openrouter.ai/api/v1", api_key_env="OPENROUTER_API_KEY"
+        "openai", 2, "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "openrouter"
     ),
 }
 

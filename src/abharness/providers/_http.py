@@ -1,0 +1,128 @@
+"""What every HTTP provider shares at its boundary: keys, Retry-After, status → error.
+
+The official SDKs are configured with ``max_retries=0`` so the runner sees (and counts)
+every attempt; each provider maps its SDK's exceptions through `error_from_status`
+once, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+
+from ..errors import (
+    AuthError,
+    BadRequestError,
+    CallError,
+    ContentFilterError,
+    ContextLengthError,
+    OtherCallError,
+    RateLimitError,
+    ServerError,
+    TimeoutError_,
+)
+
+# Phrases providers use for an over-long prompt (OpenAI code, Anthropic, vLLM, Ollama).
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "prompt is too long",
+    "context window",
+    "too many tokens",
+)
+_FILTER_MARKERS = ("content_filter", "content management policy", "content_policy")
+
+
+def require_key(env_var: str | None, endpoint: str) -> str | None:
+    """The API key from `env_var`, or an `AuthError` that names the variable to set."""
+    if env_var is None:
+        return None
+    key = os.environ.get(env_var)
+    if not key:
+        raise AuthError(f"{env_var} is not set: export it to run the arms on {endpoint!r}")
+    return key
+
+
+def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``retry-after`` in seconds or as an HTTP date."""
+    if not headers:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    ms = lowered.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def error_from_status(
+    status: int | None,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+    code: str | None = None,
+) -> CallError:
+    """The `CallError` for an HTTP error response (one class per status, as the SDKs do)."""
+    text = f"{message} {code or ''}".lower()
+    kwargs = {
+        "status_code": status,
+        "retry_after_s": parse_retry_after(headers),
+        "request_id": request_id,
+    }
+    detail = f"HTTP {status}: {message}" if status else message
+    if status == 429:
+        return RateLimitError(detail, **kwargs)
+    if status in (401, 403):
+        return AuthError(detail, **kwargs)
+    if status == 408:
+        return TimeoutError_(detail, **kwargs)
+    if status == 409 or (status is not None and status >= 500):
+        return ServerError(detail, **kwargs)
+    if any(m in text for m in _CONTEXT_MARKERS):
+        return ContextLengthError(detail, **kwargs)
+    if any(m in text for m in _FILTER_MARKERS):
+        return ContentFilterError(detail, **kwargs)
+    if status is not None and 400 <= status < 500:
+        return BadRequestError(detail, **kwargs)
+    return OtherCallError(detail, **kwargs)
+
+
+def map_stainless_error(exc: Exception, sdk: object) -> CallError:
+    """Map an exception of the openai or anthropic SDK (same generated structure)."""
+    if isinstance(exc, CallError):
+        return exc
+    if isinstance(exc, sdk.APITimeoutError):  # type: ignore[attr-defined]
+        return TimeoutError_(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, sdk.APIConnectionError):  # type: ignore[attr-defined]
+        from ..errors import ConnectionError_
+
+        return ConnectionError_(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, sdk.APIStatusError):  # type: ignore[attr-defined]
+        body = exc.body if isinstance(exc.body, dict) else {}
+        err = body.get("error", body) if isinstance(body, dict) else {}
+        code = err.get("code") or err.get("type") if isinstance(err, dict) else None
+        message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
+        return error_from_status(
+            exc.status_code,
+            message,
+            headers=dict(exc.response.headers),
+            request_id=getattr(exc, "request_id", None),
+            code=code,
+        )
+    return OtherCallError(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,163 @@
+"""Anthropic messages through the official ``anthropic.AsyncAnthropic``.
+
+The ``system`` message goes to the ``system`` parameter; a raw ``prompt`` template is
+sent as one user message. Streaming by default: ``message_start`` carries the input
+usage, ``message_delta`` the cumulative output usage, and the first text delta marks
+the time to first token. Anthropic reports ``input_tokens`` without cached tokens;
+abharness stores ``input_tokens`` = uncached + cache read + cache write (SPEC §8),
+with ``cache_read_tokens`` and ``cache_write_tokens`` as reported.
+
+This SDK's Messages API accepts no ``temperature``, ``top_p``, ``top_k`` or seed; an
+arm that sets them runs without them and ``provider_metrics_json.ignored_params``
+lists them (``validate`` warns).
+
+Token estimate before the call: the documented ``estimate:chars/4`` (Anthropic's
+tokenizer is not public); the report shows its error against the exact count.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._http import map_stainless_error, require_key
+from .base import Provider, ProviderRequest, ProviderResponse, Usage
+
+DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens
+
+
+def _usage(
+    input_tokens: int | None,
+    cache_read: int | None,
+    cache_write: int | None,
+    output: int | None,
+    thinking: int | None,
+) -> Usage:
+    total_in = None
+    if input_tokens is not None:
+        total_in = input_tokens + (cache_read or 0) + (cache_write or 0)
+    return Usage(
+        input_tokens=total_in,
+        output_tokens=output,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=thinking,
+    )
+
+
+class AnthropicProvider(Provider):
+    type_name = "anthropic"
+    default_concurrency = 8
+
+    def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
+        super().__init__(endpoint, model, options)
+        self._client: Any = None
+        self._key: str | None = None
+
+    def load(self) -> None:
+        self._key = require_key(self.options.get("api_key_env"), self.endpoint)
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            import anthropic
+
+            self._client = anthropic.AsyncAnthropic(
+                api_key=self._key or "unused",
+                base_url=self.options.get("base_url"),
+                max_retries=0,
+                timeout=None,
+            )
+        return self._client
+
+    async def generate(self, request: ProviderRequest) -> ProviderResponse:
+        import anthropic
+
+        system = [m["content"] for m in request.messages if m["role"] == "system"]
+        messages = [m for m in request.messages if m["role"] != "system"]
+        if request.prompt is not None:
+            messages = [{"role": "user", "content": request.prompt}]
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+        }
+        if system:
+            kwargs["system"] = "\n\n".join(system)
+        # The Messages API of this SDK takes no sampling parameters: say so, never drop silently.
+        ignored = [
+            n for n in ("temperature", "top_p", "top_k", "seed") if getattr(request, n) is not None
+        ]
+        if request.stop:
+            kwargs["stop_sequences"] = list(request.stop)
+        try:
+            if request.stream:
+                response = await self._stream(kwargs)
+            else:
+                response = await self._create(kwargs)
+        except Exception as exc:
+            raise map_stainless_error(exc, anthropic) from exc
+        if ignored:
+            response.metrics["ignored_params"] = ignored
+        return response
+
+    async def _create(self, kwargs: dict[str, Any]) -> ProviderResponse:
+        raw = await self._get_client().messages.with_raw_response.create(**kwargs)
+        message = await raw.parse()
+        u = message.usage
+        details = getattr(u, "output_tokens_details", None)
+        return ProviderResponse(
+            text="".join(b.text for b in message.content if b.type == "text"),
+            usage=_usage(
+                u.input_tokens,
+                u.cache_read_input_tokens,
+                u.cache_creation_input_tokens,
+                u.output_tokens,
+                getattr(details, "thinking_tokens", None),
+            ),
+            finish_reason=message.stop_reason,
+            request_id=raw.headers.get("request-id"),
+        )
+
+    async def _stream(self, kwargs: dict[str, Any]) -> ProviderResponse:
+        start = time.perf_counter()
+        stream = await self._get_client().messages.create(**kwargs, stream=True)
+        parts: list[str] = []
+        ttft = finish = None
+        n_in = cache_read = cache_write = n_out = thinking = None
+        async with stream:
+            async for event in stream:
+                if event.type == "message_start":
+                    u = event.message.usage
+                    n_in, n_out = u.input_tokens, u.output_tokens
+                    cache_read, cache_write = (
+                        u.cache_read_input_tokens,
+                        u.cache_creation_input_tokens,
+                    )
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    if ttft is None:
+                        ttft = (time.perf_counter() - start) * 1000
+                    parts.append(event.delta.text)
+                elif event.type == "message_delta":
+                    u = event.usage  # cumulative counts; input fields only when they changed
+                    n_out = u.output_tokens
+                    n_in = u.input_tokens if u.input_tokens is not None else n_in
+                    if u.cache_read_input_tokens is not None:
+                        cache_read = u.cache_read_input_tokens
+                    if u.cache_creation_input_tokens is not None:
+                        cache_write = u.cache_creation_input_tokens
+                    details = getattr(u, "output_tokens_details", None)
+                    thinking = getattr(details, "thinking_tokens", thinking)
+                    finish = event.delta.stop_reason or finish
+            request_id = stream.response.headers.get("request-id")
+        return ProviderResponse(
+            text="".join(parts),
+            usage=_usage(n_in, cache_read, cache_write, n_out, thinking),
+            finish_reason=finish,
+            ttft_ms=ttft,
+            request_id=request_id,
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
