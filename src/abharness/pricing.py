@@ -51,14 +51,6 @@ def price_usage(usage: Usage, price: Price) -> Decimal:
     return total / MILLION
 
 
-@cache
-def genai_prices_source() -> str:
-    """``price_source`` for genai-prices figures: the package and its bundled data version."""
-    import genai_prices
-
-    return f"genai-prices {genai_prices.__version__}"
-
-
 def genai_price(
     usage: Usage,
     model: str,
@@ -77,14 +69,17 @@ def genai_price(
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
     }
+    usage_obj = PriceUsage(**{k: v for k, v in counts.items() if v is not None})
+    at = (when or datetime.now(UTC)).replace(tzinfo=UTC)
     try:
-        result = calc_price(
-            PriceUsage(**{k: v for k, v in counts.items() if v is not None}),
-            model,
-            provider_id=provider_id,
-            provider_api_url=api_url if provider_id is None else None,
-            genai_request_timestamp=(when or datetime.now(UTC)).replace(tzinfo=UTC),
-        )
+        if provider_id is not None:
+            result = calc_price(
+                usage_obj, model, provider_id=provider_id, genai_request_timestamp=at
+            )
+        else:
+            result = calc_price(
+                usage_obj, model, provider_api_url=api_url, genai_request_timestamp=at
+            )
     except LookupError:
         return None
     return Decimal(result.total_price)

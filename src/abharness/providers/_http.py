@@ -80,27 +80,29 @@ def error_from_status(
 ) -> CallError:
     """The `CallError` for an HTTP error response (one class per status, as the SDKs do)."""
     text = f"{message} {code or ''}".lower()
-    kwargs = {
-        "status_code": status,
-        "retry_after_s": parse_retry_after(headers),
-        "request_id": request_id,
-    }
-    detail = f"HTTP {status}: {message}" if status else message
+    cls: type[CallError]
     if status == 429:
-        return RateLimitError(detail, **kwargs)
-    if status in (401, 403):
-        return AuthError(detail, **kwargs)
-    if status == 408:
-        return TimeoutError_(detail, **kwargs)
-    if status == 409 or (status is not None and status >= 500):
-        return ServerError(detail, **kwargs)
-    if any(m in text for m in _CONTEXT_MARKERS):
-        return ContextLengthError(detail, **kwargs)
-    if any(m in text for m in _FILTER_MARKERS):
-        return ContentFilterError(detail, **kwargs)
-    if status is not None and 400 <= status < 500:
-        return BadRequestError(detail, **kwargs)
-    return OtherCallError(detail, **kwargs)
+        cls = RateLimitError
+    elif status in (401, 403):
+        cls = AuthError
+    elif status == 408:
+        cls = TimeoutError_
+    elif status == 409 or (status is not None and status >= 500):
+        cls = ServerError
+    elif any(m in text for m in _CONTEXT_MARKERS):
+        cls = ContextLengthError
+    elif any(m in text for m in _FILTER_MARKERS):
+        cls = ContentFilterError
+    elif status is not None and 400 <= status < 500:
+        cls = BadRequestError
+    else:
+        cls = OtherCallError
+    return cls(
+        f"HTTP {status}: {message}" if status else message,
+        status_code=status,
+        retry_after_s=parse_retry_after(headers),
+        request_id=request_id,
+    )
 
 
 def map_stainless_error(exc: Exception, sdk: object) -> CallError:
