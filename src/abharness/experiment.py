@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from . import __version__
-from .plan import Plan, build_plan, check_cases, check_prompt_versions
+from .plan import Plan, build_plan, check_cases, check_prompt_versions, check_warnings
 from .report import write_report
 from .runner import Runner, RunStats
 from .spec import load_spec
@@ -48,6 +48,7 @@ class Outcome:
     report: Path | None
     exit_code: int
     warnings: list[str]
+    failures: list[str]
 
 
 def new_run_id() -> str:
@@ -62,7 +63,7 @@ def prepare(
     plan = build_plan(spec)
     check_cases(plan)
     warnings = check_prompt_versions(plan, db, allow_changed=allow_changed_prompts)
-    return plan, warnings
+    return plan, warnings + check_warnings(plan)
 
 
 def _git_sha(where: Path) -> str | None:
@@ -167,4 +168,6 @@ def run_experiment(
         code = EXIT_ERRORS
     else:
         code = EXIT_OK
-    return Outcome(run_id, db, status, stats, merged, report, code, warnings)
+    return Outcome(
+        run_id, db, status, stats, merged, report, code, warnings, runner.load_failures()
+    )

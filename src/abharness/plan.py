@@ -185,11 +185,10 @@ def check_prompt_versions(plan: Plan, db: Path, *, allow_changed: bool = False) 
 
 
 def check_budgets(plan: Plan) -> list[InvalidInput]:
-    """Fit every prompt to its arm's budget with the arm's tokenizer (loads local models)."""
+    """Fit every prompt to its arm's budget with the arm's tokenizer (loads local models,
+    needs no API key)."""
     problems: list[InvalidInput] = []
     source = plan.spec.dataset_path() or plan.spec.path
-    for provider in plan.providers:
-        provider.load()
     for case in plan.cases():
         for arm in plan.arms:
             try:
@@ -203,3 +202,29 @@ def check_budgets(plan: Plan) -> list[InvalidInput]:
                     )
                 )
     return problems
+
+
+def check_warnings(plan: Plan) -> list[str]:
+    """What will run but deserves a look: unpriced API models, parameters an API ignores."""
+    from .pricing import genai_price
+    from .providers.base import Usage
+
+    warnings = []
+    for arm in plan.arms:
+        e = arm.endpoint
+        if arm.tier == 2 and arm.price is None:
+            known = (e.price_provider or e.base_url) and genai_price(
+                Usage(1, 1), arm.arm.model, provider_id=e.price_provider, api_url=e.base_url
+            ) is not None
+            if not known:
+                warnings.append(
+                    f"arm {arm.id}: genai-prices has no price for {arm.arm.model!r} on "
+                    f"{arm.endpoint_name}; its cost will be null (set price: on the arm)"
+                )
+        ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
+        if ignored:
+            warnings.append(
+                f"arm {arm.id}: {arm.endpoint.type} does not accept {', '.join(ignored)}; "
+                "calls run without them (recorded as ignored_params)"
+            )
+    return warnings

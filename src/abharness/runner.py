@@ -152,6 +152,19 @@ class Runner:
         self.stats.wall_time_s = time.perf_counter() - started
         return self.stats
 
+    def load_failures(self) -> list[str]:
+        """One line per endpoint that could not start (a missing key, a missing model)."""
+        lines = []
+        for provider in self.plan.providers:
+            exc = self._load_errors.get(id(provider))
+            if exc is not None:
+                arms = [a.id for a in self.plan.arms if a.provider is provider]
+                lines.append(
+                    f"{', '.join(arms)} ({provider.endpoint}/{provider.model}): "
+                    f"{exc.error_type}: {exc}; its calls were recorded as errors, none made"
+                )
+        return lines
+
     def _key(self, provider: Provider) -> str:
         if id(provider) in self._load_errors:
             return f"failed:{id(provider)}"
@@ -240,6 +253,7 @@ class Runner:
         scores = []
         if response is not None:
             usage = response.usage
+            metrics = _metrics(response, arm)
             cost, source = call_cost(
                 usage,
                 arm.price,
@@ -260,7 +274,7 @@ class Runner:
                 price_source=source,
                 response_text=response.text,
                 finish_reason=response.finish_reason,
-                provider_metrics_json=json.dumps(response.metrics) if response.metrics else None,
+                provider_metrics_json=json.dumps(metrics) if metrics else None,
             )
             for scorer in self.plan.scorers:
                 try:
@@ -300,6 +314,11 @@ class Runner:
             self.stats.cost_usd += row.get("cost_usd") or 0.0
         else:
             self.stats.errors[row["error_type"]] += 1
+
+
+def _metrics(response: ProviderResponse, arm: ArmPlan) -> dict[str, Any]:
+    ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
+    return {**response.metrics, "ignored_params": ignored} if ignored else response.metrics
 
 
 def _describe(exc: BaseException, arm: ArmPlan) -> str:

@@ -66,6 +66,8 @@ def command(spec: Path, db: Path, reports_dir: Path, allow_changed_prompts: bool
     )
     for etype, n in sorted(s.errors.items()):
         console.print(f"  {n} × {etype}")
+    for failure in outcome.failures:
+        err_console.print(f"[red]not run:[/] {failure}")
     console.print(f"database: {outcome.db}")
     if not outcome.merge.merged:
         err_console.print(f"[yellow]warning:[/] {outcome.merge.message}")

@@ -48,6 +48,7 @@ def _usage(
 class AnthropicProvider(Provider):
     type_name = "anthropic"
     default_concurrency = 8
+    unsupported_params = ("temperature", "top_p", "top_k", "seed")
 
     def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(endpoint, model, options)
@@ -83,10 +84,6 @@ class AnthropicProvider(Provider):
         }
         if system:
             kwargs["system"] = "\n\n".join(system)
-        # The Messages API of this SDK takes no sampling parameters: say so, never drop silently.
-        ignored = [
-            n for n in ("temperature", "top_p", "top_k", "seed") if getattr(request, n) is not None
-        ]
         if request.stop:
             kwargs["stop_sequences"] = list(request.stop)
         try:
@@ -96,8 +93,6 @@ class AnthropicProvider(Provider):
                 response = await self._create(kwargs)
         except Exception as exc:
             raise map_stainless_error(exc, anthropic) from exc
-        if ignored:
-            response.metrics["ignored_params"] = ignored
         return response
 
     async def _create(self, kwargs: dict[str, Any]) -> ProviderResponse:

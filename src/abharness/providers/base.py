@@ -8,6 +8,9 @@ boundary. Everything else has a documented default a provider may override:
 - `max_concurrency()`: calls in flight per connection key;
 - `tokenizer()`: the counter the budget builder uses before the call;
 - `context_window()`: tokens the model accepts, prompt plus completion, if known;
+- `unsupported_params`: sampling parameters the API cannot take; the runner records
+  any an arm sets as ``ignored_params`` and ``validate`` warns, so nothing is dropped
+  silently;
 - `load()` / `aclose()`: set-up before the first call (blocking work is fine: the
   runner calls it off the event loop) and clean-up after the last.
 
@@ -65,6 +68,7 @@ class Provider(ABC):
 
     type_name: ClassVar[str]
     default_concurrency: ClassVar[int] = 8
+    unsupported_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
         self.endpoint = endpoint

@@ -39,6 +39,7 @@ def _usage(raw: Any) -> Usage:
 class OpenAIProvider(Provider):
     type_name = "openai"
     default_concurrency = 16
+    unsupported_params = ("top_k",)
 
     def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(endpoint, model, options)
