@@ -21,6 +21,7 @@ from .hashing import content_hash
 from .providers import BUILTIN_ENDPOINTS, LOCAL_TYPES, PROVIDER_TYPES
 
 _NAME = r"^[a-z0-9_-]+$"
+_ARM_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class _Model(BaseModel):
@@ -76,7 +77,7 @@ class ProviderSpec(_Model):
 
 
 class Arm(GenerationParams):
-    id: Annotated[str, Field(pattern=_NAME)]
+    id: Annotated[str, Field(pattern=_ARM_ID)]
     provider: str
     model: str
     prompt: str | None = None
@@ -153,19 +154,32 @@ class LoadedSpec:
         return self.experiment.baseline or self.experiment.arms[0].id
 
     def endpoint(self, arm: Arm) -> ProviderSpec:
-        """The arm's endpoint: a spec `providers:` entry, else the built-in of that name."""
+        """The arm's endpoint: a spec `providers:` entry, else the built-in of that name.
+
+        An entry named like a built-in of the same type overrides only what it sets; a
+        plain ``type: openai`` or ``type: anthropic`` entry without ``base_url`` talks to
+        the official API and authenticates and prices like the built-in.
+        """
         spec = self.experiment.providers.get(arm.provider)
         builtin = BUILTIN_ENDPOINTS.get(arm.provider)
-        if spec is not None:
-            if builtin is not None and spec.type == builtin.type:
-                merged = {"base_url": builtin.base_url, "api_key_env": builtin.api_key_env}
-                merged.update(spec.model_dump(exclude_none=True))
-                return ProviderSpec(**merged)
-            return spec
-        assert builtin is not None, "validated in load_spec"
-        return ProviderSpec(
-            type=builtin.type, base_url=builtin.base_url, api_key_env=builtin.api_key_env
-        )
+        if spec is None:
+            assert builtin is not None, "validated in load_spec"
+            return ProviderSpec(
+                type=builtin.type,
+                base_url=builtin.base_url,
+                api_key_env=builtin.api_key_env,
+                price_provider=builtin.price_provider,
+            )
+        if builtin is None or builtin.type != spec.type:
+            if spec.base_url is not None or spec.type not in ("openai", "anthropic"):
+                return spec
+            builtin = BUILTIN_ENDPOINTS[spec.type]
+        defaults = {
+            "base_url": builtin.base_url,
+            "api_key_env": builtin.api_key_env,
+            "price_provider": builtin.price_provider,
+        }
+        return ProviderSpec(**{**defaults, **spec.model_dump(exclude_none=True)})
 
     def tier(self, arm: Arm) -> int:
         endpoint = self.endpoint(arm)
@@ -316,7 +330,9 @@ def _explain(err: Any, loc: tuple[Any, ...]) -> str:
     if kind == "union_tag_invalid":
         return f"unknown scorer type; expected one of: {', '.join(sorted(_SCORER_TAGS))}"
     if kind == "string_pattern_mismatch":
-        return "expected lowercase letters, digits, '-' or '_' only"
+        if loc and loc[-1] == "id":
+            return f"arm id {err.get('input')!r}: expected letters, digits, '.', '-' or '_'"
+        return f"{err.get('input')!r}: expected lowercase letters, digits, '-' or '_' only"
     return f"{err['msg']} (got {err.get('input')!r})"
 
 
