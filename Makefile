@@ -27,6 +27,10 @@ report: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# Benchmarks print Markdown tables; BENCHMARKS.md quotes them with their command.
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.transport
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests

@@ -75,6 +75,10 @@ def default_reply(body: dict[str, Any]) -> str:
     return "Hello from the fake server"
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 refuses connections under load
+
+
 class FakeServer:
     def __init__(
         self,
@@ -96,7 +100,7 @@ class FakeServer:
         self.log: list[Logged] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self._httpd = _Server(("127.0.0.1", port), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 

@@ -105,11 +105,22 @@ def error_from_status(
     )
 
 
+def _refused(exc: BaseException) -> bool:
+    """True when a 'timeout' was really a refused connection: the aiohttp transport
+    reports a failed connect as ConnectTimeout, hiding the OSError underneath."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or type(seen).__name__ == "ClientConnectorError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def map_stainless_error(exc: Exception, sdk: object) -> CallError:
     """Map an exception of the openai or anthropic SDK (same generated structure)."""
     if isinstance(exc, CallError):
         return exc
-    if isinstance(exc, sdk.APITimeoutError):  # type: ignore[attr-defined]
+    if isinstance(exc, sdk.APITimeoutError) and not _refused(exc):  # type: ignore[attr-defined]
         return TimeoutError_(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, sdk.APIConnectionError):  # type: ignore[attr-defined]
         from ..errors import ConnectionError_
