@@ -215,3 +215,20 @@ def test_no_api_key_reaches_db_logs_reports_or_cassettes(
     for path in cassettes.rglob("*.yaml"):
         text = path.read_text()
         assert "sk-" not in text and "test-key" not in text, path
+
+
+def test_one_provider_and_client_per_endpoint(api_spec: Path) -> None:
+    from abharness.plan import build_plan
+    from abharness.spec import load_spec
+
+    plan = build_plan(load_spec(api_spec))
+    assert sorted(p.endpoint for p in plan.providers) == [
+        "fake-anthropic",
+        "fake-ollama",
+        "fake-openai",
+    ]
+    by_arm = {a.id: a.provider for a in plan.arms}
+    assert (
+        by_arm["gpt-stream"] is by_arm["gpt-plain"]
+        and by_arm["claude-stream"] is by_arm["claude-plain"]
+    )

@@ -50,14 +50,19 @@ class ArmPlan:
     def budget(self) -> int | None:
         if not self._budget_known:
             self._budget = input_budget(
-                self.max_input_tokens, self.provider.context_window(), self.params.max_tokens
+                self.max_input_tokens,
+                self.provider.context_window(self.arm.model),
+                self.params.max_tokens,
             )
             self._budget_known = True
         return self._budget
 
     def fit(self, case: Case) -> FittedPrompt:
         return fit_to_budget(
-            self.template, case.template_vars(), self.provider.tokenizer(), self.budget()
+            self.template,
+            case.template_vars(),
+            self.provider.tokenizer(self.arm.model),
+            self.budget(),
         )
 
     def request(self, fitted: FittedPrompt) -> ProviderRequest:
@@ -107,14 +112,15 @@ def build_plan(spec: LoadedSpec) -> Plan:
             where = f"arms[{i}].prompt" if arm.prompt else "prompt"
             raise TemplateError(f"{exc}", file=spec.path, key=where) from exc
         endpoint = spec.endpoint(arm)
-        key = (arm.provider, arm.model)
+        cls = provider_class(endpoint.type)
+        key = (arm.provider, arm.model if cls.per_model else "")
         if key not in providers:
             options = dict(endpoint.options)
             for name in ("base_url", "api_key_env", "concurrency", "rpm", "tpm"):
                 value = getattr(endpoint, name)
                 if value is not None:
                     options[name] = value
-            providers[key] = provider_class(endpoint.type)(arm.provider, arm.model, options)
+            providers[key] = cls(arm.provider, arm.model if cls.per_model else None, options)
         arms.append(
             ArmPlan(
                 arm=arm,

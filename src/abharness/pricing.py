@@ -21,8 +21,10 @@ MILLION = Decimal(1_000_000)
 def genai_prices_source() -> str:
     """``price_source`` for genai-prices figures: the package and its bundled data version."""
     import genai_prices
+    from genai_prices.data_snapshot import get_snapshot
 
-    return f"genai-prices {genai_prices.__version__}"
+    data = "auto-updated data" if get_snapshot().from_auto_update else "bundled data"
+    return f"genai-prices {genai_prices.__version__} ({data})"
 
 
 def price_usage(usage: Usage, price: Price) -> Decimal:

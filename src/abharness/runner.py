@@ -160,7 +160,7 @@ class Runner:
             if exc is not None:
                 arms = [a.id for a in self.plan.arms if a.provider is provider]
                 lines.append(
-                    f"{', '.join(arms)} ({provider.endpoint}/{provider.model}): "
+                    f"{', '.join(arms)} ({provider.label}): "
                     f"{exc.error_type}: {exc}; its calls were recorded as errors, none made"
                 )
         return lines
@@ -177,9 +177,7 @@ class Runner:
             except CallError as exc:
                 self._load_errors[id(p)] = exc
             except Exception as exc:
-                self._load_errors[id(p)] = CallError(
-                    f"could not load {p.endpoint}/{p.model}: {exc}"
-                )
+                self._load_errors[id(p)] = CallError(f"could not load {p.label}: {exc}")
 
         await asyncio.gather(*(load(p) for p in self.plan.providers))
 

@@ -30,7 +30,9 @@ def free_port() -> int:
 
 
 async def one_round(url: str, transport: str, calls: int, concurrency: int) -> dict[str, float]:
-    provider = OpenAIProvider("bench", "gpt-4.1-mini", {"base_url": url + "/v1", "transport": transport})
+    provider = OpenAIProvider(
+        "bench", "gpt-4.1-mini", {"base_url": url + "/v1", "transport": transport}
+    )
     request = ProviderRequest(
         model="gpt-4.1-mini",
         messages=({"role": "user", "content": "What is the capital of France?"},),
@@ -51,8 +53,11 @@ async def one_round(url: str, transport: str, calls: int, concurrency: int) -> d
     await asyncio.gather(*(call() for _ in range(calls)))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     await provider.aclose()
-    return {"calls_per_s": calls / wall, "cpu_ms_per_call": cpu * 1000 / calls,
-            "p50_ms": statistics.median(latencies)}
+    return {
+        "calls_per_s": calls / wall,
+        "cpu_ms_per_call": cpu * 1000 / calls,
+        "p50_ms": statistics.median(latencies),
+    }
 
 
 def main() -> None:
@@ -64,7 +69,9 @@ def main() -> None:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tests.fake_server", "--port", str(port), "--seconds", "600"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert server.stdout is not None
@@ -73,20 +80,28 @@ def main() -> None:
         for r in range(args.rounds):
             order = ["httpx", "aiohttp"] if r % 2 == 0 else ["aiohttp", "httpx"]
             for transport in order:
-                results[transport].append(asyncio.run(one_round(url, transport, args.calls, args.concurrency)))
+                results[transport].append(
+                    asyncio.run(one_round(url, transport, args.calls, args.concurrency))
+                )
     finally:
         server.kill()
         server.wait()
-    print(f"{args.calls} streamed calls x {args.rounds} rounds, concurrency {args.concurrency}, "
-          "fake server in its own process on 127.0.0.1")
-    print("| transport | calls/s (median) | client CPU ms/call (median) | latency p50 ms (median) |")
+    print(
+        f"{args.calls} streamed calls x {args.rounds} rounds, concurrency {args.concurrency}, "
+        "fake server in its own process on 127.0.0.1"
+    )
+    print(
+        "| transport | calls/s (median) | client CPU ms/call (median) | latency p50 ms (median) |"
+    )
     print("|---|--:|--:|--:|")
     med = {t: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for t, rs in results.items()}
     for t, m in med.items():
         print(f"| {t} | {m['calls_per_s']:.0f} | {m['cpu_ms_per_call']:.2f} | {m['p50_ms']:.1f} |")
     ratio = med["aiohttp"]["calls_per_s"] / med["httpx"]["calls_per_s"]
     cpu_ratio = med["aiohttp"]["cpu_ms_per_call"] / med["httpx"]["cpu_ms_per_call"]
-    print(f"\naiohttp/httpx throughput ratio: {ratio:.2f}; client CPU per call ratio: {cpu_ratio:.2f}")
+    print(
+        f"\naiohttp/httpx throughput ratio: {ratio:.2f}; client CPU per call ratio: {cpu_ratio:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
             a.arm.model,
             a.template.ref,
             a.template.hash,
-            a.provider.tokenizer().method,
+            a.provider.tokenizer(a.arm.model).method,
             str(a.budget() if a.budget() is not None else "unlimited"),
         )
     console.print(table)

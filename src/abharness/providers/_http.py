@@ -110,7 +110,10 @@ def _refused(exc: BaseException) -> bool:
     reports a failed connect as ConnectTimeout, hiding the OSError underneath."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ConnectionRefusedError) or type(seen).__name__ == "ClientConnectorError":
+        if (
+            isinstance(seen, ConnectionRefusedError)
+            or type(seen).__name__ == "ClientConnectorError"
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

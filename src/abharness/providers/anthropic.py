@@ -50,7 +50,9 @@ class AnthropicProvider(Provider):
     default_concurrency = 8
     unsupported_params = ("temperature", "top_p", "top_k", "seed")
 
-    def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(endpoint, model, options)
         self._client: Any = None
         self._key: str | None = None

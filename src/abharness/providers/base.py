@@ -6,8 +6,8 @@ boundary. Everything else has a documented default a provider may override:
 
 - `connection_key()`: what limits are shared by (arms on one server share one limit);
 - `max_concurrency()`: calls in flight per connection key;
-- `tokenizer()`: the counter the budget builder uses before the call;
-- `context_window()`: tokens the model accepts, prompt plus completion, if known;
+- `tokenizer(model)`: the counter the budget builder uses before the call;
+- `context_window(model)`: tokens the model accepts, prompt plus completion, if known;
 - `unsupported_params`: sampling parameters the API cannot take; the runner records
   any an arm sets as ``ignored_params`` and ``validate`` warns, so nothing is dropped
   silently;
@@ -64,13 +64,19 @@ class ProviderResponse:
 
 
 class Provider(ABC):
-    """Base of every provider. One instance serves one (endpoint, model) for a run."""
+    """Base of every provider. One instance serves one endpoint (or, with `per_model`,
+    one model) for a whole run; `model` is set only for `per_model` providers."""
 
     type_name: ClassVar[str]
     default_concurrency: ClassVar[int] = 8
+    # One instance per endpoint serves every model on it (one SDK client, one pool);
+    # a provider that holds a model itself (llama.cpp) sets this and gets one per model.
+    per_model: ClassVar[bool] = False
     unsupported_params: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.model = model
         self.options = dict(options or {})
@@ -85,11 +91,15 @@ class Provider(ABC):
     def max_concurrency(self) -> int:
         return int(self.options.get("concurrency") or self.default_concurrency)
 
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self, model: str) -> Tokenizer:
         return CharEstimateTokenizer()
 
-    def context_window(self) -> int | None:
+    def context_window(self, model: str) -> int | None:
         return None
+
+    @property
+    def label(self) -> str:
+        return f"{self.endpoint}/{self.model}" if self.model else self.endpoint
 
     def load(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Blocking set-up before the first call (runs in a worker thread)."""

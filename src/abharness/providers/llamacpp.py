@@ -122,9 +122,15 @@ class LlamaTokenizer(Tokenizer):
 class LlamaCppProvider(Provider):
     type_name = "llamacpp"
     default_concurrency = 1
+    per_model = True
 
-    def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
+    ) -> None:
+        if model is None:
+            raise ValueError("LlamaCppProvider needs a model")
         super().__init__(endpoint, model, options)
+        self.model: str = model
         self._llm: Any = None
         self._tokenizer: LlamaTokenizer | None = None
         self._path: Path | None = None
@@ -158,12 +164,12 @@ class LlamaCppProvider(Provider):
             )
         self._tokenizer = LlamaTokenizer(self._llm, self.options.get("chat_format"))
 
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self, model: str | None = None) -> Tokenizer:
         self.load()
         assert self._tokenizer is not None
         return self._tokenizer
 
-    def context_window(self) -> int | None:
+    def context_window(self, model: str | None = None) -> int | None:
         self.load()
         return int(self._llm.n_ctx())
 

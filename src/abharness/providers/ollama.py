@@ -31,7 +31,9 @@ class OllamaProvider(Provider):
     type_name = "ollama"
     default_concurrency = 4  # per host; Ollama's OLLAMA_NUM_PARALLEL default is 1-4
 
-    def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(endpoint, model, options)
         hosts = self.options.get("hosts") or [
             self.options.get("base_url") or os.environ.get("OLLAMA_HOST")

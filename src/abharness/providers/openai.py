@@ -41,7 +41,9 @@ class OpenAIProvider(Provider):
     default_concurrency = 16
     unsupported_params = ("top_k",)
 
-    def __init__(self, endpoint: str, model: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(endpoint, model, options)
         self._client: Any = None
         self._key: str | None = None
@@ -49,8 +51,8 @@ class OpenAIProvider(Provider):
     def load(self) -> None:
         self._key = require_key(self.options.get("api_key_env"), self.endpoint)
 
-    def tokenizer(self) -> Tokenizer:
-        return TiktokenTokenizer(self.model)
+    def tokenizer(self, model: str) -> Tokenizer:
+        return TiktokenTokenizer(model)
 
     def _get_client(self) -> Any:
         if self._client is None:  # created on the run's event loop
