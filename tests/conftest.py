@@ -51,6 +51,26 @@ class FakeProvider(Provider):
             cls.in_flight -= 1
 
 
+@pytest.fixture(autouse=True)
+def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry jitter is zeroed in tests; a Retry-After the test sets is still honoured."""
+    from abharness.retry import RetryPolicy
+
+    monkeypatch.setattr(
+        RetryPolicy, "delay_s", lambda self, attempts, retry_after_s: retry_after_s or 0.0
+    )
+    monkeypatch.setattr(RetryPolicy, "__init__", _short_policy_init(RetryPolicy.__init__))
+
+
+def _short_policy_init(init):
+    """Circuit cool-downs of 50 ms in tests unless a test asks for another."""
+
+    def patched(self, *args, circuit_cooldown_s: float = 0.05, **kwargs):
+        init(self, *args, circuit_cooldown_s=circuit_cooldown_s, **kwargs)
+
+    return patched
+
+
 @pytest.fixture
 def fake_provider(monkeypatch: pytest.MonkeyPatch) -> type[FakeProvider]:
     monkeypatch.setitem(registry.PROVIDER_TYPES, "fake", "tests.conftest:FakeProvider")

@@ -45,40 +45,81 @@ def test_every_call_is_recorded_exactly_once_with_scores(project: Path, fake_pro
     assert not list((project / "staging").glob("*.duckdb"))
 
 
-def test_failures_become_typed_error_rows_and_exit_2(project: Path, fake_provider) -> None:
+def test_failures_become_typed_error_rows_retried_per_policy(project: Path, fake_provider) -> None:
     failures = {
-        "France": errors.RateLimitError("slow down", status_code=429, retry_after_s=1),
-        "Germany": errors.AuthError("bad key"),
-        "Italy": ValueError("boom"),
+        "France": lambda: errors.RateLimitError("slow down", status_code=429, retry_after_s=0.01),
+        "Spain": lambda: errors.ServerError("HTTP 503", status_code=503),
+        "Germany": lambda: errors.BadRequestError("HTTP 400: bad", status_code=400),
+        "Italy": lambda: ValueError("boom"),
     }
 
     def script(request):
-        for country, exc in failures.items():
+        for country, make in failures.items():
             if country in request.prompt:
-                return exc
+                return make()
         return capital_answers()(request)
 
     fake_provider.script = script
     out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
     assert out.exit_code == 2
     got = dict(
-        query(out.db, "SELECT error_type, count(*) FROM calls WHERE status = 'error' GROUP BY 1")
+        query(
+            out.db,
+            "SELECT error_type || ':' || attempts, count(*) FROM calls "
+            "WHERE status = 'error' GROUP BY 1",
+        )
     )
-    assert got == {"rate_limit": 2, "auth": 2, "other": 2}
+    # retryable errors get all 5 attempts; the rest one
+    assert got == {"rate_limit:5": 2, "server:5": 2, "bad_request:1": 2, "other:1": 2}
     assert query(out.db, "SELECT error_message FROM calls WHERE error_type = 'other' LIMIT 1") == [
         ("ValueError: boom",)
     ]
     assert query(out.db, "SELECT count(*) FROM calls") == [(12,)]
+    assert len(fake_provider.requests) == 2 * 5 + 2 * 5 + 2 + 2 + 4  # every attempt reached it
+    assert query(out.db, "SELECT sum(attempts) FROM calls") == [(len(fake_provider.requests),)]
     assert query(
         out.db,
         "SELECT count(*) FROM scores s JOIN calls c USING (call_id) WHERE c.status = 'error'",
     ) == [(0,)]
 
 
+def test_a_retry_that_succeeds_is_one_ok_row(project: Path, fake_provider) -> None:
+    tries: dict[str, int] = {}
+
+    def script(request):
+        tries[request.prompt] = tries.get(request.prompt, 0) + 1
+        if "France" in request.prompt and tries[request.prompt] < 3:
+            return errors.RateLimitError("429", status_code=429, retry_after_s=0.01)
+        return capital_answers()(request)
+
+    fake_provider.script = script
+    out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
+    assert out.exit_code == 0
+    assert query(
+        out.db, "SELECT arm_id, attempts, status FROM calls WHERE case_id = 'fr' ORDER BY 1"
+    ) == [("few-shot", 3, "ok"), ("zero-shot", 3, "ok")]
+
+
+def test_auth_failure_stops_the_endpoint_after_one_call(project: Path, fake_provider) -> None:
+    fake_provider.script = lambda r: errors.AuthError("HTTP 401: invalid key", status_code=401)
+    out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
+    assert len(fake_provider.requests) == 1
+    assert query(
+        out.db, "SELECT error_type, attempts, count(*) FROM calls GROUP BY ALL ORDER BY 2"
+    ) == [("auth", 0, 11), ("auth", 1, 1)]
+    (line,) = out.failures
+    assert (
+        "zero-shot, few-shot: auth: HTTP 401: invalid key" in line
+        and "11 further calls not made" in line
+    )
+
+
 def test_max_error_rate_lets_a_few_errors_pass(project: Path, fake_provider) -> None:
     spec = project / "experiments/spec.yaml"
     spec.write_text(spec.read_text() + "max_error_rate: 0.2\n")
-    fake_provider.script = lambda r: errors.ServerError("503") if "France" in r.prompt else "Paris"
+    fake_provider.script = lambda r: (
+        errors.BadRequestError("400") if "France" in r.prompt else "Paris"
+    )
     assert run_experiment(spec, db=project / "r.duckdb").exit_code == 0
 
 

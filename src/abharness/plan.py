@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from .budget import FittedPrompt, fit_to_budget, input_budget
 from .dataset import Case, check_dataset, iter_cases
 from .errors import CallError, InvalidInput, PromptChangedError, SpecError, TemplateError
+from .pricing import call_cost
 from .prompts import PromptLibrary, PromptTemplate
 from .providers import Provider, provider_class
-from .providers.base import ProviderRequest
+from .providers.base import ProviderRequest, Usage
 from .scorers import Scorer, build_scorers
 from .spec import Arm, GenerationParams, LoadedSpec, Price, ProviderSpec
 from .store import recorded_prompt_hashes
@@ -64,6 +66,35 @@ class ArmPlan:
             self.provider.tokenizer(self.arm.model),
             self.budget(),
         )
+
+    def is_priced(self) -> bool:
+        """Whether a cost can be computed for this arm's calls."""
+        return self.price is not None or self.tier == 1 or self._genai_price_known()
+
+    def _genai_price_known(self) -> bool:
+        from .pricing import genai_price
+
+        e = self.endpoint
+        if not (e.price_provider or e.base_url):
+            return False
+        one = Usage(input_tokens=1, output_tokens=1)
+        return (
+            genai_price(one, self.arm.model, provider_id=e.price_provider, api_url=e.base_url)
+            is not None
+        )
+
+    def worst_case_cost(self, est_input_tokens: int) -> Decimal:
+        """The most one call can cost: its estimated input plus `max_tokens` of output."""
+        usage = Usage(input_tokens=est_input_tokens, output_tokens=self.params.max_tokens or 0)
+        cost, _ = call_cost(
+            usage,
+            self.price,
+            local=self.tier == 1,
+            model=self.arm.model,
+            provider_id=self.endpoint.price_provider,
+            api_url=self.endpoint.base_url,
+        )
+        return cost if cost is not None else Decimal(0)
 
     def request(self, fitted: FittedPrompt) -> ProviderRequest:
         p = self.params
@@ -211,22 +242,25 @@ def check_budgets(plan: Plan) -> list[InvalidInput]:
 
 
 def check_warnings(plan: Plan) -> list[str]:
-    """What will run but deserves a look: unpriced API models, parameters an API ignores."""
-    from .pricing import genai_price
-    from .providers.base import Usage
+    """What will run but deserves a look: unpriced API models, parameters an API ignores.
 
+    With ``max_cost_usd`` set, an unpriced arm is an error instead: the cap could not
+    be enforced for it."""
     warnings = []
     for arm in plan.arms:
-        e = arm.endpoint
-        if arm.tier == 2 and arm.price is None:
-            known = (e.price_provider or e.base_url) and genai_price(
-                Usage(1, 1), arm.arm.model, provider_id=e.price_provider, api_url=e.base_url
-            ) is not None
-            if not known:
-                warnings.append(
-                    f"arm {arm.id}: genai-prices has no price for {arm.arm.model!r} on "
-                    f"{arm.endpoint_name}; its cost will be null (set price: on the arm)"
+        if not arm.is_priced():
+            if plan.spec.experiment.max_cost_usd is not None:
+                raise SpecError(
+                    f"arm {arm.id}: no price is known for {arm.arm.model!r} on {arm.endpoint_name}, "
+                    "so max_cost_usd cannot be enforced; set price: {input_per_mtok, "
+                    "output_per_mtok} on the arm or its provider",
+                    file=plan.spec.path,
+                    key="max_cost_usd",
                 )
+            warnings.append(
+                f"arm {arm.id}: genai-prices has no price for {arm.arm.model!r} on "
+                f"{arm.endpoint_name}; its cost will be null (set price: on the arm)"
+            )
         ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
         if ignored:
             warnings.append(

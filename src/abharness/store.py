@@ -209,6 +209,17 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
                         f"INSERT OR REPLACE INTO main.{table} BY NAME SELECT * FROM staging.{table}"
                     )
                     rows[table] = con.execute(f"SELECT count(*) FROM staging.{table}").fetchone()[0]  # type: ignore[index]
+                # a resumed run's totals cover its earlier sessions too
+                con.execute("""
+                    UPDATE main.runs SET
+                        total_cost_usd = coalesce(t.cost, 0), error_calls = t.errors,
+                        cached_calls = t.cached
+                    FROM (SELECT run_id, sum(cost_usd) AS cost,
+                                 count(*) FILTER (WHERE status = 'error') AS errors,
+                                 count(*) FILTER (WHERE cache_hit) AS cached
+                          FROM main.calls GROUP BY run_id) t
+                    WHERE t.run_id = runs.run_id
+                      AND runs.run_id IN (SELECT run_id FROM staging.runs)""")
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")

@@ -49,6 +49,8 @@ class AnthropicProvider(Provider):
     type_name = "anthropic"
     default_concurrency = 8
     unsupported_params = ("temperature", "top_p", "top_k", "seed")
+    default_rpm = 50  # Anthropic usage tier 1
+    default_tpm = 50_000
 
     def __init__(
         self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None

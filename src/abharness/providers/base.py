@@ -4,8 +4,11 @@ A provider turns one `ProviderRequest` into one `ProviderResponse` with `generat
 its only abstract method, and maps its SDK's exceptions to the `CallError` tree at that
 boundary. Everything else has a documented default a provider may override:
 
-- `connection_key()`: what limits are shared by (arms on one server share one limit);
+- `connection_key()`: what limits are shared by: the base URL and the identity (a
+  hash, never the key) of the credentials, so arms on one account share one budget;
 - `max_concurrency()`: calls in flight per connection key;
+- `rate_limits()`: (requests, tokens) per minute: the spec's ``rpm``/``tpm``, else the
+  provider's defaults (``default_rpm``/``default_tpm``: a new account's published tier);
 - `tokenizer(model)`: the counter the budget builder uses before the call;
 - `context_window(model)`: tokens the model accepts, prompt plus completion, if known;
 - `unsupported_params`: sampling parameters the API cannot take; the runner records
@@ -19,10 +22,12 @@ Providers know nothing of the runner, the store or templates.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..hashing import content_hash
 from ..tokenizers import CharEstimateTokenizer, Tokenizer
 
 
@@ -72,6 +77,8 @@ class Provider(ABC):
     # One instance per endpoint serves every model on it (one SDK client, one pool);
     # a provider that holds a model itself (llama.cpp) sets this and gets one per model.
     per_model: ClassVar[bool] = False
+    default_rpm: ClassVar[int | None] = None
+    default_tpm: ClassVar[int | None] = None
     unsupported_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
@@ -86,7 +93,15 @@ class Provider(ABC):
         """Make the call; raise a `CallError` subclass on failure."""
 
     def connection_key(self) -> str:
-        return f"{self.type_name}:{self.options.get('base_url') or self.endpoint}"
+        key_env = self.options.get("api_key_env")
+        identity = content_hash(os.environ.get(key_env) or "", 8) if key_env else "-"
+        return f"{self.type_name}:{self.options.get('base_url') or self.endpoint}:{identity}"
+
+    def rate_limits(self) -> tuple[int | None, int | None]:
+        return (
+            self.options.get("rpm") or self.default_rpm,
+            self.options.get("tpm") or self.default_tpm,
+        )
 
     def max_concurrency(self) -> int:
         return int(self.options.get("concurrency") or self.default_concurrency)

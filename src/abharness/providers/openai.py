@@ -40,6 +40,8 @@ class OpenAIProvider(Provider):
     type_name = "openai"
     default_concurrency = 16
     unsupported_params = ("top_k",)
+    default_rpm = 500  # OpenAI usage tier 1 for the gpt-4.1 family
+    default_tpm = 200_000
 
     def __init__(
         self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
