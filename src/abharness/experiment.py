@@ -140,6 +140,7 @@ def run_experiment(
     resume: str | None = None,
     concurrency: int | None = None,
     policy: RetryPolicy | None = None,
+    merge_attempts: int = 10,
 ) -> Outcome:
     """Run `spec_path`, or with `resume` (a run id or 'last') finish an earlier run."""
     db = db or default_db()
@@ -194,7 +195,7 @@ def run_experiment(
     )
     staging = store.path
     store.close()
-    merged = merge(staging, db)
+    merged = merge(staging, db, attempts=merge_attempts)
     totals = _totals(db if merged.merged else staging, run_id)
     report = None
     if merged.merged and write_report_file:

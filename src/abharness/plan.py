@@ -24,7 +24,7 @@ from .providers import Provider, provider_class
 from .providers.base import ProviderRequest, Usage
 from .scorers import Scorer, build_scorers
 from .spec import Arm, GenerationParams, LoadedSpec, Price, ProviderSpec
-from .store import recorded_prompt_hashes
+from .store import DatabaseBusy, recorded_prompt_hashes
 
 
 @dataclass
@@ -204,8 +204,14 @@ def check_prompt_versions(plan: Plan, db: Path, *, allow_changed: bool = False) 
     """Refuse a template whose content changed under the same ``name@N``.
 
     Returns warnings (when `allow_changed` lets a change through)."""
-    recorded = recorded_prompt_hashes(db)
     warnings = []
+    try:
+        recorded = recorded_prompt_hashes(db)
+    except DatabaseBusy as exc:
+        return [
+            f"prompt versions not checked against the database: {exc}; "
+            "the merge at the end will wait for it"
+        ]
     for arm in plan.arms:
         t = arm.template
         hashes = recorded.get((t.name, t.version), set())

@@ -238,6 +238,10 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
     )
 
 
+class DatabaseBusy(RuntimeError):
+    """The main database is locked by another process."""
+
+
 def staging_dir(main: Path) -> Path:
     return main.parent / "staging"
 
@@ -249,7 +253,10 @@ def recorded_prompt_hashes(main: Path) -> dict[tuple[str, int], set[str]]:
     """
     if not main.exists():
         return {}
-    con = duckdb.connect(str(main), read_only=True)
+    try:
+        con = duckdb.connect(str(main), read_only=True)
+    except duckdb.IOException as exc:  # an analyst holds it read-write
+        raise DatabaseBusy(f"{main} is locked by another process ({exc})") from exc
     try:
         has_arms = con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'arms'"

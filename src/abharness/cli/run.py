@@ -1,4 +1,7 @@
-"""`abharness run SPEC`: run an experiment, merge it into the database, write its report."""
+"""`abharness run SPEC`: run an experiment, merge it into the database, write its report.
+
+`--resume RUN_ID|last` finishes a crashed or stopped run; `--dry-run` projects costs.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +11,59 @@ from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from ..experiment import run_experiment
+from ..errors import InvalidInput
+from ..experiment import EXIT_INTERRUPTED, dry_run, run_experiment
 from .common import console, db_option, err_console, invalid_input_exits, reports_dir_option
 
 
 @click.command("run")
-@click.argument("spec", type=click.Path(path_type=Path))
+@click.argument("spec", type=click.Path(path_type=Path), required=False)
 @db_option
 @reports_dir_option
+@click.option(
+    "--resume",
+    metavar="RUN_ID|last",
+    help="Finish an earlier run without repeating a finished call.",
+)
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the response cache.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Render and fit every call, print the projected cost range; call nothing.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="At most this many calls in flight per endpoint.",
+)
 @click.option(
     "--allow-changed-prompts",
     is_flag=True,
     help="Run a name@N whose content differs from the one recorded in the database.",
 )
 @invalid_input_exits
-def command(spec: Path, db: Path, reports_dir: Path, allow_changed_prompts: bool) -> None:
-    """Run the experiment SPEC (a YAML file)."""
+def command(
+    spec: Path | None,
+    db: Path,
+    reports_dir: Path,
+    resume: str | None,
+    no_cache: bool,
+    dry_run: bool,
+    concurrency: int | None,
+    allow_changed_prompts: bool,
+) -> None:
+    """Run the experiment SPEC (a YAML file), or --resume an earlier run."""
+    if (spec is None) == (resume is None):
+        raise InvalidInput(
+            "give a SPEC to run, or --resume RUN_ID|last (not both)", file="abharness run"
+        )
+    if dry_run:
+        if spec is None:
+            raise InvalidInput("--dry-run needs a SPEC", file="abharness run")
+        _dry_run(spec, db)
+        return
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -34,7 +73,7 @@ def command(spec: Path, db: Path, reports_dir: Path, allow_changed_prompts: bool
         console=err_console,
         transient=False,
     )
-    task = progress.add_task(spec.name, total=None, errors=0)
+    task = progress.add_task((spec.name if spec else f"resume {resume}"), total=None, errors=0)
     errors = 0
 
     def on_start(total: int) -> None:  # only once every input check has passed
@@ -54,15 +93,20 @@ def command(spec: Path, db: Path, reports_dir: Path, allow_changed_prompts: bool
             allow_changed_prompts=allow_changed_prompts,
             on_call=on_call,
             on_start=on_start,
+            use_cache=not no_cache,
+            resume=resume,
+            concurrency=concurrency,
         )
     finally:
         progress.stop()
     for w in outcome.warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
     s = outcome.stats
+    resumed = f", {outcome.resumed_skipped} already done" if resume else ""
     console.print(
-        f"run id:   {outcome.run_id}  ({outcome.status}, {s.calls} calls, {s.ok} ok, "
-        f"{s.error_count} errors, {s.wall_time_s:.1f} s)"
+        f"run id:   {outcome.run_id}  ({outcome.status}, {s.calls} calls{resumed}, {s.ok} ok "
+        f"({s.cache_hits} from cache), {s.error_count} errors, {s.attempts} attempts, "
+        f"{s.wall_time_s:.1f} s)"
     )
     for etype, n in sorted(s.errors.items()):
         console.print(f"  {n} × {etype}")
@@ -73,8 +117,38 @@ def command(spec: Path, db: Path, reports_dir: Path, allow_changed_prompts: bool
         err_console.print(f"[yellow]warning:[/] {outcome.merge.message}")
     if outcome.report:
         console.print(f"report:   {outcome.report}")
-    if outcome.status == "interrupted":
-        err_console.print("interrupted: calls made so far are saved.")
+    if outcome.exit_code == EXIT_INTERRUPTED:
+        err_console.print(
+            f"interrupted: finished calls are saved. Resume with:\n"
+            f"  abharness run --resume {outcome.run_id} --db {outcome.db}"
+        )
+    elif outcome.status == "budget_exhausted":
+        err_console.print(
+            "[red]max_cost_usd reached:[/] calls not made are recorded with error_type 'budget'"
+        )
     elif outcome.exit_code == 2:
         err_console.print("[red]error rate above the spec's max_error_rate[/]")
     sys.exit(outcome.exit_code)
+
+
+def _dry_run(spec: Path, db: Path) -> None:
+    projections, warnings = dry_run(spec, db)
+    for w in warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    table = Table(title=f"dry run of {spec}: no call made")
+    for col in ("arm", "calls", "est. input tokens", "min USD", "max USD", "cannot fit"):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    lo = hi = 0.0
+    for p in projections:
+        price = (lambda v: f"{v:.4f}") if p.priced else (lambda v: "no price")
+        table.add_row(
+            p.arm_id,
+            str(p.calls),
+            f"{p.est_input_tokens:,}",
+            price(p.min_usd),
+            price(p.max_usd),
+            str(p.unfit),
+        )
+        lo, hi = lo + float(p.min_usd), hi + float(p.max_usd)
+    table.add_row("total", str(sum(p.calls for p in projections)), "", f"{lo:.4f}", f"{hi:.4f}", "")
+    console.print(table)
