@@ -1,0 +1,106 @@
+"""Retry delays, the circuit breaker and the rate limiter, in isolation.
+
+Timing assertions here are lower bounds only (a busy machine can only make them
+slower), never speed targets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from abharness import errors
+from abharness.limits import EndpointLimits
+from abharness.retry import CircuitBreaker, CircuitOpenError, RetryPolicy
+
+DELAY = RetryPolicy.delay_s  # the real one: tests zero it through an autouse fixture
+
+
+def test_delay_is_full_jitter_capped_and_never_below_retry_after() -> None:
+    policy = RetryPolicy(base_s=0.5, max_backoff_s=4)
+    for attempts in range(1, 8):
+        cap = min(4, 0.5 * 2 ** (attempts - 1))
+        delays = [DELAY(policy, attempts, None) for _ in range(200)]
+        assert all(0 <= d <= cap for d in delays) and max(delays) > cap / 2
+        assert all(DELAY(policy, attempts, 3.0) >= 3.0 for _ in range(50))
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (errors.RateLimitError("x"), True),
+        (errors.ServerError("x"), True),
+        (errors.TimeoutError_("x"), True),
+        (errors.ConnectionError_("x"), True),
+        (errors.AuthError("x"), False),
+        (errors.BadRequestError("x"), False),
+        (errors.ContextLengthError("x"), False),
+        (errors.ContentFilterError("x"), False),
+        (errors.BudgetError("x"), False),
+    ],
+)
+def test_what_is_retried(error: errors.CallError, retried: bool) -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.should_retry(error, 1) is retried
+    assert policy.should_retry(error, 3) is False
+
+
+async def test_circuit_opens_probes_and_closes() -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown_s=0.2)
+    for _ in range(3):
+        assert await breaker.before_call(10) == 0
+        breaker.record(errors.ServerError("503"))
+    assert breaker.state == "open"
+    started = time.monotonic()
+    waited = await breaker.before_call(10)  # waits out the cool-down, then is the probe
+    assert waited >= 0.19 and time.monotonic() - started >= 0.19 and breaker.state == "half_open"
+    others = [asyncio.create_task(breaker.before_call(10)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in others)  # they wait for the probe
+    breaker.record(errors.ServerError("503"))  # probe failed: open again
+    assert breaker.state == "open" and breaker.times_opened == 2
+    done, pending = await asyncio.wait(others, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1 and breaker.state == "half_open"  # one became the next probe...
+    breaker.record(None)  # ...it succeeded, so the others go too
+    await asyncio.wait_for(asyncio.gather(*pending), 1)
+    assert breaker.state == "closed"
+
+
+async def test_a_429_during_half_open_closes_the_circuit() -> None:
+    breaker = CircuitBreaker(threshold=1, cooldown_s=0.01)
+    breaker.record(errors.ServerError("500"))
+    await asyncio.sleep(0.02)
+    await breaker.before_call(10)
+    waiter = asyncio.create_task(breaker.before_call(10))
+    breaker.record(errors.RateLimitError("429"))  # the endpoint answered: not down
+    await asyncio.wait_for(waiter, 1)
+    assert breaker.state == "closed"
+
+
+async def test_circuit_gives_up_beyond_the_wait_budget() -> None:
+    breaker = CircuitBreaker(threshold=1, cooldown_s=5)
+    breaker.record(errors.ServerError("500"))
+    with pytest.raises(CircuitOpenError):
+        await breaker.before_call(max_wait_s=1)
+
+
+async def test_rpm_spaces_requests_and_does_not_burst_after_idle() -> None:
+    limits = EndpointLimits(rpm=600)  # one request per 0.1 s
+    started = time.monotonic()
+    for _ in range(5):
+        await limits.acquire(0)
+    assert time.monotonic() - started >= 0.39
+    await asyncio.sleep(0.5)  # idle: a plain AsyncLimiter(600, 60) would now let 600 through
+    started = time.monotonic()
+    for _ in range(4):
+        await limits.acquire(0)
+    assert time.monotonic() - started >= 0.29
+
+
+async def test_tpm_meters_tokens_including_calls_bigger_than_a_second() -> None:
+    limits = EndpointLimits(tpm=60_000)  # 1,000 tokens per second
+    started = time.monotonic()
+    await limits.acquire(2_500)  # larger than the one-second bucket: acquired in slices
+    await limits.acquire(500)
+    assert time.monotonic() - started >= 1.9
