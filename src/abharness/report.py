@@ -224,17 +224,23 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
         "",
         "## Arms",
         "",
-        "| arm | model | prompt | n | ok | errors | pass rate | mean score | p50 ms | p90 ms | TTFT p50 ms | input tok | output tok | cost USD | estimate error (tok/call) |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| arm | model | prompt | n | ok | errors | cached | pass rate | mean score | p50 ms | p90 ms | TTFT p50 ms | input tok | output tok | cost USD | estimate error (tok/call) |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for a in r["arms"]:
         name = f"**{a['arm_id']}** (baseline)" if a["arm_id"] == r["baseline"] else a["arm_id"]
         lines.append(
-            f"| {name} | {a['provider']}/{a['model']} | {a['prompt']} | {a['n']} | {a['ok']} | {a['errors']} | "
+            f"| {name} | {a['provider']}/{a['model']} | {a['prompt']} | {a['n']} | {a['ok']} | {a['errors']} | {a['cache_hits']} | "
             f"{_fmt(a['pass_rate'], 'pct')} | {_fmt(a['mean_score'], '.3f')} | {_fmt(a['latency_p50_ms'], '.0f')} | "
             f"{_fmt(a['latency_p90_ms'], '.0f')} | {_fmt(a['ttft_p50_ms'], '.0f')} | {_fmt(a['input_tokens'], ',')} | "
             f"{_fmt(a['output_tokens'], ',')} | {_fmt(a['cost_usd'], '.4f')} | {_fmt(a['est_error_mean_tokens'], '+.1f')} |"
         )
+    if any(a["cache_hits"] for a in r["arms"]):
+        lines += [
+            "",
+            "Cached calls were answered from the response cache: they cost nothing and are "
+            "left out of latency and TTFT (run with `--no-cache` to measure them).",
+        ]
     errs = [(a["arm_id"], t, n) for a in r["arms"] for t, n in a["errors_by_type"].items()]
     if errs:
         lines += ["", "Errors by type: " + "; ".join(f"{arm}: {n} × {t}" for arm, t, n in errs)]

@@ -22,17 +22,20 @@ from pathlib import Path
 import duckdb
 
 from abharness.experiment import run_experiment
-from tests.fake_server import Fault, FakeServer, Logged
+from tests.fake_server import FakeServer, Fault, Logged
 
 
 def spec(root: Path, url: str, cases: int) -> Path:
     (root / "prompts/cap").mkdir(parents=True)
     (root / "prompts/cap/v1.j2").write_text(
-        "{% block user %}{% block examples %}{% endblock %}What is the capital of {{ country }}?{% endblock %}")
+        "{% block user %}{% block examples %}{% endblock %}What is the capital of {{ country }}?{% endblock %}"
+    )
     (root / "prompts/cap/v2.j2").write_text(
-        '{% extends "cap/v1.j2" %}{% block examples %}Lisbon is the capital of Portugal. {% endblock %}')
-    (root / "data.jsonl").write_text("".join(
-        json.dumps({"id": f"c{i:04d}", "country": f"Land{i}"}) + "\n" for i in range(cases)))
+        '{% extends "cap/v1.j2" %}{% block examples %}Lisbon is the capital of Portugal. {% endblock %}'
+    )
+    (root / "data.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:04d}", "country": f"Land{i}"}) + "\n" for i in range(cases))
+    )
     path = root / "spec.yaml"
     path.write_text(f"""
 name: faults-bench
@@ -77,17 +80,35 @@ def run(cases: int, faults: bool, hangs: int) -> dict[str, object]:
             server.fault_fn = inject
         path = spec(Path(tmp), server.url, cases)
         started = time.perf_counter()
-        out = run_experiment(path, db=Path(tmp) / "b.duckdb", use_cache=False, write_report_file=False)
+        out = run_experiment(
+            path, db=Path(tmp) / "b.duckdb", use_cache=False, write_report_file=False
+        )
         wall = time.perf_counter() - started
         con = duckdb.connect(str(out.db), read_only=True)
-        ok, attempts = con.execute("SELECT count(*) FILTER (WHERE status = 'ok'), sum(attempts) FROM calls").fetchone()
-        by_type = dict(con.execute("SELECT error_type, count(*) FROM calls WHERE status = 'error' GROUP BY 1").fetchall())
-        rows = con.execute("SELECT count(*), count(DISTINCT (arm_id, case_id, repeat)) FROM calls").fetchone()
+        ok, attempts = con.execute(
+            "SELECT count(*) FILTER (WHERE status = 'ok'), sum(attempts) FROM calls"
+        ).fetchone()
+        by_type = dict(
+            con.execute(
+                "SELECT error_type, count(*) FROM calls WHERE status = 'error' GROUP BY 1"
+            ).fetchall()
+        )
+        rows = con.execute(
+            "SELECT count(*), count(DISTINCT (arm_id, case_id, repeat)) FROM calls"
+        ).fetchone()
         con.close()
         answered = Counter(key(e) for e in server.log if e.status == 200 and e.text)
-        return {"calls": rows[0], "distinct_keys": rows[1], "ok": ok, "errors": by_type, "attempts": attempts,
-                "server_requests": len(server.log), "duplicates": sum(n - 1 for n in answered.values() if n > 1),
-                "hangs_served": hangs - left if faults else 0, "wall_s": round(wall, 1)}
+        return {
+            "calls": rows[0],
+            "distinct_keys": rows[1],
+            "ok": ok,
+            "errors": by_type,
+            "attempts": attempts,
+            "server_requests": len(server.log),
+            "duplicates": sum(n - 1 for n in answered.values() if n > 1),
+            "hangs_served": hangs - left if faults else 0,
+            "wall_s": round(wall, 1),
+        }
 
 
 def main() -> None:
@@ -99,13 +120,19 @@ def main() -> None:
     clean = run(args.cases, False, 0)
     faulty = run(args.cases, True, args.hangs)
     print(f"{2 * args.cases} calls, 16 in flight, fake server with 10 ms latency")
-    print("| run | calls | ok | errors by type | attempts | server requests | duplicates | wall s |")
+    print(
+        "| run | calls | ok | errors by type | attempts | server requests | duplicates | wall s |"
+    )
     print("|---|--:|--:|---|--:|--:|--:|--:|")
     for name, r in (("no faults", clean), ("20% 429 + 10% 500 + hangs", faulty)):
-        print(f"| {name} | {r['calls']} | {r['ok']} | {r['errors'] or '–'} | {r['attempts']} | "
-              f"{r['server_requests']} | {r['duplicates']} | {r['wall_s']} |")
-    print(f"\nhangs served: {faulty['hangs_served']}; wall-time ratio faulty/clean: "
-          f"{faulty['wall_s'] / clean['wall_s']:.1f}")
+        print(
+            f"| {name} | {r['calls']} | {r['ok']} | {r['errors'] or '–'} | {r['attempts']} | "
+            f"{r['server_requests']} | {r['duplicates']} | {r['wall_s']} |"
+        )
+    print(
+        f"\nhangs served: {faulty['hangs_served']}; wall-time ratio faulty/clean: "
+        f"{faulty['wall_s'] / clean['wall_s']:.1f}"
+    )
 
 
 if __name__ == "__main__":
