@@ -84,6 +84,10 @@ class _Endpoint:
     stopped: CallError | None = None  # credentials failed: no further calls
     not_called: int = 0
     arms: list[str] = field(default_factory=list)
+    # Until the endpoint has answered once, one call at a time: a wrong key then costs
+    # one call, not one per worker.
+    proven: bool = False
+    gate: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def call_id(run_id: str, arm_id: str, case_id: str, repeat: int) -> str:
@@ -385,33 +389,24 @@ class Runner:
         while True:
             waited += await endpoint.breaker.before_call(self.policy.max_total_wait_s - waited)
             await endpoint.limits.acquire(est_tokens + (arm.params.max_tokens or 0))
-            if endpoint.stopped is not None:
-                raise type(endpoint.stopped)(
-                    f"credentials failed on this endpoint: {endpoint.stopped}"
-                )
-            row["attempts"] += 1
-            self.stats.attempts += 1
+            gated = not endpoint.proven
+            if gated:
+                await endpoint.gate.acquire()
             try:
-                response = await asyncio.wait_for(
-                    arm.provider.generate(request), arm.params.timeout_s
-                )
-            except asyncio.CancelledError:
-                endpoint.breaker.abandon()
-                raise
-            except TimeoutError as exc:
-                error: CallError = TimeoutError_(
-                    f"no answer within timeout_s={arm.params.timeout_s}"
-                )
-                error.__cause__ = exc
-            except CallError as exc:
-                error = exc
-            except Exception as exc:  # a provider bug: recorded as 'other', never retried
-                error = OtherCallError(f"{type(exc).__name__}: {exc}")
-                error.__cause__ = exc
-            else:
-                endpoint.breaker.record(None)
+                if endpoint.stopped is not None:
+                    endpoint.not_called += 1
+                    raise type(endpoint.stopped)(
+                        f"not called: credentials failed earlier on this endpoint ({endpoint.stopped})"
+                    )
+                row["attempts"] += 1
+                self.stats.attempts += 1
+                response, error = await self._attempt(arm, request, endpoint)
+            finally:
+                if gated:
+                    endpoint.gate.release()
+            if response is not None:
                 return response
-            endpoint.breaker.record(error)
+            assert error is not None
             if isinstance(error, AuthError):
                 endpoint.stopped = error
                 raise error
@@ -422,6 +417,32 @@ class Runner:
                 raise error
             await asyncio.sleep(delay)
             waited += delay
+
+    async def _attempt(
+        self, arm: ArmPlan, request: Any, endpoint: _Endpoint
+    ) -> tuple[ProviderResponse | None, CallError | None]:
+        """One attempt: the response, or the error it ended with (never raised)."""
+        try:
+            response = await asyncio.wait_for(arm.provider.generate(request), arm.params.timeout_s)
+        except asyncio.CancelledError:
+            endpoint.breaker.abandon()
+            raise
+        except TimeoutError as exc:
+            error: CallError = TimeoutError_(f"no answer within timeout_s={arm.params.timeout_s}")
+            error.__cause__ = exc
+        except CallError as exc:
+            error = exc
+        except Exception as exc:  # a provider bug: recorded as 'other', never retried
+            error = OtherCallError(f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        else:
+            endpoint.proven = True
+            endpoint.breaker.record(None)
+            return response, None
+        if not isinstance(error, AuthError) and error.status_code is not None:
+            endpoint.proven = True  # it answered, and not with an auth error
+        endpoint.breaker.record(error)
+        return None, error
 
     def _record_response(
         self, row: dict[str, Any], response: ProviderResponse, arm: ArmPlan
