@@ -200,18 +200,26 @@ def test_report_pairs_by_case_and_calls_a_clear_winner(project: Path, fake_provi
     report = json.loads(result.output)
     arms = {a["arm_id"]: a for a in report["arms"]}
     assert arms["zero-shot"]["pass_rate"] == 0.25 and arms["few-shot"]["pass_rate"] == 1.0
-    (c,) = report["comparisons"]
-    assert (c["arm_id"], c["baseline"], c["wins"], c["ties"], c["losses"], c["verdict"]) == (
-        "few-shot",
-        "zero-shot",
-        30,
-        10,
-        0,
-        "better",
-    )
-    assert c["diff"] == pytest.approx(0.75)
+    (c, score) = report["comparisons"]
+    assert (
+        c["arm_id"],
+        c["baseline"],
+        c["metric"],
+        c["wins"],
+        c["ties"],
+        c["losses"],
+        c["verdict"],
+    ) == ("few-shot", "zero-shot", "pass_rate", 30, 10, 0, "better")
+    assert c["diff"] == pytest.approx(0.75) and 0.6 < c["ci_low"] < 0.75 < c["ci_high"] <= 0.9
+    assert c["p_value"] == pytest.approx(2 * 0.5**30) and c["p_adjusted"] == c["p_value"]  # one arm
+    assert score["metric"] == "mean_score" and score["verdict"] == "better"
+    assert arms["zero-shot"]["pass_rate_ci"][0] < 0.25 < arms["zero-shot"]["pass_rate_ci"][1]
+    assert "latency_ms" not in arms["zero-shot"]  # chart data stays out of the JSON
     md = out.report.read_text()
-    assert "| few-shot | +75.0 pts | 30 | 10 | 0 |" in md and "is **better** than" in md
+    assert (
+        "| few-shot | pass rate | +75.0 |" in md
+        and "`few-shot` is **better** than `zero-shot` on pass rate" in md
+    )
 
 
 def test_report_last_and_unknown_run(project: Path, fake_provider) -> None:

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
 
-from .stats import paired_pass_fail
-
-ALPHA = 0.05
+from .stats import ALPHA, EQUIVALENCE_MARGIN, bootstrap_ci, compare_arms, wilson
 
 
 class RunNotFound(LookupError):
@@ -45,23 +44,79 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _call_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """One row per call with its pass/fail and score (errors: not passed, score 0)."""
+    return con.execute(
+        """
+        SELECT c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit, c.latency_ms,
+               c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
+               c.est_input_tokens - c.input_tokens AS est_error,
+               c.status = 'ok' AND coalesce(bool_and(s.passed), FALSE) AS passed,
+               CASE WHEN c.status = 'ok' THEN coalesce(avg(s.value), 0) ELSE 0 END AS score
+        FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
+        WHERE c.run_id = ?
+        GROUP BY c.call_id, c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit,
+                 c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
+                 c.est_input_tokens
+        """,
+        [run_id],
+    ).df()
+
+
+def _arm_figures(calls: pd.DataFrame, n_cases: int) -> dict[str, Any]:
+    n = len(calls)
+    ok = int((calls["status"] == "ok").sum())
+    timed = calls[(calls["status"] == "ok") & ~calls["cache_hit"].astype(bool)]
+    latency = timed["latency_ms"].dropna().tolist()
+    ttft = timed["ttft_ms"].dropna().tolist()
+    passes = int(calls["passed"].sum())
+    pass_lo, pass_hi = wilson(passes, n)
+    score, score_lo, score_hi = bootstrap_ci(calls["score"].tolist())
+    out: dict[str, Any] = {
+        "n": n,
+        "ok": ok,
+        "errors": n - ok,
+        "errors_by_type": {
+            str(k): int(v) for k, v in calls["error_type"].dropna().value_counts().items()
+        },
+        "error_rate": (n - ok) / n if n else None,
+        "cache_hits": int(calls["cache_hit"].astype(bool).sum()),
+        "pass_rate": passes / n if n else None,
+        "pass_rate_ci": [pass_lo, pass_hi],
+        "mean_score": score,
+        "mean_score_ci": [score_lo, score_hi],
+    }
+    for q, name in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99")):
+        est, lo, hi = bootstrap_ci(latency, "quantile", q)
+        out[f"latency_{name}_ms"], out[f"latency_{name}_ci"] = est, [lo, hi]
+    out["ttft_p50_ms"] = bootstrap_ci(ttft, "quantile", 0.5)[0]
+    out["latency_ms"] = latency  # for charts; dropped from JSON
+    for col in ("input_tokens", "output_tokens"):
+        total = calls[col].sum(min_count=1)
+        out[col] = int(total) if pd.notna(total) else None
+    cost = calls["cost_usd"].sum(min_count=1)
+    out["cost_usd"] = float(cost) if pd.notna(cost) else None
+    out["cost_per_1k_cases_usd"] = (
+        out["cost_usd"] / n_cases * 1000 if out["cost_usd"] is not None and n_cases else None
+    )
+    err = calls["est_error"].dropna()
+    out["est_error_mean_tokens"] = float(err.mean()) if len(err) else None
+    return out
+
+
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     run = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df().iloc[0].to_dict()
     arms = con.execute(
-        "SELECT a.*, s.* EXCLUDE (run_id, arm_id) FROM arms a "
-        "LEFT JOIN arm_summary s USING (run_id, arm_id) WHERE a.run_id = ? ORDER BY a.position, a.arm_id",
-        [run_id],
+        "SELECT * FROM arms WHERE run_id = ? ORDER BY position, arm_id", [run_id]
     ).df()
-    errors = con.execute(
-        "SELECT arm_id, error_type, count(*) AS n, any_value(error_message) AS example "
-        "FROM calls WHERE run_id = ? AND status = 'error' GROUP BY ALL ORDER BY arm_id, n DESC",
-        [run_id],
-    ).fetchall()
+    calls = _call_table(con, run_id)
+    n_cases = int(calls["case_id"].nunique()) if len(calls) else 0
     baseline_rows = arms[arms["is_baseline"]]
     baseline = str(baseline_rows.iloc[0]["arm_id"]) if len(baseline_rows) else None
 
     arm_list = []
     for _, a in arms.iterrows():
+        figures = _arm_figures(calls[calls["arm_id"] == a["arm_id"]], n_cases)
         arm_list.append(
             {
                 "arm_id": a["arm_id"],
@@ -70,66 +125,51 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
                 "tier": _clean(a["tier"]),
                 "prompt": f"{a['prompt_name']}@{a['prompt_version']}",
                 "prompt_hash": a["prompt_hash"],
-                "n": _clean(a["n"]),
-                "ok": _clean(a["ok"]),
-                "errors": _clean(a["errors"]),
-                "errors_by_type": {t: n for arm_id, t, n, _ in errors if arm_id == a["arm_id"]},
-                "cache_hits": _clean(a["cache_hits"]),
-                "pass_rate": _clean(a["pass_rate"]),
-                "mean_score": _clean(a["mean_score"]),
-                "latency_p50_ms": _clean(a["latency_p50_ms"]),
-                "latency_p90_ms": _clean(a["latency_p90_ms"]),
-                "ttft_p50_ms": _clean(a["ttft_p50_ms"]),
-                "input_tokens": _clean(a["input_tokens"]),
-                "output_tokens": _clean(a["output_tokens"]),
-                "cost_usd": _clean(a["cost_usd"]),
-                "est_error_mean_tokens": _clean(a["est_error_mean_tokens"]),
+                **figures,
             }
         )
     arm_list.sort(key=lambda a: a["arm_id"] != baseline)  # stable: baseline first, then spec order
 
-    comparisons = []
+    comparisons: list[dict[str, Any]] = []
     if baseline is not None:
-        passed = con.execute(
-            """
-            SELECT c.arm_id, c.case_id, c.repeat,
-                   c.status = 'ok' AND coalesce(bool_and(s.passed), FALSE) AS passed
-            FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
-            WHERE c.run_id = ? GROUP BY c.arm_id, c.case_id, c.repeat, c.status
-            """,
-            [run_id],
-        ).fetchall()
-        by_arm: dict[str, dict[tuple[str, int], bool]] = {}
-        for arm_id, case_id, repeat, ok in passed:
-            by_arm.setdefault(arm_id, {})[(case_id, repeat)] = bool(ok)
-        base = by_arm.get(baseline, {})
-        for a in arm_list:
-            if a["arm_id"] == baseline:
-                continue
-            mine = by_arm.get(a["arm_id"], {})
-            pairs = [(mine[k], base[k]) for k in sorted(mine.keys() & base.keys())]
-            out = paired_pass_fail(pairs)
-            if out.p_value < ALPHA:
-                verdict = "better" if out.diff > 0 else "worse"
-            else:
-                verdict = "inconclusive"
-            comparisons.append(
-                {
-                    "arm_id": a["arm_id"],
-                    "baseline": baseline,
-                    "metric": "pass_rate",
-                    "n_pairs": out.n_pairs,
-                    "diff": out.diff,
-                    "ci_low": None,
-                    "ci_high": None,
-                    "p_value": out.p_value,
-                    "p_adjusted": None,
-                    "wins": out.wins,
-                    "ties": out.ties,
-                    "losses": out.losses,
-                    "verdict": verdict,
-                }
-            )
+        keyed = calls.set_index(["arm_id", "case_id", "repeat"])
+        base = keyed.loc[baseline] if baseline in keyed.index.get_level_values(0) else None
+        others = [a for a in arm_list if a["arm_id"] != baseline]
+        for metric, column in (("pass_rate", "passed"), ("mean_score", "score")):
+            pairs = {}
+            for a in others:
+                mine = keyed.loc[a["arm_id"]]
+                common = mine.index.intersection(base.index) if base is not None else []
+                pairs[a["arm_id"]] = (
+                    mine.loc[common, column].astype(float).tolist(),
+                    base.loc[common, column].astype(float).tolist() if base is not None else [],
+                )
+            results = compare_arms(pairs, metric) if pairs else {}
+            base_fig = arm_list[0]
+            for a in others:
+                c = results[a["arm_id"]]
+                comparisons.append(
+                    {
+                        "arm_id": a["arm_id"],
+                        "baseline": baseline,
+                        "metric": metric,
+                        "n_pairs": c.n_pairs,
+                        "diff": c.diff,
+                        "ci_low": c.ci_low,
+                        "ci_high": c.ci_high,
+                        "p_value": c.p_value,
+                        "p_adjusted": c.p_adjusted,
+                        "wins": c.wins,
+                        "ties": c.ties,
+                        "losses": c.losses,
+                        "verdict": c.verdict,
+                        "n_needed": c.n_needed,
+                        "latency_p50_ratio": _ratio(
+                            a["latency_p50_ms"], base_fig["latency_p50_ms"]
+                        ),
+                        "cost_ratio": _ratio(a["cost_usd"], base_fig["cost_usd"]),
+                    }
+                )
     return {
         "run_id": run_id,
         "experiment": run["experiment"],
@@ -137,16 +177,31 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
         "status": run["status"],
         "started_at": f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
         "finished_at": f"{run['finished_at']:%Y-%m-%d %H:%M:%S}"
-        if run["finished_at"] is not None
+        if pd.notna(run["finished_at"])
         else None,
         "wall_time_s": _clean(run["wall_time_s"]),
         "spec_hash": run["spec_hash"],
         "harness_version": run["harness_version"],
+        "n_cases": n_cases,
         "baseline": baseline,
+        "alpha": ALPHA,
+        "equivalence_margin": EQUIVALENCE_MARGIN,
         "arms": arm_list,
         "comparisons": comparisons,
-        "examples": _examples(con, run_id, baseline, [c["arm_id"] for c in comparisons]),
+        "examples": _examples(
+            con, run_id, baseline, [a["arm_id"] for a in arm_list if a["arm_id"] != baseline]
+        ),
     }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def to_json(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without chart-only data, JSON-safe."""
+    arms = [{k: v for k, v in a.items() if k != "latency_ms"} for a in report["arms"]]
+    return {**report, "arms": arms}
 
 
 def _examples(
@@ -202,12 +257,35 @@ def _fmt(value: Any, spec: str = "", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
-VERDICT_WORDS = {
-    "better": "is **better** than",
-    "worse": "is **worse** than",
-    "no_difference": "performs **the same** as",
-    "inconclusive": "**cannot yet be told apart** from",
-}
+METRIC_WORDS = {"pass_rate": "pass rate", "mean_score": "mean score"}
+
+
+def verdict_sentence(c: dict[str, Any], margin: float) -> str:
+    """The comparison in words, saying when the sample is too small to tell."""
+    arm, base, metric = c["arm_id"], c["baseline"], METRIC_WORDS[c["metric"]]
+    diff = f"{c['diff'] * 100:+.1f} points (95% CI {c['ci_low'] * 100:+.1f} to {c['ci_high'] * 100:+.1f})"
+    tally = f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses over {c['n_pairs']} pairs"
+    p = f"p = {c['p_adjusted']:.2g} after Holm"
+    if c["verdict"] == "better":
+        return f"`{arm}` is **better** than `{base}` on {metric}: {diff}; {tally}; {p}."
+    if c["verdict"] == "worse":
+        return f"`{arm}` is **worse** than `{base}` on {metric}: {diff}; {tally}; {p}."
+    if c["verdict"] == "no_difference":
+        return (
+            f"`{arm}` and `{base}` show **no difference** on {metric} beyond ±{margin * 100:.0f} points: "
+            f"{diff}; {tally}."
+        )
+    need = f" About {c['n_needed']} pairs would be needed to tell." if c.get("n_needed") else ""
+    return (
+        f"`{arm}` against `{base}` on {metric} is **inconclusive**: {diff}; {tally}; {p}. "
+        f"The sample is too small to tell.{need}"
+    )
+
+
+def _ci(lo: float | None, hi: float | None, pct: bool = False) -> str:
+    if lo is None or hi is None:
+        return ""
+    return f" ({lo * 100:.1f}–{hi * 100:.1f})" if pct else f" ({lo:.0f}–{hi:.0f})"
 
 
 def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
@@ -216,24 +294,42 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
         lines += [r["description"], ""]
     lines += [
         f"- status: **{r['status']}**, started {r['started_at']} UTC, wall time {_fmt(r['wall_time_s'], '.1f', ' s')}",
-        f"- baseline: `{r['baseline']}` · spec hash `{r['spec_hash']}` · abharness {r['harness_version']}",
+        f"- {r['n_cases']} cases; baseline `{r['baseline']}`; spec hash `{r['spec_hash']}`; abharness {r['harness_version']}",
     ]
     if db_path:
         lines.append(f"- database: `{db_path}` (tables `calls`, `scores`; view `call_facts`)")
+    comparisons = r["comparisons"]
+    if comparisons:
+        lines += ["", "## Verdicts", ""]
+        lines += [
+            f"- {verdict_sentence(c, r['equivalence_margin'])}"
+            for c in comparisons
+            if c["metric"] == "pass_rate"
+        ]
     lines += [
         "",
         "## Arms",
         "",
-        "| arm | model | prompt | n | ok | errors | cached | pass rate | mean score | p50 ms | p90 ms | TTFT p50 ms | input tok | output tok | cost USD | estimate error (tok/call) |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "95% intervals in brackets: Wilson for pass rate, bootstrap for the rest. A call passes when it "
+        "succeeded and every scorer passed; failed calls count as not passed, score 0.",
+        "",
+        "| arm | model | prompt | n | errors | cached | pass rate % | mean score | p50 ms | p90 ms | p99 ms | TTFT p50 ms | input tok | output tok | cost USD | per 1k cases | estimate error (tok/call) |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for a in r["arms"]:
         name = f"**{a['arm_id']}** (baseline)" if a["arm_id"] == r["baseline"] else a["arm_id"]
+        errors = f"{a['errors']}" + (
+            " (" + ", ".join(f"{n} {t}" for t, n in a["errors_by_type"].items()) + ")"
+            if a["errors"]
+            else ""
+        )
         lines.append(
-            f"| {name} | {a['provider']}/{a['model']} | {a['prompt']} | {a['n']} | {a['ok']} | {a['errors']} | {a['cache_hits']} | "
-            f"{_fmt(a['pass_rate'], 'pct')} | {_fmt(a['mean_score'], '.3f')} | {_fmt(a['latency_p50_ms'], '.0f')} | "
-            f"{_fmt(a['latency_p90_ms'], '.0f')} | {_fmt(a['ttft_p50_ms'], '.0f')} | {_fmt(a['input_tokens'], ',')} | "
-            f"{_fmt(a['output_tokens'], ',')} | {_fmt(a['cost_usd'], '.4f')} | {_fmt(a['est_error_mean_tokens'], '+.1f')} |"
+            f"| {name} | {a['provider']}/{a['model']} | {a['prompt']} | {a['n']} | {errors} | {a['cache_hits']} | "
+            f"{_fmt(a['pass_rate'], 'pct')}{_ci(a['pass_rate_ci'][0], a['pass_rate_ci'][1], pct=True)} | "
+            f"{_fmt(a['mean_score'], '.3f')} | {_fmt(a['latency_p50_ms'], '.0f')}{_ci(*a['latency_p50_ci'])} | "
+            f"{_fmt(a['latency_p90_ms'], '.0f')} | {_fmt(a['latency_p99_ms'], '.0f')} | {_fmt(a['ttft_p50_ms'], '.0f')} | "
+            f"{_fmt(a['input_tokens'], ',')} | {_fmt(a['output_tokens'], ',')} | {_fmt(a['cost_usd'], '.4f')} | "
+            f"{_fmt(a['cost_per_1k_cases_usd'], '.4f')} | {_fmt(a['est_error_mean_tokens'], '+.1f')} |"
         )
     if any(a["cache_hits"] for a in r["arms"]):
         lines += [
@@ -241,32 +337,30 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
             "Cached calls were answered from the response cache: they cost nothing and are "
             "left out of latency and TTFT (run with `--no-cache` to measure them).",
         ]
-    errs = [(a["arm_id"], t, n) for a in r["arms"] for t, n in a["errors_by_type"].items()]
-    if errs:
-        lines += ["", "Errors by type: " + "; ".join(f"{arm}: {n} × {t}" for arm, t, n in errs)]
-    if r["comparisons"]:
+    if comparisons:
         lines += [
             "",
             f"## Against the baseline `{r['baseline']}`",
             "",
-            "Paired by case and repeat; a call passes when it succeeded and every scorer passed.",
+            f"Paired by case and repeat. Interval: paired bootstrap (2,000 resamples, fixed seed). Test: exact "
+            f"McNemar for pass rate, sign test for mean score, Holm-adjusted across arms. Equivalence margin "
+            f"±{r['equivalence_margin'] * 100:.0f} points.",
             "",
-            "| arm | pass-rate difference | wins | ties | losses | exact McNemar p | verdict |",
-            "|---|--:|--:|--:|--:|--:|---|",
+            "| arm | metric | difference (pts) | 95% CI | wins | ties | losses | p | p (Holm) | verdict | latency p50 × | cost × |",
+            "|---|---|--:|---|--:|--:|--:|--:|--:|---|--:|--:|",
         ]
-        for c in r["comparisons"]:
+        for c in comparisons:
             lines.append(
-                f"| {c['arm_id']} | {c['diff'] * 100:+.1f} pts | {c['wins']} | {c['ties']} | {c['losses']} | "
-                f"{c['p_value']:.3g} | {c['verdict']} |"
+                f"| {c['arm_id']} | {METRIC_WORDS[c['metric']]} | {c['diff'] * 100:+.1f} | "
+                f"{c['ci_low'] * 100:+.1f} to {c['ci_high'] * 100:+.1f} | {c['wins']} | {c['ties']} | {c['losses']} | "
+                f"{c['p_value']:.3g} | {c['p_adjusted']:.3g} | {c['verdict']} | "
+                f"{_fmt(c['latency_p50_ratio'], '.2f')} | {_fmt(c['cost_ratio'], '.2f')} |"
             )
-        lines.append("")
-        for c in r["comparisons"]:
-            lines.append(
-                f"- `{c['arm_id']}` {VERDICT_WORDS[c['verdict']]} `{c['baseline']}` on pass rate: "
-                f"{c['diff'] * 100:+.1f} points over {c['n_pairs']} pairs ({c['wins']} wins, "
-                f"{c['losses']} losses, p = {c['p_value']:.3g})."
-                + (" Too few discordant pairs to tell." if c["verdict"] == "inconclusive" else "")
-            )
+        lines += [""] + [
+            f"- {verdict_sentence(c, r['equivalence_margin'])}"
+            for c in comparisons
+            if c["metric"] == "mean_score"
+        ]
     for arm_id, examples in r.get("examples", {}).items():
         if not examples:
             continue

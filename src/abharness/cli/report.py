@@ -10,7 +10,7 @@ import click
 import duckdb
 
 from ..experiment import EXIT_INVALID
-from ..report import RunNotFound, build_report, resolve_run_id, write_report
+from ..report import RunNotFound, build_report, resolve_run_id, to_json, write_report
 from .common import console, db_option, err_console, reports_dir_option
 
 
@@ -29,7 +29,7 @@ def command(run_id: str | None, last: bool, fmt: str, db: Path, reports_dir: Pat
     try:
         rid = resolve_run_id(con, None if last else run_id)
         if fmt == "json":
-            click.echo(json.dumps(build_report(con, rid), indent=2, default=str))
+            click.echo(json.dumps(to_json(build_report(con, rid)), indent=2, default=str))
         else:
             console.print(f"report: {write_report(con, rid, reports_dir, str(db))}")
     except RunNotFound as exc:
