@@ -309,11 +309,11 @@ class Runner:
             "attempts": 0,
             "cache_hit": False,
             "started_at": datetime.now(UTC).replace(tzinfo=None),
-            "queue_ms": (time.perf_counter() - work.enqueued_at) * 1000,
+            "queue_ms": None,  # set when the first attempt leaves: all waiting before it
+            "latency_ms": None,  # the last attempt, from sending to the full response
         }
         response: ProviderResponse | None = None
         reserved = Decimal(0)
-        t0 = time.perf_counter()
         try:
             load_error = self._load_errors.get(id(arm.provider))
             if load_error is not None:
@@ -353,8 +353,9 @@ class Runner:
                     f"this call up to {worst:.6f})"
                 )
             reserved = worst
-            t0 = time.perf_counter()
-            response = await self._attempts(arm, request, fitted.est_input_tokens, endpoint, row)
+            response = await self._attempts(
+                arm, request, fitted.est_input_tokens, endpoint, row, work.enqueued_at
+            )
             row["status"] = "ok"
             if self.cache is not None and key is not None:
                 row["_cache_key"] = key
@@ -368,7 +369,6 @@ class Runner:
                 error_type=error.error_type if error else _error_type(exc),
                 error_message=_describe(exc, arm),
             )
-        row["latency_ms"] = (time.perf_counter() - t0) * 1000
         if response is not None:  # an unknown cost keeps its whole reservation
             self.cost_cap.settle(reserved, self._record_response(row, response, arm))
         elif reserved:  # refused calls cost nothing; a timed-out one may have been billed
@@ -383,8 +383,10 @@ class Runner:
         est_tokens: int,
         endpoint: _Endpoint,
         row: dict[str, Any],
+        enqueued_at: float,
     ) -> ProviderResponse:
-        """Make the call, retrying per the policy; count attempts into `row`."""
+        """Make the call, retrying per the policy; count attempts, queue time and the
+        last attempt's latency into `row`."""
         waited = 0.0
         while True:
             waited += await endpoint.breaker.before_call(self.policy.max_total_wait_s - waited)
@@ -400,7 +402,11 @@ class Runner:
                     )
                 row["attempts"] += 1
                 self.stats.attempts += 1
+                sent = time.perf_counter()
+                if row["queue_ms"] is None:
+                    row["queue_ms"] = (sent - enqueued_at) * 1000
                 response, error = await self._attempt(arm, request, endpoint)
+                row["latency_ms"] = (time.perf_counter() - sent) * 1000
             finally:
                 if gated:
                     endpoint.gate.release()

@@ -7,7 +7,7 @@ import logging
 import click
 
 from .. import __version__
-from . import merge, prompts, report, run, sql, validate
+from . import compare, merge, prompts, report, run, sql, validate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +21,7 @@ def cli(verbose: bool) -> None:
     )
 
 
-for module in (run, validate, report, prompts, sql, merge):
+for module in (run, validate, report, compare, prompts, sql, merge):
     cli.add_command(module.command)
 
 
