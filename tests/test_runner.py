@@ -229,3 +229,21 @@ def test_report_last_and_unknown_run(project: Path, fake_provider) -> None:
     assert ok.exit_code == 0 and out.run_id in ok.output
     missing = runner.invoke(cli, ["report", "nope", "--db", str(out.db)])
     assert missing.exit_code == 1 and "no run 'nope'" in missing.output
+
+
+def test_html_report_is_self_contained_with_charts(project: Path, fake_provider) -> None:
+    import re
+
+    from abharness.report_html import pareto_front
+
+    fake_provider.script = capital_answers({"France", "Japan"})
+    out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
+    html = out.report.with_suffix(".html").read_text()
+    assert html.startswith("<!doctype html>") and html.count("<svg") == 3
+    assert not re.search(r"(src|href)=\"(https?:)?//", html) and "@import" not in html
+    assert "Per case against the baseline" in html and "Pareto front" in html
+    assert "<script" not in html  # nothing to run, nothing to fetch
+    assert pareto_front([("a", 1.0, 0.9), ("b", 0.5, 0.8), ("c", 2.0, 0.85), ("d", 0.5, 0.7)]) == {
+        "a",
+        "b",
+    }

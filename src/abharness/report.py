@@ -145,6 +145,17 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
                     base.loc[common, column].astype(float).tolist() if base is not None else [],
                 )
             results = compare_arms(pairs, metric) if pairs else {}
+            if metric == "pass_rate" and base is not None:
+                for a in others:
+                    mine = keyed.loc[a["arm_id"]]
+                    common = mine.index.intersection(base.index)
+                    outcome = mine.loc[common, "passed"].astype(int) - base.loc[
+                        common, "passed"
+                    ].astype(int)
+                    a["case_outcomes"] = [
+                        [str(case), int(rep), {1: "win", 0: "tie", -1: "loss"}[int(o)]]
+                        for (case, rep), o in outcome.sort_index().items()
+                    ]
             base_fig = arm_list[0]
             for a in others:
                 c = results[a["arm_id"]]
@@ -385,8 +396,12 @@ def _quote(text: str | None, limit: int = 80) -> str:
 def write_report(
     con: duckdb.DuckDBPyConnection, run_id: str, reports_dir: Path, db_path: str | None = None
 ) -> Path:
+    """Write ``<experiment>/<run_id>.md`` and the self-contained ``.html`` beside it."""
+    from .report_html import render_html
+
     report = build_report(con, run_id)
     target = reports_dir / report["experiment"] / f"{run_id}.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render_markdown(report, db_path), encoding="utf-8")
+    target.with_suffix(".html").write_text(render_html(report, db_path), encoding="utf-8")
     return target
