@@ -7,6 +7,7 @@ the baseline.
 
 from __future__ import annotations
 
+import re
 from html import escape
 from typing import Any
 
@@ -21,8 +22,9 @@ main{max-width:1180px;margin:0 auto;padding:28px 32px;background:#fff;min-height
 h1{font-size:26px;margin:0 0 4px} h2{font-size:19px;margin:32px 0 10px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
 .meta{color:#57606a;font-size:13px} .desc{margin:8px 0 0}
 table{border-collapse:collapse;font-size:13px;width:100%;margin:6px 0}
-th,td{padding:5px 8px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap}
-th{background:#f6f8fa;font-weight:600} td:first-child,th:first-child{text-align:left}
+th,td{padding:5px 7px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap}
+th{background:#f6f8fa;font-weight:600;white-space:normal;vertical-align:bottom}
+.wide{overflow-x:auto} td:first-child,th:first-child{text-align:left}
 td.l,th.l{text-align:left} .ci{color:#6e7781;font-size:11px}
 .verdicts li{margin:6px 0} .better{color:#1a7f37;font-weight:600} .worse{color:#cf222e;font-weight:600}
 .no_difference{color:#57606a;font-weight:600} .inconclusive{color:#9a6700;font-weight:600}
@@ -179,7 +181,11 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
     if comps:
         out.append('<h2>Verdicts</h2><ul class="verdicts">')
         for c in comps:
-            text = e(verdict_sentence(c, r["equivalence_margin"])).replace("**", "")
+            text = re.sub(
+                r"`([^`]+)`",
+                r"<code>\1</code>",
+                e(verdict_sentence(c, r["equivalence_margin"])).replace("**", ""),
+            )
             text = text.replace(
                 c["verdict"].replace("_", " "),
                 f'<span class="{c["verdict"]}">{c["verdict"].replace("_", " ")}</span>',
