@@ -166,7 +166,7 @@ def build_plan(spec: LoadedSpec) -> Plan:
             )
         )
     try:
-        scorers = build_scorers(x.scorers)
+        scorers = build_scorers(x.scorers, spec.path.parent)
     except SpecError as exc:
         raise SpecError(exc.problem, file=spec.path, key="scorers") from exc
     return Plan(spec, arms, scorers, list(providers.values()))

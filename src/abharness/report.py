@@ -51,7 +51,7 @@ def _call_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
         SELECT c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit, c.latency_ms,
                c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
                c.est_input_tokens - c.input_tokens AS est_error,
-               c.status = 'ok' AND coalesce(bool_and(s.passed), FALSE) AS passed,
+               c.status = 'ok' AND coalesce(bool_and(coalesce(s.passed, FALSE)), FALSE) AS passed,
                CASE WHEN c.status = 'ok' THEN coalesce(avg(s.value), 0) ELSE 0 END AS score
         FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
         WHERE c.run_id = ?
@@ -231,7 +231,7 @@ def _examples(
             """
             WITH p AS (
                 SELECT c.arm_id, c.case_id, c.repeat, c.response_text, c.error_type,
-                       c.status = 'ok' AND coalesce(bool_and(s.passed), FALSE) AS passed
+                       c.status = 'ok' AND coalesce(bool_and(coalesce(s.passed, FALSE)), FALSE) AS passed
                 FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
                 WHERE c.run_id = ? AND c.arm_id IN (?, ?)
                 GROUP BY c.arm_id, c.case_id, c.repeat, c.response_text, c.error_type, c.status

@@ -2,22 +2,43 @@
 
 ``expected`` is a Jinja expression over the case (``"{{ case.answer }}"``), rendered in
 the same sandbox as the prompts with strict undefined variables, so a typo in it is an
-error at validation, not a silent zero.
+error at validation, not a silent zero. Everything a scorer needs from outside (a JSON
+schema file, a Python function) is loaded when the spec is, and a missing one is a
+`SpecError`. A scorer that raises while scoring is recorded as a scorer error (value
+and passed null), which counts as not passed; it never stops the run.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import math
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import SpecError
-from .spec import ContainsScorer, ExactScorer, RegexScorer, ScorerSpec
+from .spec import (
+    ContainsScorer,
+    ExactScorer,
+    JsonSchemaScorer,
+    JsonValidScorer,
+    NumericScorer,
+    PythonScorer,
+    RegexScorer,
+    ScorerSpec,
+    SimilarityScorer,
+)
 
 _env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -28,68 +49,184 @@ class Score:
     detail: str
 
 
+def _json_from(response: str, extract: bool) -> Any:
+    text = response.strip()
+    if extract:
+        fenced = _FENCE.search(text)
+        if fenced:
+            text = fenced.group(1).strip()
+        else:
+            start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+            end = max(text.rfind("}"), text.rfind("]"))
+            if start >= 0 and end > start:
+                text = text[start : end + 1]
+    return json.loads(text)
+
+
 class Scorer:
-    def __init__(self, spec: Any, name: str) -> None:
+    def __init__(self, spec: Any, name: str, base_dir: Path) -> None:
         self.spec = spec
         self.name = name
-        self._expected = None
-        if hasattr(spec, "expected"):
+        self._templates: list[Any] = []
+        expected = getattr(spec, "expected", None)
+        for source in [expected] if isinstance(expected, str) else (expected or []):
             try:
-                self._expected = _env.from_string(spec.expected)
+                self._templates.append(_env.from_string(source))
             except TemplateSyntaxError as exc:
                 raise SpecError(
                     f"scorer {name}: expected is not valid Jinja: {exc.message}"
                 ) from exc
+        self._validator: Any = None
+        self._function: Callable[..., Any] | None = None
+        if isinstance(spec, RegexScorer):
+            try:
+                self._regex = re.compile(spec.pattern, re.IGNORECASE if spec.ignore_case else 0)
+            except re.error as exc:
+                raise SpecError(f"scorer {name}: invalid regex: {exc}") from exc
+        if isinstance(spec, JsonSchemaScorer):
+            self._validator = _load_schema(spec.schema_, base_dir, name)
+        if isinstance(spec, PythonScorer):
+            self._function = _load_function(spec.function, base_dir, name)
 
-    def expected(self, case: dict[str, Any]) -> str:
-        assert self._expected is not None
+    def expected(self, case: dict[str, Any]) -> list[str]:
         try:
-            return self._expected.render(case=case, **case)
+            return [t.render(case=case, **case) for t in self._templates]
         except UndefinedError as exc:
             raise SpecError(f"scorer {self.name}: expected: {exc.message}") from exc
 
     def check(self, case: dict[str, Any]) -> None:
         """Raise `SpecError` now if this scorer cannot be evaluated for `case`."""
-        if self._expected is not None:
-            self.expected(case)
+        self.expected(case)
 
     def score(self, response: str, case: dict[str, Any]) -> Score:
         spec = self.spec
         if isinstance(spec, RegexScorer):
-            flags = re.IGNORECASE if spec.ignore_case else 0
-            m = re.search(spec.pattern, response, flags)
+            m = self._regex.search(response)
+            return self._result(bool(m), f"matched {m.group(0)!r}" if m else "no match")
+        if isinstance(spec, JsonValidScorer | JsonSchemaScorer):
+            try:
+                value = _json_from(response, spec.extract)
+            except json.JSONDecodeError as exc:
+                return self._result(False, f"not JSON: {exc.msg} at column {exc.colno}")
+            if self._validator is None:
+                return self._result(True, "valid JSON")
+            errors = sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))
+            if errors:
+                where = "/".join(str(p) for p in errors[0].path) or "(root)"
+                return self._result(
+                    False, f"{len(errors)} schema error(s); first at {where}: {errors[0].message}"
+                )
+            return self._result(True, "matches the schema")
+        if isinstance(spec, PythonScorer):
+            return self._python(response, case)
+        wanted = self.expected(case)
+        if isinstance(spec, NumericScorer):
+            return self._numeric(response, wanted[0])
+        if isinstance(spec, SimilarityScorer):
+            from rapidfuzz import fuzz
+
+            a, b = response.strip(), wanted[0].strip()
+            if spec.ignore_case:
+                a, b = a.casefold(), b.casefold()
+            ratio = fuzz.ratio(a, b) / 100
             return Score(
-                self.name, float(bool(m)), bool(m), f"matched {m.group(0)!r}" if m else "no match"
+                self.name,
+                ratio,
+                ratio >= spec.threshold,
+                f"similarity {ratio:.3f} (threshold {spec.threshold})",
             )
-        want = self.expected(case)
         got = response
         if spec.ignore_case:
-            want, got = want.casefold(), got.casefold()
+            got, wanted = got.casefold(), [w.casefold() for w in wanted]
         if isinstance(spec, ExactScorer):
             if spec.strip:
-                want, got = want.strip(), got.strip()
-            ok = got == want
-        else:
-            assert isinstance(spec, ContainsScorer)
-            ok = want in got
-        verb = "equals" if isinstance(spec, ExactScorer) else "contains"
-        return Score(self.name, float(ok), ok, f"{verb} {want!r}: {'yes' if ok else 'no'}")
+                got, wanted = got.strip(), [w.strip() for w in wanted]
+            ok = got == wanted[0]
+            return self._result(ok, f"equals {wanted[0]!r}: {'yes' if ok else 'no'}")
+        assert isinstance(spec, ContainsScorer)
+        hits = [w for w in wanted if w in got]
+        ok = len(hits) == len(wanted) if spec.match == "all" else bool(hits)
+        if len(wanted) == 1:
+            return self._result(ok, f"contains {wanted[0]!r}: {'yes' if ok else 'no'}")
+        return Score(
+            self.name,
+            len(hits) / len(wanted) if spec.match == "all" else float(ok),
+            ok,
+            f"contains {len(hits)} of {len(wanted)} ({spec.match}): {hits}",
+        )
+
+    def _result(self, ok: bool, detail: str) -> Score:
+        return Score(self.name, float(ok), ok, detail)
+
+    def _numeric(self, response: str, wanted: str) -> Score:
+        spec = self.spec
+        try:
+            target = float(wanted.replace(",", ""))
+        except ValueError as exc:
+            raise ValueError(f"expected {wanted!r} is not a number") from exc
+        m = _NUMBER.search(response)
+        if not m:
+            return self._result(False, "no number in the response")
+        got = float(m.group(0).replace(",", ""))
+        ok = math.isclose(got, target, rel_tol=spec.rel_tol, abs_tol=spec.abs_tol)
+        return self._result(ok, f"{got:g} vs expected {target:g}")
+
+    def _python(self, response: str, case: dict[str, Any]) -> Score:
+        assert self._function is not None
+        result = self._function(response, case)
+        detail = ""
+        if isinstance(result, tuple):
+            result, detail = result
+        value = float(result)
+        if not 0 <= value <= 1:
+            raise ValueError(f"{self.spec.function} returned {value}, expected a value in [0, 1]")
+        return Score(self.name, value, value >= self.spec.threshold, detail or f"{value:g}")
 
 
-def build_scorers(specs: list[ScorerSpec]) -> list[Scorer]:
+def _load_schema(schema: dict[str, Any] | str, base_dir: Path, name: str) -> Any:
+    from jsonschema import Draft202012Validator, SchemaError, validators
+
+    if isinstance(schema, str):
+        path = base_dir / schema
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise SpecError(f"scorer {name}: schema file not found: {path}") from exc
+        except json.JSONDecodeError as exc:
+            raise SpecError(
+                f"scorer {name}: schema {path} is not JSON: {exc.msg} at line {exc.lineno}"
+            ) from exc
+    cls = validators.validator_for(schema, default=Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        raise SpecError(f"scorer {name}: invalid JSON schema: {exc.message}") from exc
+    return cls(schema)
+
+
+def _load_function(target: str, base_dir: Path, name: str) -> Callable[..., Any]:
+    module_name, _, attr = target.partition(":")
+    for folder in (str(Path.cwd()), str(base_dir)):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"scorer {name}: cannot import {target}: {exc}") from exc
+    if not callable(fn):
+        raise SpecError(f"scorer {name}: {target} is not callable")
+    return fn
+
+
+def build_scorers(specs: list[ScorerSpec], base_dir: Path | None = None) -> list[Scorer]:
     """One `Scorer` per spec entry; names are the entry's `name`, else its type (``_2``... on repeats)."""
     out: list[Scorer] = []
     used: set[str] = set()
     for spec in specs:
         name = spec.name or spec.type
-        if isinstance(spec, RegexScorer):
-            try:
-                re.compile(spec.pattern)
-            except re.error as exc:
-                raise SpecError(f"scorer regex: invalid pattern: {exc}") from exc
         base, n = name, 2
         while name in used:
             name, n = f"{base}_{n}", n + 1
         used.add(name)
-        out.append(Scorer(spec, name))
+        out.append(Scorer(spec, name, base_dir or Path.cwd()))
     return out

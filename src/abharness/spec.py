@@ -86,6 +86,8 @@ class Arm(GenerationParams):
 
 
 class ExactScorer(_Model):
+    """The response equals ``expected`` (stripped unless ``strip: false``)."""
+
     type: Literal["exact"]
     name: str | None = None
     expected: str = "{{ case.expected }}"
@@ -94,9 +96,12 @@ class ExactScorer(_Model):
 
 
 class ContainsScorer(_Model):
+    """The response contains ``expected``; a list passes on ``any`` (default) or ``all``."""
+
     type: Literal["contains"]
     name: str | None = None
-    expected: str = "{{ case.expected }}"
+    expected: str | list[str] = "{{ case.expected }}"
+    match: Literal["any", "all"] = "any"
     ignore_case: bool = False
 
 
@@ -107,7 +112,64 @@ class RegexScorer(_Model):
     ignore_case: bool = False
 
 
-ScorerSpec = Annotated[ExactScorer | ContainsScorer | RegexScorer, Field(discriminator="type")]
+class JsonValidScorer(_Model):
+    """The response parses as JSON (inside a ```json fence too, with ``extract: true``)."""
+
+    type: Literal["json_valid"]
+    name: str | None = None
+    extract: bool = False
+
+
+class JsonSchemaScorer(_Model):
+    """The response is JSON valid against ``schema`` (inline, or a file relative to the spec)."""
+
+    type: Literal["json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | str = Field(alias="schema")
+    extract: bool = False
+
+
+class NumericScorer(_Model):
+    """The first number in the response is within tolerance of ``expected``."""
+
+    type: Literal["numeric"]
+    name: str | None = None
+    expected: str = "{{ case.expected }}"
+    abs_tol: float = Field(0.0, ge=0)
+    rel_tol: float = Field(0.0, ge=0)
+
+
+class SimilarityScorer(_Model):
+    """rapidfuzz's normalised ratio with ``expected`` (the value); passes at ``threshold``."""
+
+    type: Literal["similarity"]
+    name: str | None = None
+    expected: str = "{{ case.expected }}"
+    threshold: float = Field(0.8, ge=0, le=1)
+    ignore_case: bool = True
+
+
+class PythonScorer(_Model):
+    """``function: module:function`` from the project, called as ``f(response, case)``;
+    it returns a bool, a number in [0, 1], or ``(value, detail)``."""
+
+    type: Literal["python"]
+    name: str | None = None
+    function: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+ScorerSpec = Annotated[
+    ExactScorer
+    | ContainsScorer
+    | RegexScorer
+    | JsonValidScorer
+    | JsonSchemaScorer
+    | NumericScorer
+    | SimilarityScorer
+    | PythonScorer,
+    Field(discriminator="type"),
+]
 
 
 class Budget(_Model):
@@ -288,7 +350,20 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
     return LoadedSpec(path, source, experiment, prompts_dir)
 
 
-_SCORER_TAGS = {"exact", "contains", "regex"}
+_SCORER_MODELS: dict[str, type[BaseModel]] = {
+    m.model_fields["type"].annotation.__args__[0]: m  # type: ignore[union-attr]
+    for m in (
+        ExactScorer,
+        ContainsScorer,
+        RegexScorer,
+        JsonValidScorer,
+        JsonSchemaScorer,
+        NumericScorer,
+        SimilarityScorer,
+        PythonScorer,
+    )
+}
+_SCORER_TAGS = set(_SCORER_MODELS)
 
 
 def _key_path(loc: tuple[Any, ...]) -> str | None:
@@ -347,9 +422,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         field = model.model_fields.get(part)
         if field is None:
             if part in _SCORER_TAGS:
-                model = {"exact": ExactScorer, "contains": ContainsScorer, "regex": RegexScorer}[
-                    part
-                ]
+                model = _SCORER_MODELS[part]
             continue
         model = _inner_model(field.annotation)
     if isinstance(model, type) and issubclass(model, BaseModel):

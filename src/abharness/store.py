@@ -111,6 +111,33 @@ def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
         GROUP BY c.run_id, c.arm_id""")
 
 
+@migration(2, "scorer_errors_fail")
+def m002_scorer_errors_fail(con: duckdb.DuckDBPyConnection) -> None:
+    """A scorer error (passed is null) makes its call not pass, as in the report."""
+    con.execute("""
+        CREATE OR REPLACE VIEW arm_summary AS
+        WITH call_scores AS (
+            SELECT call_id, avg(value) AS score, bool_and(coalesce(passed, FALSE)) AS passed
+            FROM scores GROUP BY call_id
+        )
+        SELECT c.run_id, c.arm_id,
+               count(*) AS n,
+               count(*) FILTER (WHERE c.status = 'ok') AS ok,
+               count(*) FILTER (WHERE c.status = 'error') AS errors,
+               count(*) FILTER (WHERE c.cache_hit) AS cache_hits,
+               avg(CASE WHEN s.passed THEN 1.0 ELSE 0.0 END) AS pass_rate,
+               avg(coalesce(s.score, 0.0)) AS mean_score,
+               quantile_cont(c.latency_ms, 0.5) FILTER (WHERE c.status = 'ok' AND NOT c.cache_hit) AS latency_p50_ms,
+               quantile_cont(c.latency_ms, 0.9) FILTER (WHERE c.status = 'ok' AND NOT c.cache_hit) AS latency_p90_ms,
+               quantile_cont(c.ttft_ms, 0.5) FILTER (WHERE c.status = 'ok' AND NOT c.cache_hit) AS ttft_p50_ms,
+               sum(c.input_tokens) AS input_tokens,
+               sum(c.output_tokens) AS output_tokens,
+               sum(c.cost_usd) AS cost_usd,
+               avg(c.est_input_tokens - c.input_tokens) AS est_error_mean_tokens
+        FROM calls c LEFT JOIN call_scores s ON s.call_id = c.call_id
+        GROUP BY c.run_id, c.arm_id""")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply pending migrations in order; return the numbers applied."""
     con.execute("""
