@@ -145,3 +145,85 @@ def test_a_raising_scorer_is_recorded_and_fails_its_call(project, fake_provider)
     con.close()
     assert details == [(None, "scorer error: scorer bug")]
     assert passes == (0.0,)  # France answered right, but a scorer error is not a pass
+
+
+@pytest.mark.parametrize(
+    ("answer", "scale", "value"),
+    [
+        ("Score: 8", (0, 10), 0.8),
+        ("**Rating:** 4", (1, 5), 0.75),
+        ("I'd give it 7/10.", (0, 10), 0.7),
+        ("7 out of 10", (0, 10), 0.7),
+        ("The answer names Paris (2 of 2 facts). Score 9", (0, 10), 0.9),
+        ("3", (1, 5), 0.5),
+        ("great answer", (0, 10), None),
+        ("Score: 12", (0, 10), None),
+    ],
+)
+def test_judge_score_parsing(answer: str, scale: tuple[float, float], value: float | None) -> None:
+    from abharness.scorers import parse_judge_score
+
+    got = parse_judge_score(answer, *scale)
+    assert got == (pytest.approx(value) if value is not None else None)
+
+
+def test_llm_judge_calls_go_through_the_runner_and_are_logged(project, fake_provider) -> None:
+    import json
+
+    import duckdb
+    from click.testing import CliRunner
+
+    from abharness.cli.main import cli
+    from abharness.experiment import run_experiment
+
+    from .conftest import capital_answers, write
+
+    write(
+        project / "prompts/judge/v1.j2",
+        """
+        {% block prompt %}Rate this answer from 0 to 10.
+        Question: capital of {{ country }}? Expected: {{ expected }}. Answer: {{ response }}
+        Score:{% endblock %}
+        """,
+    )
+    spec = project / "experiments/spec.yaml"
+    spec.write_text(
+        spec.read_text()
+        + (
+            "  - {type: llm_judge, name: judge, provider: mock, model: judge-model, rubric: judge@1,\n"
+            "     expected: '{{ case.answer }}', price: {input_per_mtok: 1000, output_per_mtok: 1000}}\n"
+        )
+    )
+    answers = capital_answers({"France", "Japan", "Italy"})
+
+    def script(request):
+        if request.prompt.startswith("Rate this answer"):
+            return (
+                "Score: 9" if "Expected: Paris. Answer: Paris" in request.prompt else "I'd say 2/10"
+            )
+        return answers(request)
+
+    fake_provider.script = script
+    out = run_experiment(spec, db=project / "r.duckdb")
+    assert out.exit_code == 0, out.failures
+    con = duckdb.connect(str(out.db), read_only=True)
+    judge_calls = con.execute(
+        "SELECT count(*), count(DISTINCT judged_call_id), sum(cost_usd) > 0 FROM calls "
+        "WHERE arm_id = 'judge-judge'"
+    ).fetchone()
+    judged = con.execute(
+        "SELECT c.case_id, s.value, s.passed FROM scores s JOIN calls c USING (call_id) "
+        "WHERE s.scorer = 'judge' ORDER BY 1"
+    ).fetchall()
+    role = con.execute("SELECT role FROM arms WHERE arm_id = 'judge-judge'").fetchone()
+    con.close()
+    assert judge_calls == (12, 12, True) and role == ("judge",)
+    assert ("fr", 0.9, True) in judged and ("jp", 0.2, False) in judged and len(judged) == 12
+    report = json.loads(
+        CliRunner()
+        .invoke(cli, ["report", out.run_id, "--format", "json", "--db", str(out.db)])
+        .output
+    )
+    assert [a["arm_id"] for a in report["arms"]] == ["zero-shot", "few-shot"]
+    assert all(a["judge_cost_usd"] > 0 for a in report["arms"])
+    assert all(a["n"] == 6 for a in report["arms"])  # judge calls are not the arms' calls

@@ -128,3 +128,28 @@ def test_merge_waits_for_a_lock_then_keeps_the_staging_file(tmp_path: Path) -> N
     assert duckdb.connect(str(main), read_only=True).execute(
         "SELECT count(*) FROM calls"
     ).fetchone() == (3,)
+
+
+def test_reports_read_a_database_from_before_the_latest_migrations(
+    project, fake_provider, monkeypatch
+) -> None:
+    """`report` opens the database read-only and cannot migrate it: it must cope."""
+    from click.testing import CliRunner
+
+    from abharness import store
+    from abharness.cli.main import cli
+    from abharness.experiment import run_experiment
+
+    out = run_experiment(
+        "experiments/spec.yaml", db=project / "old.duckdb", write_report_file=False
+    )
+    con = duckdb.connect(str(out.db))  # back to the schema of migration 2
+    con.execute("ALTER TABLE arms DROP COLUMN role")
+    con.execute("ALTER TABLE calls DROP COLUMN judged_call_id")
+    con.execute("DELETE FROM schema_migrations WHERE version = 3")
+    con.close()
+    assert not store.has_column(duckdb.connect(str(out.db), read_only=True), "arms", "role")
+    result = CliRunner().invoke(
+        cli, ["report", out.run_id, "--db", str(out.db), "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output

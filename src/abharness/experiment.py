@@ -121,8 +121,11 @@ def _record_start(store: Store, plan: Plan, run_id: str) -> None:
                 "params_json": json.dumps(a.params.model_dump(exclude_none=True)),
                 "is_baseline": a.is_baseline,
                 "position": i,
+                "role": role,
             }
-            for i, a in enumerate(plan.arms)
+            for i, (a, role) in enumerate(
+                [(a, "arm") for a in plan.arms] + [(j, "judge") for j in plan.judges.values()]
+            )
         ],
     )
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from .budget import FittedPrompt, fit_to_budget, input_budget
 from .dataset import Case, check_dataset, iter_cases
@@ -23,7 +24,7 @@ from .prompts import PromptLibrary, PromptTemplate
 from .providers import Provider, provider_class
 from .providers.base import ProviderRequest, Usage
 from .scorers import Scorer, build_scorers
-from .spec import Arm, GenerationParams, LoadedSpec, Price, ProviderSpec
+from .spec import Arm, GenerationParams, LlmJudgeScorer, LoadedSpec, Price, ProviderSpec
 from .store import DatabaseBusy, recorded_prompt_hashes
 
 
@@ -58,6 +59,11 @@ class ArmPlan:
             )
             self._budget_known = True
         return self._budget
+
+    def fit_vars(self, variables: dict[str, Any]) -> FittedPrompt:
+        return fit_to_budget(
+            self.template, variables, self.provider.tokenizer(self.arm.model), self.budget()
+        )
 
     def fit(self, case: Case) -> FittedPrompt:
         return fit_to_budget(
@@ -120,6 +126,7 @@ class Plan:
     scorers: list[Scorer]
     providers: list[Provider]
     n_cases: int = 0
+    judges: dict[str, ArmPlan] = field(default_factory=dict)  # llm_judge scorer name -> its arm
 
     @property
     def n_calls(self) -> int:
@@ -135,12 +142,11 @@ def build_plan(spec: LoadedSpec) -> Plan:
     x = spec.experiment
     library = PromptLibrary(spec.prompts_dir)
     providers: dict[tuple[str, str], Provider] = {}
-    arms: list[ArmPlan] = []
-    for i, arm in enumerate(x.arms):
+
+    def arm_plan(arm: Arm, where: str) -> ArmPlan:
         try:
             template = library.resolve(spec.prompt_ref(arm))
         except TemplateError as exc:
-            where = f"arms[{i}].prompt" if arm.prompt else "prompt"
             raise TemplateError(f"{exc}", file=spec.path, key=where) from exc
         endpoint = spec.endpoint(arm)
         cls = provider_class(endpoint.type)
@@ -152,24 +158,40 @@ def build_plan(spec: LoadedSpec) -> Plan:
                 if value is not None:
                     options[name] = value
             providers[key] = cls(arm.provider, arm.model if cls.per_model else None, options)
-        arms.append(
-            ArmPlan(
-                arm=arm,
-                endpoint_name=arm.provider,
-                endpoint=endpoint,
-                template=template,
-                params=spec.params(arm),
-                tier=spec.tier(arm),
-                provider=providers[key],
-                is_baseline=arm.id == spec.baseline,
-                max_input_tokens=x.budget.max_input_tokens,
-            )
+        return ArmPlan(
+            arm=arm,
+            endpoint_name=arm.provider,
+            endpoint=endpoint,
+            template=template,
+            params=spec.params(arm),
+            tier=spec.tier(arm),
+            provider=providers[key],
+            is_baseline=arm.id == spec.baseline,
+            max_input_tokens=x.budget.max_input_tokens,
         )
+
+    arms = [
+        arm_plan(arm, f"arms[{i}].prompt" if arm.prompt else "prompt")
+        for i, arm in enumerate(x.arms)
+    ]
     try:
         scorers = build_scorers(x.scorers, spec.path.parent)
     except SpecError as exc:
         raise SpecError(exc.problem, file=spec.path, key="scorers") from exc
-    return Plan(spec, arms, scorers, list(providers.values()))
+    judges = {}
+    for i, (scorer, sc) in enumerate(zip(scorers, x.scorers, strict=True)):
+        if isinstance(sc, LlmJudgeScorer):
+            judge = Arm(
+                id=f"judge-{scorer.name}",
+                provider=sc.provider,
+                model=sc.model,
+                prompt=sc.rubric,
+                temperature=sc.temperature,
+                max_tokens=sc.max_tokens,
+                price=sc.price,
+            )
+            judges[scorer.name] = arm_plan(judge, f"scorers[{i}].rubric")
+    return Plan(spec, arms, scorers, list(providers.values()), judges=judges)
 
 
 def check_cases(plan: Plan) -> int:
@@ -185,6 +207,16 @@ def check_cases(plan: Plan) -> int:
             except TemplateError as exc:
                 raise TemplateError(
                     f"arm {arm.id} ({arm.template.ref}, {arm.template.path}): {exc.problem}",
+                    file=source,
+                    line=case.line,
+                    key=f"case {case.id!r}",
+                ) from exc
+        for name, judge in plan.judges.items():
+            try:
+                judge.template.render({**variables, "response": "", "expected": None})
+            except TemplateError as exc:
+                raise TemplateError(
+                    f"judge {name} ({judge.template.ref}): {exc.problem}",
                     file=source,
                     line=case.line,
                     key=f"case {case.id!r}",

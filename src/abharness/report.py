@@ -15,6 +15,7 @@ import duckdb
 import pandas as pd
 
 from .stats import ALPHA, EQUIVALENCE_MARGIN, bootstrap_ci, compare_arms, wilson
+from .store import has_column
 
 
 class RunNotFound(LookupError):
@@ -46,15 +47,16 @@ def _clean(value: Any) -> Any:
 
 def _call_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """One row per call with its pass/fail and score (errors: not passed, score 0)."""
+    judges = has_column(con, "calls", "judged_call_id")  # migration 3
     return con.execute(
-        """
+        f"""
         SELECT c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit, c.latency_ms,
                c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
                c.est_input_tokens - c.input_tokens AS est_error,
                c.status = 'ok' AND coalesce(bool_and(coalesce(s.passed, FALSE)), FALSE) AS passed,
                CASE WHEN c.status = 'ok' THEN coalesce(avg(s.value), 0) ELSE 0 END AS score
         FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
-        WHERE c.run_id = ?
+        WHERE c.run_id = ? {"AND c.judged_call_id IS NULL" if judges else ""}
         GROUP BY c.call_id, c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit,
                  c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
                  c.est_input_tokens
@@ -106,9 +108,24 @@ def _arm_figures(calls: pd.DataFrame, n_cases: int) -> dict[str, Any]:
 
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     run = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df().iloc[0].to_dict()
+    judges = has_column(con, "arms", "role")  # migration 3
     arms = con.execute(
-        "SELECT * FROM arms WHERE run_id = ? ORDER BY position, arm_id", [run_id]
+        "SELECT * FROM arms WHERE run_id = ? "
+        + ("AND coalesce(role, 'arm') = 'arm' " if judges else "")
+        + "ORDER BY position, arm_id",
+        [run_id],
     ).df()
+    judge_cost = (
+        dict(
+            con.execute(
+                "SELECT j.arm_id, sum(c.cost_usd) FROM calls c JOIN calls j ON c.judged_call_id = j.call_id "
+                "WHERE c.run_id = ? GROUP BY 1",
+                [run_id],
+            ).fetchall()
+        )
+        if judges
+        else {}
+    )
     calls = _call_table(con, run_id)
     n_cases = int(calls["case_id"].nunique()) if len(calls) else 0
     baseline_rows = arms[arms["is_baseline"]]
@@ -126,6 +143,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
                 "prompt": f"{a['prompt_name']}@{a['prompt_version']}",
                 "prompt_hash": a["prompt_hash"],
                 **figures,
+                "judge_cost_usd": judge_cost.get(a["arm_id"]),
             }
         )
     arm_list.sort(key=lambda a: a["arm_id"] != baseline)  # stable: baseline first, then spec order
@@ -342,6 +360,13 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
             f"{_fmt(a['input_tokens'], ',')} | {_fmt(a['output_tokens'], ',')} | {_fmt(a['cost_usd'], '.4f')} | "
             f"{_fmt(a['cost_per_1k_cases_usd'], '.4f')} | {_fmt(a['est_error_mean_tokens'], '+.1f')} |"
         )
+    judged = [a for a in r["arms"] if a.get("judge_cost_usd") is not None]
+    if judged:
+        lines += [
+            "",
+            "Judging cost (llm_judge calls, not in the arm's own cost): "
+            + "; ".join(f"{a['arm_id']} {a['judge_cost_usd']:.4f} USD" for a in judged),
+        ]
     if any(a["cache_hits"] for a in r["arms"]):
         lines += [
             "",

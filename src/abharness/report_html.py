@@ -194,7 +194,7 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
             out.append(f"<li>{text}</li>")
         out.append("</ul>")
     out.append(
-        '<h2>Arms</h2><table><tr><th>arm</th><th class="l">model</th><th class="l">prompt</th><th>n</th>'
+        '<h2>Arms</h2><div class="wide"><table><tr><th>arm</th><th class="l">model</th><th class="l">prompt</th><th>n</th>'
         "<th>errors</th><th>cached</th><th>pass rate</th><th>mean score</th><th>p50 ms</th><th>p90 ms</th>"
         "<th>p99 ms</th><th>TTFT p50</th><th>input tok</th><th>output tok</th><th>cost USD</th>"
         "<th>per 1k cases</th><th>estimate error</th></tr>"
@@ -226,8 +226,16 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
             f"<td>{_fmt(a['cost_usd'], '.4f')}</td><td>{_fmt(a['cost_per_1k_cases_usd'], '.4f')}</td>"
             f"<td>{_fmt(a['est_error_mean_tokens'], '+.1f')}</td></tr>"
         )
+    out.append("</table></div>")
+    judged = [a for a in arms if a.get("judge_cost_usd") is not None]
+    if judged:
+        out.append(
+            '<p class="note">Judging cost (llm_judge calls, not in the arm\'s own cost): '
+            + "; ".join(f"{e(a['arm_id'])} {a['judge_cost_usd']:.4f} USD" for a in judged)
+            + "</p>"
+        )
     out.append(
-        '</table><p class="note">95% intervals under the figures: Wilson for pass rate, bootstrap for latency. '
+        '<p class="note">95% intervals under the figures: Wilson for pass rate, bootstrap for latency. '
         "A call passes when it succeeded and every scorer passed; failed calls count as not passed. "
         "Cached calls cost nothing and are left out of latency.</p>"
     )

@@ -491,7 +491,10 @@ class Runner:
             for scorer in self.plan.scorers:
                 base = {"call_id": row["call_id"], "run_id": self.run_id, "scorer": scorer.name}
                 try:
-                    s = scorer.score(response.text, work.case.data)
+                    if scorer.is_judge:
+                        s = await self._judge(scorer, response.text, work, row)
+                    else:
+                        s = scorer.score(response.text, work.case.data)
                     scores.append(
                         {**base, "value": s.value, "passed": s.passed, "detail": s.detail}
                     )
@@ -505,6 +508,67 @@ class Runner:
             await self._writer.put("scores", score_row)
         if self.on_call:
             self.on_call(row)
+
+    async def _judge(
+        self, scorer: Any, response_text: str, work: _Work, judged: dict[str, Any]
+    ) -> Any:
+        """Grade one response with the scorer's judge arm: one logged call of that arm,
+        under the same limits, retries and cost cap as any other call."""
+        judge = self.plan.judges[scorer.name]
+        case = work.case
+        expected = scorer.expected(case.data)
+        variables = {
+            **case.template_vars(),
+            "response": response_text,
+            "expected": expected[0] if expected else None,
+        }
+        row: dict[str, Any] = {
+            "call_id": call_id(self.run_id, judge.id, judged["call_id"], work.repeat),
+            "run_id": self.run_id,
+            "arm_id": judge.id,
+            "case_id": case.id,
+            "repeat": work.repeat,
+            "attempts": 0,
+            "cache_hit": False,
+            "judged_call_id": judged["call_id"],
+            "started_at": datetime.now(UTC).replace(tzinfo=None),
+            "queue_ms": None,
+            "latency_ms": None,
+        }
+        response = None
+        reserved = Decimal(0)
+        try:
+            load_error = self._load_errors.get(id(judge.provider))
+            if load_error is not None:
+                raise load_error
+            fitted = judge.fit_vars(variables)
+            row.update(
+                est_input_tokens=fitted.est_input_tokens,
+                est_method=fitted.method,
+                prompt_text=fitted.rendered.text,
+            )
+            request = judge.request(fitted)
+            endpoint = self._endpoint_for(judge.provider)
+            worst = judge.worst_case_cost(fitted.est_input_tokens)
+            if self.cost_cap.refused or not self.cost_cap.reserve(worst):
+                raise BudgetError(
+                    f"judge not called: max_cost_usd={self.cost_cap.max} would be exceeded"
+                )
+            reserved = worst
+            response = await self._attempts(
+                judge, request, fitted.est_input_tokens, endpoint, row, time.perf_counter()
+            )
+            row["status"] = "ok"
+        except CallError as exc:
+            row.update(status="error", error_type=exc.error_type, error_message=str(exc))
+        if response is not None:
+            self.cost_cap.settle(reserved, self._record_response(row, response, judge))
+        elif reserved:
+            self.cost_cap.settle(reserved, Decimal(0))
+        await self._writer.put("calls", row)
+        if response is None:
+            raise RuntimeError(f"judge call failed: {row['error_type']}: {row['error_message']}")
+        return scorer.judge_score(response.text)
 
     def _account(self, row: dict[str, Any]) -> None:
         self.stats.calls += 1

@@ -29,6 +29,7 @@ from .spec import (
     ExactScorer,
     JsonSchemaScorer,
     JsonValidScorer,
+    LlmJudgeScorer,
     NumericScorer,
     PythonScorer,
     RegexScorer,
@@ -94,12 +95,34 @@ class Scorer:
         except UndefinedError as exc:
             raise SpecError(f"scorer {self.name}: expected: {exc.message}") from exc
 
+    @property
+    def is_judge(self) -> bool:
+        """Judged by a model: the runner makes the call and calls `judge_score`."""
+        return isinstance(self.spec, LlmJudgeScorer)
+
+    def judge_score(self, answer: str) -> Score:
+        spec = self.spec
+        low, high = spec.scale
+        value = parse_judge_score(answer, low, high)
+        if value is None:
+            raise ValueError(
+                f"no score in {low:g}..{high:g} in the judge's answer: {answer[:120]!r}"
+            )
+        return Score(
+            self.name,
+            value,
+            value >= spec.threshold,
+            f"judge: {value * (high - low) + low:g} on {low:g}..{high:g}",
+        )
+
     def check(self, case: dict[str, Any]) -> None:
         """Raise `SpecError` now if this scorer cannot be evaluated for `case`."""
         self.expected(case)
 
     def score(self, response: str, case: dict[str, Any]) -> Score:
         spec = self.spec
+        if self.is_judge:
+            raise RuntimeError("llm_judge scores come from the runner's judge call")
         if isinstance(spec, RegexScorer):
             m = self._regex.search(response)
             return self._result(bool(m), f"matched {m.group(0)!r}" if m else "no match")
@@ -230,3 +253,25 @@ def build_scorers(specs: list[ScorerSpec], base_dir: Path | None = None) -> list
         used.add(name)
         out.append(Scorer(spec, name, base_dir or Path.cwd()))
     return out
+
+
+_JUDGE_PATTERNS = (
+    re.compile(
+        r"(?:score|rating|grade)\s*(?:is|of)?\s*[:=]?\s*\**\s*([-+]?\d+(?:\.\d+)?)", re.IGNORECASE
+    ),
+    re.compile(r"([-+]?\d+(?:\.\d+)?)\s*(?:/|out of)\s*\d+", re.IGNORECASE),
+    re.compile(r"(?<![\w.])([-+]?\d+(?:\.\d+)?)(?![\w.])"),
+)
+
+
+def parse_judge_score(text: str, low: float, high: float) -> float | None:
+    """The judge's score normalised to [0, 1], or None if it gave none in range.
+
+    Tried in order: an explicit "Score: 7" (or rating/grade), then "7/10" or "7 out of
+    10", then the first bare number; the first candidate inside [low, high] wins."""
+    for pattern in _JUDGE_PATTERNS:
+        for m in pattern.finditer(text):
+            value = float(m.group(1))
+            if low <= value <= high:
+                return (value - low) / (high - low) if high > low else 1.0
+    return None

@@ -159,6 +159,28 @@ class PythonScorer(_Model):
     threshold: float = Field(0.5, ge=0, le=1)
 
 
+class LlmJudgeScorer(_Model):
+    """A judge model grades each response with a rubric template (``rubric: name@N``).
+
+    The rubric sees the case's fields, ``case``, ``response`` and ``expected``. The judge
+    is a model on any provider; its calls go through the runner (limits, retries, cost
+    cap) and are logged as calls of the arm ``judge-<name>``. Its answer is parsed for a
+    score in ``scale`` (``Score: 7``, ``7/10`` or the first number in range), normalised
+    to [0, 1]; it passes at ``threshold``."""
+
+    type: Literal["llm_judge"]
+    name: str | None = None
+    provider: str
+    model: str
+    rubric: str
+    expected: str | None = None
+    scale: tuple[float, float] = (0, 10)
+    threshold: float = Field(0.5, ge=0, le=1)
+    temperature: float | None = Field(0, ge=0, le=2)
+    max_tokens: int = Field(256, ge=1)
+    price: Price | None = None
+
+
 ScorerSpec = Annotated[
     ExactScorer
     | ContainsScorer
@@ -167,7 +189,8 @@ ScorerSpec = Annotated[
     | JsonSchemaScorer
     | NumericScorer
     | SimilarityScorer
-    | PythonScorer,
+    | PythonScorer
+    | LlmJudgeScorer,
     Field(discriminator="type"),
 ]
 
@@ -327,6 +350,9 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
                 name,
                 "type",
             )
+    for i, sc in enumerate(x.scorers):
+        if isinstance(sc, LlmJudgeScorer) and sc.provider not in {*x.providers, *BUILTIN_ENDPOINTS}:
+            raise fail(f"unknown judge provider {sc.provider!r}", "scorers", i, "provider")
     if x.baseline is not None and x.baseline not in seen:
         raise fail(f"baseline {x.baseline!r} is not an arm id; arms: {', '.join(seen)}", "baseline")
     if (x.dataset is None) == (x.cases is None):
@@ -361,6 +387,7 @@ _SCORER_MODELS: dict[str, type[BaseModel]] = {
         NumericScorer,
         SimilarityScorer,
         PythonScorer,
+        LlmJudgeScorer,
     )
 }
 _SCORER_TAGS = set(_SCORER_MODELS)

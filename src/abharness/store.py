@@ -138,6 +138,13 @@ def m002_scorer_errors_fail(con: duckdb.DuckDBPyConnection) -> None:
         GROUP BY c.run_id, c.arm_id""")
 
 
+@migration(3, "judges")
+def m003_judges(con: duckdb.DuckDBPyConnection) -> None:
+    """Judge arms (role 'judge') and, on a judge's calls, the call it graded."""
+    con.execute("ALTER TABLE arms ADD COLUMN role VARCHAR DEFAULT 'arm'")
+    con.execute("ALTER TABLE calls ADD COLUMN judged_call_id VARCHAR")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply pending migrations in order; return the numbers applied."""
     con.execute("""
@@ -263,6 +270,15 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
         f"{main} is locked by another process ({last}); results kept in {staging}; "
         "run `abharness merge` when it is free",
     )
+
+
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """For readers of a database not yet migrated (opened read-only, it cannot be)."""
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+        [table, column],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 class DatabaseBusy(RuntimeError):
