@@ -381,6 +381,26 @@ def _pieces(text: str) -> list[str]:
     return [*out, current] if current else out
 
 
+# What each API answers for an over-long prompt, per its documentation.
+CONTEXT_LENGTH_BODIES: dict[str, dict[str, Any]] = {
+    "openai": {
+        "error": {
+            "message": "This model's maximum context length is 128000 tokens.",
+            "type": "invalid_request_error",
+            "code": "context_length_exceeded",
+        }
+    },
+    "anthropic": {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "prompt is too long: 210000 tokens > 200000 maximum",
+        },
+    },
+    "ollama": {"error": "input length exceeds the context window"},
+}
+
+
 def _error_body(path: str, status: int) -> dict[str, Any]:
     kind = {
         400: "invalid_request_error",

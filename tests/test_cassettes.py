@@ -21,7 +21,7 @@ from abharness import errors
 from abharness.providers import provider_class
 from abharness.providers.base import ProviderRequest
 
-from .fake_server import FakeServer, Fault
+from .fake_server import CONTEXT_LENGTH_BODIES, FakeServer, Fault
 
 RECORD = os.environ.get("ABHARNESS_RECORD") == "1"
 CASSETTES = Path(__file__).parent / "cassettes" / "test_cassettes"
@@ -35,23 +35,7 @@ recorder = vcr.VCR(
     decode_compressed_response=True,
 )
 
-CONTEXT_BODY = {
-    "openai": {
-        "error": {
-            "message": "This model's maximum context length is 128000 tokens.",
-            "type": "invalid_request_error",
-            "code": "context_length_exceeded",
-        }
-    },
-    "anthropic": {
-        "type": "error",
-        "error": {
-            "type": "invalid_request_error",
-            "message": "prompt is too long: 210000 tokens > 200000 maximum",
-        },
-    },
-    "ollama": {"error": "input length exceeds the context window"},
-}
+CONTEXT_BODY = CONTEXT_LENGTH_BODIES
 SCENARIOS = {
     "plain": (None, None),
     "streamed": (None, None),

@@ -106,9 +106,14 @@ def test_chat_prompt_counts_match_llama_cpp(tmp_path: Path) -> None:
 
 def test_a_a_copy_on_the_real_model_claims_no_difference(tmp_path: Path) -> None:
     spec = tmp_path / "aa.yaml"
-    spec.write_text(SPEC.replace("name: e2e-capitals", "name: e2e-aa").replace(
-        "prompt: capitals@1}", "prompt: capitals@2}"))
-    out = run_experiment(spec, db=tmp_path / "aa.duckdb", reports_dir=tmp_path / "reports", use_cache=False)
+    spec.write_text(
+        SPEC.replace("name: e2e-capitals", "name: e2e-aa").replace(
+            "prompt: capitals@1}", "prompt: capitals@2}"
+        )
+    )
+    out = run_experiment(
+        spec, db=tmp_path / "aa.duckdb", reports_dir=tmp_path / "reports", use_cache=False
+    )
     con = duckdb.connect(str(out.db), read_only=True)
     from abharness.report import build_report
 

@@ -13,7 +13,7 @@ from abharness.providers import provider_class
 from abharness.providers._http import parse_retry_after
 from abharness.providers.base import ProviderRequest
 
-from .fake_server import FakeServer, Fault
+from .fake_server import CONTEXT_LENGTH_BODIES, FakeServer, Fault
 
 KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "ollama": None}
 MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5", "ollama": "llama3.2"}
@@ -158,23 +158,7 @@ async def test_http_errors_map_to_the_spec_types(
         assert info.value.retry_after_s == retry_after
 
 
-CONTEXT = {
-    "openai": {
-        "error": {
-            "message": "This model's maximum context length is 128000 tokens.",
-            "type": "invalid_request_error",
-            "code": "context_length_exceeded",
-        }
-    },
-    "anthropic": {
-        "type": "error",
-        "error": {
-            "type": "invalid_request_error",
-            "message": "prompt is too long: 210000 tokens > 200000 maximum",
-        },
-    },
-    "ollama": {"error": "input length exceeds the context window"},
-}
+CONTEXT = CONTEXT_LENGTH_BODIES
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])

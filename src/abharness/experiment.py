@@ -26,7 +26,6 @@ from . import __version__
 from .cache import ResponseCache, open_cache
 from .errors import CallError, InvalidInput
 from .plan import Plan, build_plan, check_cases, check_prompt_versions, check_warnings
-from .pricing import call_cost
 from .providers.base import Usage
 from .report import write_report
 from .retry import RetryPolicy
@@ -316,14 +315,7 @@ def dry_run(spec_path: str | Path, db: Path | None = None) -> tuple[list[Project
             except CallError:
                 p.unfit += plan.spec.experiment.repeats
                 continue
-            low, _ = call_cost(
-                Usage(input_tokens=est, output_tokens=0),
-                arm.price,
-                local=arm.tier == 1,
-                model=arm.arm.model,
-                provider_id=arm.endpoint.price_provider,
-                api_url=arm.endpoint.base_url,
-            )
+            low, _ = arm.cost(Usage(input_tokens=est, output_tokens=0))
             p.priced = p.priced and low is not None
             n = plan.spec.experiment.repeats
             p.calls += n

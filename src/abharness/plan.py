@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -92,15 +93,20 @@ class ArmPlan:
     def worst_case_cost(self, est_input_tokens: int) -> Decimal:
         """The most one call can cost: its estimated input plus `max_tokens` of output."""
         usage = Usage(input_tokens=est_input_tokens, output_tokens=self.params.max_tokens or 0)
-        cost, _ = call_cost(
+        cost, _ = self.cost(usage)
+        return cost if cost is not None else Decimal(0)
+
+    def cost(self, usage: Usage, when: datetime | None = None) -> tuple[Decimal | None, str | None]:
+        """(cost, price_source) of `usage` on this arm: its price, else genai-prices."""
+        return call_cost(
             usage,
             self.price,
             local=self.tier == 1,
             model=self.arm.model,
             provider_id=self.endpoint.price_provider,
             api_url=self.endpoint.base_url,
+            when=when,
         )
-        return cost if cost is not None else Decimal(0)
 
     def request(self, fitted: FittedPrompt) -> ProviderRequest:
         p = self.params

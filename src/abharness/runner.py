@@ -37,7 +37,6 @@ from .errors import AuthError, BudgetError, CallError, OtherCallError, TimeoutEr
 from .hashing import content_hash
 from .limits import EndpointLimits
 from .plan import ArmPlan, Plan
-from .pricing import call_cost
 from .providers import Provider
 from .providers.base import ProviderResponse, Usage
 from .retry import CircuitBreaker, RetryPolicy
@@ -455,15 +454,7 @@ class Runner:
     ) -> Decimal | None:
         usage = response.usage
         metrics = _metrics(response, arm)
-        cost, source = call_cost(
-            usage,
-            arm.price,
-            local=arm.tier == 1,
-            model=arm.arm.model,
-            provider_id=arm.endpoint.price_provider,
-            api_url=arm.endpoint.base_url,
-            when=row["started_at"],
-        )
+        cost, source = arm.cost(usage, row["started_at"])
         row.update(
             ttft_ms=response.ttft_ms,
             input_tokens=usage.input_tokens,
