@@ -33,7 +33,14 @@ from typing import Any
 from .cache import ResponseCache, cache_key
 from .costcap import CostCap
 from .dataset import Case
-from .errors import AuthError, BudgetError, CallError, OtherCallError, TimeoutError_
+from .errors import (
+    AuthError,
+    BudgetError,
+    CallError,
+    OtherCallError,
+    TimeoutError_,
+    error_type_of,
+)
 from .hashing import content_hash
 from .limits import EndpointLimits
 from .plan import ArmPlan, Plan
@@ -362,10 +369,9 @@ class Runner:
             self.cost_cap.settle(reserved, None)
             raise  # cancelled by a second Ctrl-C or the grace period: no row, resume redoes it
         except Exception as exc:  # every failure is a row; nothing a call raises stops the run
-            error = exc if isinstance(exc, CallError) else None
             row.update(
                 status="error",
-                error_type=error.error_type if error else _error_type(exc),
+                error_type=error_type_of(exc),
                 error_message=_describe(exc, arm),
             )
         if response is not None:  # an unknown cost keeps its whole reservation
@@ -594,12 +600,6 @@ def _from_cache(row: dict[str, Any], hit: dict[str, Any]) -> ProviderResponse:
 def _metrics(response: ProviderResponse, arm: ArmPlan) -> dict[str, Any]:
     ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
     return {**response.metrics, "ignored_params": ignored} if ignored else response.metrics
-
-
-def _error_type(exc: BaseException) -> str:
-    from .errors import error_type_of
-
-    return error_type_of(exc)
 
 
 def _describe(exc: BaseException, arm: ArmPlan) -> str:
