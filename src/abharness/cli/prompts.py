@@ -59,7 +59,9 @@ def show(ref: str, prompts_dir: Path) -> None:
     console.print(f"[bold]{t.ref}[/]  hash {t.hash}  file {t.path}")
     if len(t.chain) > 1:
         console.print("extends: " + " → ".join(t.chain[1:]))
-    console.print(Syntax(t.path.read_text(encoding="utf-8"), "jinja", line_numbers=True))
+    console.print(
+        Syntax(t.path.read_text(encoding="utf-8"), "jinja", line_numbers=True, word_wrap=True)
+    )
 
 
 @command.command("diff")
@@ -70,4 +72,4 @@ def show(ref: str, prompts_dir: Path) -> None:
 def diff(ref_a: str, ref_b: str, prompts_dir: Path) -> None:
     """Unified diff of two template versions."""
     text = PromptLibrary(prompts_dir).diff(ref_a, ref_b)
-    console.print(Syntax(text, "diff") if text else "identical")
+    console.print(Syntax(text, "diff", word_wrap=True) if text else "identical")
