@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.syntax import Syntax
 from rich.table import Table
 
 from ..prompts import PromptLibrary
@@ -59,9 +58,7 @@ def show(ref: str, prompts_dir: Path) -> None:
     console.print(f"[bold]{t.ref}[/]  hash {t.hash}  file {t.path}")
     if len(t.chain) > 1:
         console.print("extends: " + " → ".join(t.chain[1:]))
-    console.print(
-        Syntax(t.path.read_text(encoding="utf-8"), "jinja", line_numbers=True, word_wrap=True)
-    )
+    click.echo(t.path.read_text(encoding="utf-8"), nl=False)
 
 
 @command.command("diff")
@@ -72,4 +69,4 @@ def show(ref: str, prompts_dir: Path) -> None:
 def diff(ref_a: str, ref_b: str, prompts_dir: Path) -> None:
     """Unified diff of two template versions."""
     text = PromptLibrary(prompts_dir).diff(ref_a, ref_b)
-    console.print(Syntax(text, "diff", word_wrap=True) if text else "identical")
+    click.echo(text if text else "identical", nl=not text)
