@@ -106,3 +106,23 @@ def test_bad_reference_and_missing_version(project: Path) -> None:
         lib.resolve("Capitals@x")
     with pytest.raises(TemplateError, match="versions present: v1, v2"):
         lib.resolve("capitals@7")
+
+
+def test_prompts_cli_list_show_diff(project: Path) -> None:
+    from click.testing import CliRunner
+
+    from abharness.cli.main import cli
+
+    runner = CliRunner()
+    listing = runner.invoke(cli, ["prompts", "list", "--dir", "prompts"])
+    lib = PromptLibrary(project / "prompts")
+    assert listing.exit_code == 0
+    for ref in ("capitals@1", "capitals@2"):
+        assert ref in listing.output and lib.resolve(ref).hash in listing.output
+    show = runner.invoke(cli, ["prompts", "show", "capitals", "--dir", "prompts"])
+    assert "capitals@2" in show.output and "extends: capitals/v1.j2" in show.output
+    assert (project / "prompts/capitals/v2.j2").read_text() in show.output
+    diff = runner.invoke(cli, ["prompts", "diff", "capitals@1", "capitals@2", "--dir", "prompts"])
+    assert '+{% extends "capitals/v1.j2" %}' in diff.output and diff.output.startswith("--- ")
+    missing = runner.invoke(cli, ["prompts", "show", "capitals@9", "--dir", "prompts"])
+    assert missing.exit_code == 1 and "versions present: v1, v2" in missing.output
