@@ -67,12 +67,7 @@ class ArmPlan:
         )
 
     def fit(self, case: Case) -> FittedPrompt:
-        return fit_to_budget(
-            self.template,
-            case.template_vars(),
-            self.provider.tokenizer(self.arm.model),
-            self.budget(),
-        )
+        return self.fit_vars(case.template_vars())
 
     def is_priced(self) -> bool:
         """Whether a cost can be computed for this arm's calls."""

@@ -307,9 +307,6 @@ class PromptLibrary:
                 file=path,
             )
 
-    def source(self, ref: str) -> str:
-        return self.resolve(ref).path.read_text(encoding="utf-8")
-
     def diff(self, ref_a: str, ref_b: str) -> str:
         a, b = self.resolve(ref_a), self.resolve(ref_b)
         return "".join(

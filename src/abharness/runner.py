@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from .budget import FittedPrompt
 from .cache import ResponseCache, cache_key
 from .costcap import CostCap
 from .dataset import Case
@@ -304,34 +305,76 @@ class Runner:
                 continue  # not started: no row, resume will make it
             await self._call(work, endpoint)
 
-    async def _call(self, work: _Work, endpoint: _Endpoint) -> None:
-        arm, case = work.arm, work.case
-        row: dict[str, Any] = {
-            "call_id": call_id(self.run_id, arm.id, case.id, work.repeat),
+    def _new_row(
+        self, arm: ArmPlan, case: Case, repeat: int, cid: str, **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "call_id": cid,
             "run_id": self.run_id,
             "arm_id": arm.id,
             "case_id": case.id,
-            "repeat": work.repeat,
+            "repeat": repeat,
             "attempts": 0,
             "cache_hit": False,
             "started_at": datetime.now(UTC).replace(tzinfo=None),
             "queue_ms": None,  # set when the first attempt leaves: all waiting before it
             "latency_ms": None,  # the last attempt, from sending to the full response
+            **extra,
         }
-        response: ProviderResponse | None = None
-        reserved = Decimal(0)
-        try:
-            load_error = self._load_errors.get(id(arm.provider))
-            if load_error is not None:
-                raise load_error
-            fitted = arm.fit(case)
-            request = arm.request(fitted)
-            row.update(
-                est_input_tokens=fitted.est_input_tokens,
-                est_method=fitted.method,
-                truncated_json=json.dumps(fitted.truncated) if fitted.truncated else None,
-                prompt_text=fitted.rendered.text,
+
+    def _fit(self, arm: ArmPlan, variables: dict[str, Any], row: dict[str, Any]) -> FittedPrompt:
+        """The prompt fitted to the arm's budget, recorded in `row`; a provider that
+        could not load fails here, before anything is reserved or sent."""
+        load_error = self._load_errors.get(id(arm.provider))
+        if load_error is not None:
+            raise load_error
+        fitted = arm.fit_vars(variables)
+        row.update(
+            est_input_tokens=fitted.est_input_tokens,
+            est_method=fitted.method,
+            truncated_json=json.dumps(fitted.truncated) if fitted.truncated else None,
+            prompt_text=fitted.rendered.text,
+        )
+        return fitted
+
+    async def _dispatch(
+        self,
+        arm: ArmPlan,
+        request: Any,
+        est_tokens: int,
+        endpoint: _Endpoint,
+        row: dict[str, Any],
+        enqueued_at: float,
+    ) -> ProviderResponse:
+        """Reserve the call's worst case under the cost cap, make it (with retries) and
+        settle the reservation to what it cost; the response is recorded in `row`."""
+        worst = arm.worst_case_cost(est_tokens)
+        if self.cost_cap.refused or not self.cost_cap.reserve(worst):
+            raise BudgetError(
+                f"not dispatched: max_cost_usd={self.cost_cap.max} would be exceeded "
+                f"(spent {self.cost_cap.spent:.6f}, reserved {self.cost_cap.reserved:.6f}, "
+                f"this call up to {worst:.6f})"
             )
+        try:
+            response = await self._attempts(arm, request, est_tokens, endpoint, row, enqueued_at)
+        except BaseException as exc:
+            # refused calls cost nothing; a timed-out or cancelled one may have been billed
+            billed = isinstance(exc, TimeoutError_ | asyncio.CancelledError)
+            self.cost_cap.settle(worst, None if billed else Decimal(0))
+            raise
+        # an unknown cost keeps its whole reservation
+        self.cost_cap.settle(worst, self._record_response(row, response, arm))
+        return response
+
+    async def _call(self, work: _Work, endpoint: _Endpoint) -> None:
+        arm, case = work.arm, work.case
+        row = self._new_row(
+            arm, case, work.repeat, call_id(self.run_id, arm.id, case.id, work.repeat)
+        )
+        response: ProviderResponse | None = None
+        try:
+            fitted = self._fit(arm, case.template_vars(), row)
+            request = arm.request(fitted)
             parts = {
                 "type": arm.endpoint.type,
                 "endpoint": arm.provider.connection_key(),
@@ -344,42 +387,24 @@ class Runner:
             if self.cache is not None and key is not None:
                 hit = await asyncio.to_thread(self.cache.get, key)
                 if hit is not None:
-                    await self._finish(row, _from_cache(row, hit), work, arm)
+                    await self._finish(row, _from_cache(row, hit), work)
                     return
             if endpoint.stopped is not None:
                 endpoint.not_called += 1
                 raise type(endpoint.stopped)(
                     f"not called: credentials failed earlier on this endpoint ({endpoint.stopped})"
                 )
-            worst = arm.worst_case_cost(fitted.est_input_tokens)
-            if self.cost_cap.refused or not self.cost_cap.reserve(worst):
-                raise BudgetError(
-                    f"not dispatched: max_cost_usd={self.cost_cap.max} would be exceeded "
-                    f"(spent {self.cost_cap.spent:.6f}, reserved {self.cost_cap.reserved:.6f}, "
-                    f"this call up to {worst:.6f})"
-                )
-            reserved = worst
-            response = await self._attempts(
+            response = await self._dispatch(
                 arm, request, fitted.est_input_tokens, endpoint, row, work.enqueued_at
             )
             row["status"] = "ok"
             if self.cache is not None and key is not None:
                 row["_cache_key"] = key
         except asyncio.CancelledError:
-            self.cost_cap.settle(reserved, None)
             raise  # cancelled by a second Ctrl-C or the grace period: no row, resume redoes it
         except Exception as exc:  # every failure is a row; nothing a call raises stops the run
-            row.update(
-                status="error",
-                error_type=error_type_of(exc),
-                error_message=_describe(exc, arm),
-            )
-        if response is not None:  # an unknown cost keeps its whole reservation
-            self.cost_cap.settle(reserved, self._record_response(row, response, arm))
-        elif reserved:  # refused calls cost nothing; a timed-out one may have been billed
-            timed_out = row.get("error_type") == "timeout"
-            self.cost_cap.settle(reserved, None if timed_out else Decimal(0))
-        await self._finish(row, response, work, arm)
+            row.update(status="error", error_type=error_type_of(exc), error_message=_describe(exc))
+        await self._finish(row, response, work)
 
     async def _attempts(
         self,
@@ -477,7 +502,7 @@ class Runner:
         return cost
 
     async def _finish(
-        self, row: dict[str, Any], response: ProviderResponse | None, work: _Work, arm: ArmPlan
+        self, row: dict[str, Any], response: ProviderResponse | None, work: _Work
     ) -> None:
         """Score, cache, account and write one finished call."""
         key = row.pop("_cache_key", None)
@@ -519,49 +544,24 @@ class Runner:
             "response": response_text,
             "expected": expected[0] if expected else None,
         }
-        row: dict[str, Any] = {
-            "call_id": call_id(self.run_id, judge.id, judged["call_id"], work.repeat),
-            "run_id": self.run_id,
-            "arm_id": judge.id,
-            "case_id": case.id,
-            "repeat": work.repeat,
-            "attempts": 0,
-            "cache_hit": False,
-            "judged_call_id": judged["call_id"],
-            "started_at": datetime.now(UTC).replace(tzinfo=None),
-            "queue_ms": None,
-            "latency_ms": None,
-        }
+        cid = call_id(self.run_id, judge.id, judged["call_id"], work.repeat)
+        row = self._new_row(judge, case, work.repeat, cid, judged_call_id=judged["call_id"])
         response = None
-        reserved = Decimal(0)
         try:
-            load_error = self._load_errors.get(id(judge.provider))
-            if load_error is not None:
-                raise load_error
-            fitted = judge.fit_vars(variables)
-            row.update(
-                est_input_tokens=fitted.est_input_tokens,
-                est_method=fitted.method,
-                prompt_text=fitted.rendered.text,
-            )
-            request = judge.request(fitted)
-            endpoint = self._endpoint_for(judge.provider)
-            worst = judge.worst_case_cost(fitted.est_input_tokens)
-            if self.cost_cap.refused or not self.cost_cap.reserve(worst):
-                raise BudgetError(
-                    f"judge not called: max_cost_usd={self.cost_cap.max} would be exceeded"
-                )
-            reserved = worst
-            response = await self._attempts(
-                judge, request, fitted.est_input_tokens, endpoint, row, time.perf_counter()
+            fitted = self._fit(judge, variables, row)
+            response = await self._dispatch(
+                judge,
+                judge.request(fitted),
+                fitted.est_input_tokens,
+                self._endpoint_for(judge.provider),
+                row,
+                time.perf_counter(),
             )
             row["status"] = "ok"
-        except CallError as exc:
-            row.update(status="error", error_type=exc.error_type, error_message=str(exc))
-        if response is not None:
-            self.cost_cap.settle(reserved, self._record_response(row, response, judge))
-        elif reserved:
-            self.cost_cap.settle(reserved, Decimal(0))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # recorded as the judge's error row, then a scorer error
+            row.update(status="error", error_type=error_type_of(exc), error_message=_describe(exc))
         await self._writer.put("calls", row)
         if response is None:
             raise RuntimeError(f"judge call failed: {row['error_type']}: {row['error_message']}")
@@ -602,6 +602,6 @@ def _metrics(response: ProviderResponse, arm: ArmPlan) -> dict[str, Any]:
     return {**response.metrics, "ignored_params": ignored} if ignored else response.metrics
 
 
-def _describe(exc: BaseException, arm: ArmPlan) -> str:
+def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, CallError) else f"{type(exc).__name__}: {text}"

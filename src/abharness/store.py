@@ -197,9 +197,6 @@ class Store:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*fields.values(), run_id])
 
-    def checkpoint(self) -> None:
-        self.con.execute("CHECKPOINT")
-
     def close(self) -> None:
         self.con.close()
 
