@@ -54,7 +54,7 @@ class FakeProvider(Provider):
 @pytest.fixture(autouse=True)
 def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry jitter is zeroed in tests; a Retry-After the test sets is still honoured."""
-    from abharness.retry import RetryPolicy
+    from abharness.run.retry import RetryPolicy
 
     monkeypatch.setattr(
         RetryPolicy, "delay_s", lambda self, attempts, retry_after_s: retry_after_s or 0.0
@@ -160,3 +160,12 @@ def capital_answers(correct: set[str] | None = None) -> Callable[[ProviderReques
 
 def file_digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def written_report(out: Any, reports_dir: Path | None = None) -> Path:
+    """Write the run's report as `abharness run` does at its end; return the .md path."""
+    from abharness.report.build import write_report
+    from abharness.store.queries import Results
+
+    with Results(out.db) as results:
+        return write_report(results, out.run_id, reports_dir or out.db.parent / "reports")

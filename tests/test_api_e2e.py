@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from abharness.cli.main import cli
-from abharness.experiment import run_experiment
-from abharness.pricing import genai_price
 from abharness.providers.base import Usage
+from abharness.providers.pricing import genai_price
+from abharness.run.experiment import run_experiment
 
 from .conftest import write
 from .fake_server import FakeServer
@@ -104,10 +104,8 @@ def test_tokens_cost_and_ttft_are_exactly_the_servers(
 ) -> None:
     monkeypatch.setenv("FAKE_OPENAI_KEY", "k1")
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "k2")
-    out = run_experiment(
-        api_spec, db=api_spec.parent / "r.duckdb", reports_dir=api_spec.parent / "reports"
-    )
-    assert out.exit_code == 0 and out.stats.ok == 18, out.stats
+    out = run_experiment(api_spec, db=api_spec.parent / "r.duckdb")
+    assert not out.error_rate_exceeded and out.stats.ok == 18, out.stats
     sent = {}
     for entry in server.log:
         country = entry.text  # the fake answers with the capital
@@ -152,37 +150,63 @@ def test_tokens_cost_and_ttft_are_exactly_the_servers(
         methods["gpt-stream"].startswith("tiktoken:")
         and methods["claude-plain"] == "estimate:chars/4"
     )
-    report = json.loads(
-        CliRunner()
-        .invoke(cli, ["report", out.run_id, "--format", "json", "--db", str(out.db)])
-        .output
-    )
+    _r = CliRunner().invoke(cli, ["report", out.run_id, "--format", "json", "--db", str(out.db)])
+    assert _r.exit_code == 0, (_r.output, _r.exception)
+    report = json.loads(_r.output)
     per_arm = {a["arm_id"]: a["est_error_mean_tokens"] for a in report["arms"]}
     for arm_id, errs in estimate_error.items():
         assert per_arm[arm_id] == pytest.approx(sum(errs) / len(errs))
 
 
-def test_missing_keys_end_quickly_with_one_message_each(
+def test_unset_keys_are_found_before_anything_runs(
     api_spec: Path, server: FakeServer, monkeypatch
 ) -> None:
     monkeypatch.delenv("FAKE_OPENAI_KEY", raising=False)
     monkeypatch.delenv("FAKE_ANTHROPIC_KEY", raising=False)
-    result = CliRunner().invoke(cli, ["run", str(api_spec), "--db", "r.duckdb"])
-    assert result.exit_code == 2
-    lines = [line for line in result.output.splitlines() if line.startswith("not run:")]
-    assert len(lines) == 2
-    assert "FAKE_OPENAI_KEY is not set" in lines[0] and "gpt-stream, gpt-plain" in lines[0]
-    assert "FAKE_ANTHROPIC_KEY is not set" in lines[1]
-    assert {e.path for e in server.log} == {
-        "/api/chat",
-        "/api/generate",
-    }  # only the keyless arms ran
-    by_arm = {}
-    for r in rows(Path("r.duckdb")):
-        by_arm.setdefault(r["arm_id"], set()).add((r["status"], r["error_type"], r["attempts"]))
-    assert by_arm["gpt-stream"] == {("error", "auth", 0)} and by_arm["ollama-chat"] == {
-        ("ok", None, 1)
+    validate = CliRunner().invoke(cli, ["validate", str(api_spec), "--db", "r.duckdb"])
+    assert validate.exit_code == 0, validate.output
+    assert "gpt-stream: FAKE_OPENAI_KEY is not set" in validate.output
+    assert "claude-plain: FAKE_ANTHROPIC_KEY is not set" in validate.output
+    assert "cannot run here" in validate.output and "valid spec" in validate.output
+    dry = CliRunner().invoke(cli, ["run", str(api_spec), "--dry-run", "--db", "r.duckdb"])
+    assert dry.exit_code == 0 and "not run: gpt-plain: FAKE_OPENAI_KEY is not set" in dry.output
+
+    refused = CliRunner().invoke(cli, ["run", str(api_spec), "--db", "r.duckdb"])
+    assert refused.exit_code == 1, refused.output
+    assert "FAKE_OPENAI_KEY is not set" in refused.output and "--skip-unavailable" in refused.output
+    assert not server.log and not Path("r.duckdb").exists()  # nothing called, nothing written
+
+
+def test_skip_unavailable_runs_the_rest_and_reports_them_not_run(
+    api_spec: Path, server: FakeServer, monkeypatch
+) -> None:
+    monkeypatch.delenv("FAKE_OPENAI_KEY", raising=False)
+    monkeypatch.delenv("FAKE_ANTHROPIC_KEY", raising=False)
+    spec = api_spec.read_text().replace("baseline: gpt-stream", "baseline: ollama-chat")
+    api_spec.write_text(spec)
+    result = CliRunner().invoke(
+        cli, ["run", str(api_spec), "--db", "r.duckdb", "--skip-unavailable"]
+    )
+    assert result.exit_code == 0, result.output
+    assert {e.path for e in server.log} == {"/api/chat", "/api/generate"}
+    assert {r["arm_id"] for r in rows(Path("r.duckdb"))} == {"ollama-chat", "ollama-raw"}
+    con = duckdb.connect("r.duckdb", read_only=True)
+    reasons = dict(con.execute("SELECT arm_id, not_run_reason FROM arms").fetchall())
+    con.close()
+    assert reasons["gpt-plain"] == "FAKE_OPENAI_KEY is not set" and reasons["ollama-raw"] is None
+    report = json.loads(
+        CliRunner().invoke(cli, ["report", "--last", "--format", "json", "--db", "r.duckdb"]).output
+    )
+    assert {a["arm_id"] for a in report["arms"]} == {"ollama-chat", "ollama-raw"}
+    assert {c["arm_id"] for c in report["comparisons"]} == {"ollama-raw"}  # no verdict for others
+    assert {n["arm_id"] for n in report["not_run"]} == {
+        "gpt-stream",
+        "gpt-plain",
+        "claude-stream",
+        "claude-plain",
     }
+    md = next(Path("reports").rglob("*.md")).read_text()
+    assert "Not run" in md and "FAKE_ANTHROPIC_KEY is not set" in md
 
 
 def test_no_api_key_reaches_db_logs_reports_or_cassettes(
@@ -218,7 +242,7 @@ def test_no_api_key_reaches_db_logs_reports_or_cassettes(
 
 
 def test_one_provider_and_client_per_endpoint(api_spec: Path) -> None:
-    from abharness.plan import build_plan
+    from abharness.run.plan import build_plan
     from abharness.spec import load_spec
 
     plan = build_plan(load_spec(api_spec))

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from abharness.budget import count_tokens, fit_to_budget, input_budget
 from abharness.errors import ContextLengthError
-from abharness.prompts import PromptLibrary
-from abharness.tokenizers import CharEstimateTokenizer, TiktokenTokenizer
+from abharness.prompts.budget import count_tokens, fit_to_budget, input_budget
+from abharness.prompts.templates import PromptLibrary
+from abharness.prompts.tokenizers import CharEstimateTokenizer, TiktokenTokenizer
 
 from .conftest import write
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from abharness.cli.main import cli
-from abharness.experiment import run_experiment
+from abharness.run.experiment import run_experiment
 
 from .conftest import write
 

@@ -12,8 +12,10 @@ import duckdb
 import pytest
 from llama_cpp import Llama
 
-from abharness.experiment import run_experiment
 from abharness.providers.llamacpp import resolve_model_path
+from abharness.run.experiment import run_experiment
+
+from .conftest import written_report
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -46,8 +48,8 @@ def test_real_model_run_records_llama_cpp_exact_counts(
 ) -> None:
     spec = tmp_path / "e2e.yaml"
     spec.write_text(SPEC)
-    out = run_experiment(spec, db=tmp_path / "e2e.duckdb", reports_dir=tmp_path / "reports")
-    assert out.exit_code == 0 and out.stats.ok == 8
+    out = run_experiment(spec, db=tmp_path / "e2e.duckdb")
+    assert not out.error_rate_exceeded and out.stats.ok == 8
     con = duckdb.connect(str(out.db), read_only=True)
     rows = con.execute(
         "SELECT arm_id, prompt_text, response_text, input_tokens, output_tokens, est_input_tokens, "
@@ -68,7 +70,7 @@ def test_real_model_run_records_llama_cpp_exact_counts(
         assert (cost, source) == (0.0, "local:free")
     passed = dict(con.execute("SELECT arm_id, pass_rate FROM arm_summary").fetchall())
     assert passed["few-shot"] >= passed["zero-shot"]
-    assert out.report is not None and "few-shot" in out.report.read_text()
+    assert "few-shot" in written_report(out).read_text()
 
 
 def test_chat_prompt_counts_match_llama_cpp(tmp_path: Path) -> None:
@@ -84,7 +86,7 @@ def test_chat_prompt_counts_match_llama_cpp(tmp_path: Path) -> None:
         "arms: [{id: chat, provider: gemma-chat, model: gemma3-270m, prompt: chat@1},\n"
         "       {id: no-template, provider: llamacpp, model: gemma3-270m, prompt: chat@1}]\n"
     )
-    out = run_experiment(spec, db=tmp_path / "c.duckdb", reports_dir=tmp_path / "reports")
+    out = run_experiment(spec, db=tmp_path / "c.duckdb")
     con = duckdb.connect(str(out.db), read_only=True)
     rows = {
         r[0]: r[1:]
@@ -111,13 +113,11 @@ def test_a_a_copy_on_the_real_model_claims_no_difference(tmp_path: Path) -> None
             "prompt: capitals@1}", "prompt: capitals@2}"
         )
     )
-    out = run_experiment(
-        spec, db=tmp_path / "aa.duckdb", reports_dir=tmp_path / "reports", use_cache=False
-    )
-    con = duckdb.connect(str(out.db), read_only=True)
-    from abharness.report import build_report
+    out = run_experiment(spec, db=tmp_path / "aa.duckdb", use_cache=False)
+    from abharness.report.build import build_report
+    from abharness.store.queries import Results
 
-    report = build_report(con, out.run_id)
-    con.close()
+    with Results(out.db) as results:
+        report = build_report(results, out.run_id)
     verdicts = {c["metric"]: c["verdict"] for c in report["comparisons"]}
     assert verdicts == {"pass_rate": "no_difference", "mean_score": "no_difference"}

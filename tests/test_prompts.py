@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from abharness.errors import TemplateError
-from abharness.prompts import PromptLibrary
+from abharness.prompts.templates import PromptLibrary
 
 from .conftest import write
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from abharness import errors
-from abharness.limits import EndpointLimits
-from abharness.retry import CircuitBreaker, CircuitOpenError, RetryPolicy
+from abharness.run.limits import EndpointLimits
+from abharness.run.retry import CircuitBreaker, CircuitOpenError, EndpointDownError, RetryPolicy
 
 DELAY = RetryPolicy.delay_s  # the real one: tests zero it through an autouse fixture
 
@@ -58,13 +58,24 @@ async def test_circuit_opens_probes_and_closes() -> None:
     others = [asyncio.create_task(breaker.before_call(10)) for _ in range(3)]
     await asyncio.sleep(0.05)
     assert not any(t.done() for t in others)  # they wait for the probe
-    breaker.record(errors.ServerError("503"))  # probe failed: open again
-    assert breaker.state == "open" and breaker.times_opened == 2
-    done, pending = await asyncio.wait(others, timeout=1, return_when=asyncio.FIRST_COMPLETED)
-    assert len(done) == 1 and breaker.state == "half_open"  # one became the next probe...
-    breaker.record(None)  # ...it succeeded, so the others go too
-    await asyncio.wait_for(asyncio.gather(*pending), 1)
-    assert breaker.state == "closed"
+    breaker.record(None)  # the probe succeeded, so the others go too
+    await asyncio.wait_for(asyncio.gather(*others), 1)
+    assert breaker.state == "closed" and breaker.down is None
+
+
+async def test_a_failed_probe_marks_the_endpoint_down_and_fails_waiters_at_once() -> None:
+    breaker = CircuitBreaker(threshold=2, cooldown_s=0.05)
+    for _ in range(2):
+        breaker.record(errors.ServerError("HTTP 500: internal error"))
+    await breaker.before_call(10)  # the probe
+    others = [asyncio.create_task(breaker.before_call(60)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    breaker.record(errors.ServerError("HTTP 500: internal error"))  # the probe failed too
+    done = await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), 1)
+    assert all(isinstance(d, EndpointDownError) for d in done)  # no one waits out 60 s
+    assert "endpoint down" in str(done[0]) and "HTTP 500" in str(done[0])
+    with pytest.raises(EndpointDownError):
+        await breaker.before_call(60)  # and later calls fail at once too
 
 
 async def test_a_429_during_half_open_closes_the_circuit() -> None:

@@ -9,10 +9,10 @@ from click.testing import CliRunner
 
 from abharness import errors
 from abharness.cli.main import cli
-from abharness.experiment import run_experiment
-from abharness.plan import Plan
+from abharness.run.experiment import run_experiment
+from abharness.run.plan import Plan
 
-from .conftest import CAPITALS, capital_answers, write
+from .conftest import CAPITALS, capital_answers, write, written_report
 
 
 def query(db: Path, sql: str) -> list[tuple]:
@@ -26,7 +26,7 @@ def query(db: Path, sql: str) -> list[tuple]:
 def test_every_call_is_recorded_exactly_once_with_scores(project: Path, fake_provider) -> None:
     fake_provider.script = capital_answers()
     out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
-    assert out.exit_code == 0 and out.status == "completed" and out.merge.merged
+    assert not out.error_rate_exceeded and out.status == "completed" and out.merge.merged
     rows = query(
         out.db,
         "SELECT arm_id, case_id, repeat, status, attempts, input_tokens, output_tokens FROM calls",
@@ -41,7 +41,7 @@ def test_every_call_is_recorded_exactly_once_with_scores(project: Path, fake_pro
     assert query(out.db, "SELECT status, total_calls, error_calls FROM runs") == [
         ("completed", 12, 0)
     ]
-    assert out.report is not None and out.report.exists()
+    assert written_report(out).exists()
     assert not list((project / "staging").glob("*.duckdb"))
 
 
@@ -61,7 +61,7 @@ def test_failures_become_typed_error_rows_retried_per_policy(project: Path, fake
 
     fake_provider.script = script
     out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
-    assert out.exit_code == 2
+    assert out.error_rate_exceeded
     got = dict(
         query(
             out.db,
@@ -94,7 +94,7 @@ def test_a_retry_that_succeeds_is_one_ok_row(project: Path, fake_provider) -> No
 
     fake_provider.script = script
     out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
-    assert out.exit_code == 0
+    assert not out.error_rate_exceeded
     assert query(
         out.db, "SELECT arm_id, attempts, status FROM calls WHERE case_id = 'fr' ORDER BY 1"
     ) == [("few-shot", 3, "ok"), ("zero-shot", 3, "ok")]
@@ -120,7 +120,7 @@ def test_max_error_rate_lets_a_few_errors_pass(project: Path, fake_provider) -> 
     fake_provider.script = lambda r: (
         errors.BadRequestError("400") if "France" in r.prompt else "Paris"
     )
-    assert run_experiment(spec, db=project / "r.duckdb").exit_code == 0
+    assert not run_experiment(spec, db=project / "r.duckdb").error_rate_exceeded
 
 
 def test_timeout_is_recorded_and_the_run_goes_on(project: Path, fake_provider) -> None:
@@ -215,7 +215,7 @@ def test_report_pairs_by_case_and_calls_a_clear_winner(project: Path, fake_provi
     assert score["metric"] == "mean_score" and score["verdict"] == "better"
     assert arms["zero-shot"]["pass_rate_ci"][0] < 0.25 < arms["zero-shot"]["pass_rate_ci"][1]
     assert "latency_ms" not in arms["zero-shot"]  # chart data stays out of the JSON
-    md = out.report.read_text()
+    md = written_report(out).read_text()
     assert (
         "| few-shot | pass rate | +75.0 |" in md
         and "`few-shot` is **better** than `zero-shot` on pass rate" in md
@@ -234,11 +234,11 @@ def test_report_last_and_unknown_run(project: Path, fake_provider) -> None:
 def test_html_report_is_self_contained_with_charts(project: Path, fake_provider) -> None:
     import re
 
-    from abharness.report_html import pareto_front
+    from abharness.report.html import pareto_front
 
     fake_provider.script = capital_answers({"France", "Japan"})
     out = run_experiment("experiments/spec.yaml", db=project / "r.duckdb")
-    html = out.report.with_suffix(".html").read_text()
+    html = written_report(out).with_suffix(".html").read_text()
     assert html.startswith("<!doctype html>") and html.count("<svg") == 3
     assert not re.search(r"(src|href)=\"(https?:)?//", html) and "@import" not in html
     assert "Per case against the baseline" in html and "Pareto front" in html

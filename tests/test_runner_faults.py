@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from abharness.cli.main import cli
-from abharness.experiment import run_experiment
+from abharness.run.experiment import run_experiment
 
 from .conftest import write
 from .fake_server import FakeServer, Fault, Logged

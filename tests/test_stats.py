@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from abharness.stats import (
+from abharness.report.stats import (
     Comparison,
     compare_arms,
     compare_paired,

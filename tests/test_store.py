@@ -7,7 +7,9 @@ from pathlib import Path
 
 import duckdb
 
-from abharness.store import MIGRATIONS, Store, merge, recorded_prompt_hashes
+from abharness.store.db import Store, merge
+from abharness.store.migrations import MIGRATIONS
+from abharness.store.queries import recorded_prompt_hashes
 
 CONTRACT = {
     "runs": "run_id experiment description status started_at finished_at spec_hash spec_yaml git_sha "
@@ -136,19 +138,25 @@ def test_reports_read_a_database_from_before_the_latest_migrations(
     """`report` opens the database read-only and cannot migrate it: it must cope."""
     from click.testing import CliRunner
 
-    from abharness import store
     from abharness.cli.main import cli
-    from abharness.experiment import run_experiment
+    from abharness.run.experiment import run_experiment
+    from abharness.store.queries import Results
 
-    out = run_experiment(
-        "experiments/spec.yaml", db=project / "old.duckdb", write_report_file=False
-    )
+    out = run_experiment("experiments/spec.yaml", db=project / "old.duckdb")
     con = duckdb.connect(str(out.db))  # back to the schema of migration 2
-    con.execute("ALTER TABLE arms DROP COLUMN role")
-    con.execute("ALTER TABLE calls DROP COLUMN judged_call_id")
-    con.execute("DELETE FROM schema_migrations WHERE version = 3")
+    for table, column in (
+        ("arms", "role"),
+        ("arms", "not_run_reason"),
+        ("calls", "judged_call_id"),
+        ("calls", "request_id"),
+        ("calls", "served_model"),
+        ("calls", "attempt_errors_json"),
+    ):
+        con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    con.execute("DELETE FROM schema_migrations WHERE version >= 3")
     con.close()
-    assert not store.has_column(duckdb.connect(str(out.db), read_only=True), "arms", "role")
+    with Results(out.db) as old:
+        assert not old.has_column("arms", "role")
     result = CliRunner().invoke(
         cli, ["report", out.run_id, "--db", str(out.db), "--format", "json"]
     )

@@ -5,7 +5,9 @@
     │   ├── SpecError            the experiment YAML (file, key path, line)
     │   ├── DatasetError         a JSONL/CSV dataset (file, line)
     │   ├── TemplateError        a prompt template (file, line)
-    │   └── PromptChangedError   name@N's content differs from what the database recorded
+    │   ├── PromptChangedError   name@N's content differs from what the database recorded
+    │   └── SetupError           what the spec needs is missing here: an API key, a model
+    │                            file, the `local` extra
     └── CallError                one call failed; recorded as an `error` row, never fatal
         ├── RateLimitError       rate_limit
         ├── TimeoutError_        timeout
@@ -83,6 +85,11 @@ class TemplateError(InvalidInput):
 
 class PromptChangedError(InvalidInput):
     pass
+
+
+class SetupError(InvalidInput):
+    """The spec is well formed but this machine cannot run (part of) it; the message
+    says what to install or set."""
 
 
 class CallError(AbharnessError):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import duckdb
 
-from abharness.experiment import run_experiment
+from abharness.run.experiment import run_experiment
 from tests.fake_server import FakeServer, Fault, Logged
 
 

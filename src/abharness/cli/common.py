@@ -1,4 +1,7 @@
-"""What every command shares: the database option, the console, error reporting."""
+"""What every command shares: exit codes, the database option, the console, errors.
+
+Exit codes (SPEC §11) are the CLI's: the library raises and returns, commands exit.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,14 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from ..errors import InvalidInput
-from ..experiment import DEFAULT_DB, DEFAULT_REPORTS, EXIT_INVALID
+EXIT_OK = 0
+EXIT_INVALID = 1  # invalid input, usage errors included; nothing written
+EXIT_ERRORS = 2  # the run's errors exceed the spec's max_error_rate
+EXIT_REGRESSION = 3  # a regression gate failed
+EXIT_INTERRUPTED = 130  # stopped; resumable
+
+DEFAULT_DB = Path("results/abharness.duckdb")
+DEFAULT_REPORTS = Path("reports")
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -37,16 +46,26 @@ reports_dir_option = click.option(
 )
 
 
+def fail(message: str, code: int = EXIT_INVALID) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
 def invalid_input_exits(fn: F) -> F:
-    """Turn `InvalidInput` into one clear line on stderr and exit 1."""
+    """Turn bad input, a missing or locked database into one clear line and exit 1."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..errors import InvalidInput
+        from ..store.queries import DatabaseBusy, NoDatabase, RunNotFound
+
         try:
             return fn(*args, **kwargs)
         except InvalidInput as exc:
             err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
             err_console.print("nothing was run or written.")
             sys.exit(EXIT_INVALID)
+        except (DatabaseBusy, NoDatabase, RunNotFound) as exc:
+            fail(str(exc))
 
     return wrapper  # type: ignore[return-value]

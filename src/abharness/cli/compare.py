@@ -7,12 +7,8 @@ import sys
 from pathlib import Path
 
 import click
-import duckdb
-from rich.table import Table
 
-from ..compare import compare_runs
-from ..experiment import EXIT_INVALID, EXIT_REGRESSION
-from .common import console, db_option, err_console, invalid_input_exits
+from .common import EXIT_REGRESSION, console, db_option, invalid_input_exits
 
 
 @click.command("compare")
@@ -25,14 +21,13 @@ from .common import console, db_option, err_console, invalid_input_exits
 @invalid_input_exits
 def command(run_a: str, run_b: str, db: Path, fmt: str) -> None:
     """Compare RUN_B (candidate) with RUN_A (reference) on the experiment's gates."""
-    if not db.exists():
-        err_console.print(f"[bold red]error:[/] no database at {db}")
-        sys.exit(EXIT_INVALID)
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        results = compare_runs(con, run_a, run_b)
-    finally:
-        con.close()
+    from rich.table import Table
+
+    from ..report.compare import compare_runs
+    from ..store.queries import Results
+
+    with Results(db) as db_results:
+        results = compare_runs(db_results, run_a, run_b)
     failed = [r for r in results if r.passed is False]
     if fmt == "json":
         click.echo(

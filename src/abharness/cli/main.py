@@ -1,4 +1,9 @@
-"""`abharness`: one command group; each command lives in its own module."""
+"""`abharness`: one command group; each command lives in its own module.
+
+Commands import what they need when they run, so ``abharness --help`` stays fast.
+Click's usage errors (an unknown option, a missing argument) exit 1, "invalid input",
+not Click's 2, which SPEC §11 reserves for runs with too many errors.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,28 @@ import click
 
 from .. import __version__
 from . import compare, merge, prompts, report, run, sql, validate
+from .common import EXIT_INVALID
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Usage errors anywhere in the command line exit 1 (see the module docstring)."""
+
+    def make_context(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = EXIT_INVALID
+            raise
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = EXIT_INVALID
+            raise
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="abharness")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output to stderr.")
 def cli(verbose: bool) -> None:
@@ -26,4 +50,4 @@ for module in (run, validate, report, compare, prompts, sql, merge):
 
 
 def main() -> None:
-    cli()
+    cli(prog_name="abharness")

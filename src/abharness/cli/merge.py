@@ -7,14 +7,15 @@ from pathlib import Path
 
 import click
 
-from ..store import merge, staging_dir
-from .common import console, db_option, err_console
+from .common import EXIT_INVALID, EXIT_OK, console, db_option, err_console
 
 
 @click.command("merge")
 @db_option
 def command(db: Path) -> None:
     """Merge every leftover staging file into the database (idempotent)."""
+    from ..store.db import merge, staging_dir
+
     leftovers = sorted(staging_dir(db).glob("*.duckdb"))
     if not leftovers:
         console.print("nothing to merge")
@@ -27,4 +28,4 @@ def command(db: Path) -> None:
         else:
             failed += 1
             err_console.print(f"[yellow]not merged:[/] {result.message}")
-    sys.exit(1 if failed else 0)
+    sys.exit(EXIT_INVALID if failed else EXIT_OK)

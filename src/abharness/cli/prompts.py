@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from ..prompts import PromptLibrary
 from .common import console, invalid_input_exits
 
 dir_option = click.option(
@@ -30,6 +28,10 @@ def command() -> None:
 @invalid_input_exits
 def list_(prompts_dir: Path) -> None:
     """Every template with its versions, content hash and description."""
+    from rich.table import Table
+
+    from ..prompts.templates import PromptLibrary
+
     lib = PromptLibrary(prompts_dir)
     table = Table()
     for col in ("prompt", "kind", "hash", "extends", "description"):
@@ -54,6 +56,8 @@ def list_(prompts_dir: Path) -> None:
 @invalid_input_exits
 def show(ref: str, prompts_dir: Path) -> None:
     """Print NAME@N (or NAME: the latest) with its identity."""
+    from ..prompts.templates import PromptLibrary
+
     t = PromptLibrary(prompts_dir).resolve(ref)
     console.print(f"[bold]{t.ref}[/]  hash {t.hash}  file {t.path}")
     if len(t.chain) > 1:
@@ -68,5 +72,7 @@ def show(ref: str, prompts_dir: Path) -> None:
 @invalid_input_exits
 def diff(ref_a: str, ref_b: str, prompts_dir: Path) -> None:
     """Unified diff of two template versions."""
+    from ..prompts.templates import PromptLibrary
+
     text = PromptLibrary(prompts_dir).diff(ref_a, ref_b)
     click.echo(text if text else "identical", nl=not text)

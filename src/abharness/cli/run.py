@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from ..errors import InvalidInput
-from ..experiment import EXIT_INTERRUPTED, dry_run, run_experiment
-from .common import console, db_option, err_console, invalid_input_exits, reports_dir_option
+from .common import (
+    EXIT_ERRORS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    console,
+    db_option,
+    err_console,
+    invalid_input_exits,
+    reports_dir_option,
+)
+
+if TYPE_CHECKING:
+    from ..store.records import CallRecord
 
 
 @click.command("run")
@@ -43,6 +51,11 @@ from .common import console, db_option, err_console, invalid_input_exits, report
     is_flag=True,
     help="Run a name@N whose content differs from the one recorded in the database.",
 )
+@click.option(
+    "--skip-unavailable",
+    is_flag=True,
+    help="Run the arms that can run here; report the others (e.g. API key unset) as not run.",
+)
 @invalid_input_exits
 def command(
     spec: Path | None,
@@ -53,8 +66,16 @@ def command(
     dry_run: bool,
     concurrency: int | None,
     allow_changed_prompts: bool,
+    skip_unavailable: bool,
 ) -> None:
     """Run the experiment SPEC (a YAML file), or --resume an earlier run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..errors import InvalidInput
+    from ..report.build import write_report
+    from ..run.experiment import run_experiment
+    from ..store.queries import Results
+
     if (spec is None) == (resume is None):
         raise InvalidInput(
             "give a SPEC to run, or --resume RUN_ID|last (not both)", file="abharness run"
@@ -72,6 +93,7 @@ def command(
         TimeElapsedColumn(),
         console=err_console,
         transient=False,
+        refresh_per_second=4,
     )
     task = progress.add_task((spec.name if spec else f"resume {resume}"), total=None, errors=0)
     errors = 0
@@ -80,17 +102,17 @@ def command(
         progress.update(task, total=total)
         progress.start()
 
-    def on_call(row: dict[str, Any]) -> None:
+    def on_call(record: CallRecord) -> None:
         nonlocal errors
-        errors += row["status"] == "error"
-        progress.update(task, advance=1, errors=errors)
+        errors += not record.ok
+        progress.update(task, advance=record.judged_call_id is None, errors=errors)
 
     try:
         outcome = run_experiment(
             spec,
             db=db,
-            reports_dir=reports_dir,
             allow_changed_prompts=allow_changed_prompts,
+            skip_unavailable=skip_unavailable,
             on_call=on_call,
             on_start=on_start,
             use_cache=not no_cache,
@@ -103,35 +125,48 @@ def command(
         err_console.print(f"[yellow]warning:[/] {w}")
     s = outcome.stats
     resumed = f", {outcome.resumed_skipped} already done" if resume else ""
+    judges = f" ({s.judge_calls} by judges)" if s.judge_calls else ""
     console.print(
-        f"run id:   {outcome.run_id}  ({outcome.status}, {s.calls} calls{resumed}, {s.ok} ok "
-        f"({s.cache_hits} from cache), {s.error_count} errors, {s.attempts} attempts, "
-        f"{s.wall_time_s:.1f} s)"
+        f"run id:   {outcome.run_id}  ({outcome.status}, {s.calls} calls{judges}{resumed}, "
+        f"{s.ok} ok ({s.cache_hits} from cache), {s.error_count} errors, {s.attempts} attempts, "
+        f"{s.cost_usd:.4f} USD, {s.wall_time_s:.1f} s)"
     )
     for etype, n in sorted(s.errors.items()):
         console.print(f"  {n} × {etype}")
     for failure in outcome.failures:
         err_console.print(f"[red]not run:[/] {failure}")
     console.print(f"database: {outcome.db}")
-    if not outcome.merge.merged:
+    if outcome.merge.merged:
+        with Results(outcome.db) as results:
+            console.print(
+                f"report:   {write_report(results, outcome.run_id, reports_dir, str(db))}"
+            )
+    else:
         err_console.print(f"[yellow]warning:[/] {outcome.merge.message}")
-    if outcome.report:
-        console.print(f"report:   {outcome.report}")
-    if outcome.exit_code == EXIT_INTERRUPTED:
+    if outcome.status == "interrupted":
         err_console.print(
             f"interrupted: finished calls are saved. Resume with:\n"
             f"  abharness run --resume {outcome.run_id} --db {outcome.db}"
         )
-    elif outcome.status == "budget_exhausted":
+        sys.exit(EXIT_INTERRUPTED)
+    if outcome.status == "budget_exhausted":
         err_console.print(
             "[red]max_cost_usd reached:[/] calls not made are recorded with error_type 'budget'"
         )
-    elif outcome.exit_code == 2:
-        err_console.print("[red]error rate above the spec's max_error_rate[/]")
-    sys.exit(outcome.exit_code)
+    if outcome.error_rate_exceeded:
+        err_console.print(
+            f"[red]error rate {outcome.errors}/{outcome.calls} is above the spec's "
+            f"max_error_rate {outcome.max_error_rate:g}[/]"
+        )
+        sys.exit(EXIT_ERRORS)
+    sys.exit(EXIT_OK)
 
 
 def _dry_run(spec: Path, db: Path) -> None:
+    from rich.table import Table
+
+    from ..run.experiment import dry_run
+
     projections, warnings = dry_run(spec, db)
     for w in warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
@@ -140,6 +175,9 @@ def _dry_run(spec: Path, db: Path) -> None:
         table.add_column(col, justify="left" if col == "arm" else "right")
     lo = hi = 0.0
     for p in projections:
+        if p.not_run:
+            table.add_row(p.arm_id, "not run", "", "", "", "", style="red")
+            continue
         price = (lambda v: f"{v:.4f}") if p.priced else (lambda v: "no price")
         table.add_row(
             p.arm_id,
@@ -152,3 +190,6 @@ def _dry_run(spec: Path, db: Path) -> None:
         lo, hi = lo + float(p.min_usd), hi + float(p.max_usd)
     table.add_row("total", str(sum(p.calls for p in projections)), "", f"{lo:.4f}", f"{hi:.4f}", "")
     console.print(table)
+    for p in projections:
+        if p.not_run:
+            err_console.print(f"[red]not run:[/] {p.arm_id}: {p.not_run}")

@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
-import duckdb
-from rich.table import Table
 
-from ..experiment import EXIT_INVALID
-from .common import console, db_option, err_console
+from .common import console, db_option, fail, invalid_input_exits
 
 
 @click.command("sql")
 @click.argument("query")
 @db_option
 @click.option("--limit", default=100, show_default=True, help="Rows to print.")
+@invalid_input_exits
 def command(query: str, db: Path, limit: int) -> None:
     """Run QUERY against the database (read-only) and print the result."""
-    if not db.exists():
-        err_console.print(f"[bold red]error:[/] no database at {db}")
-        sys.exit(EXIT_INVALID)
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        cur = con.execute(query)
-        rows = cur.fetchmany(limit + 1)
-        columns = [d[0] for d in cur.description or []]
-    except duckdb.Error as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(EXIT_INVALID)
-    finally:
-        con.close()
+    import duckdb
+    from rich.table import Table
+
+    from ..store.queries import Results
+
+    with Results(db) as results:
+        try:
+            columns, rows = results.query(query, limit)
+        except duckdb.Error as exc:
+            fail(str(exc))
     table = Table(*columns)
     for row in rows[:limit]:
         table.add_row(*("NULL" if v is None else str(v) for v in row))

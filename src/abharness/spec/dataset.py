@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DatasetError
-from .hashing import content_hash
+from ..errors import DatasetError
+from ..hashing import content_hash
 
 
 @dataclass(frozen=True)

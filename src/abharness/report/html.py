@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .report import METRIC_WORDS, _fmt, verdict_sentence
+from .markdown import METRIC_WORDS, _fmt, verdict_sentence
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d"]
 CSS = """
@@ -192,6 +192,10 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
                 1,
             )
             out.append(f"<li>{text}</li>")
+        out.append("</ul>")
+    if r.get("not_run"):
+        out.append("<h2>Not run</h2><p>These arms could not run here; they get no verdict:</p><ul>")
+        out += [f"<li><code>{e(n['arm_id'])}</code>: {e(n['reason'])}</li>" for n in r["not_run"]]
         out.append("</ul>")
     out.append(
         '<h2>Arms</h2><div class="wide"><table><tr><th>arm</th><th class="l">model</th><th class="l">prompt</th><th>n</th>'

@@ -18,12 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
 import yaml
 
-from .errors import InvalidInput
-from .report import _call_table
-from .spec import Gates
+from ..errors import InvalidInput
+from ..spec.models import Gates
+from ..store.queries import Results, RunNotFound
 from .stats import compare_arms
 
 
@@ -40,23 +39,21 @@ class GateResult:
         return "not evaluated" if self.passed is None else ("pass" if self.passed else "FAIL")
 
 
-def _run(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
-    row = con.execute(
-        "SELECT run_id, experiment, spec_yaml FROM runs WHERE run_id = ?", [run_id]
-    ).fetchone()
-    if row is None:
-        raise InvalidInput(f"no run {run_id!r} in the database")
-    return {"run_id": row[0], "experiment": row[1], "spec_yaml": row[2]}
+def _run(results: Results, run_id: str) -> dict[str, Any]:
+    try:
+        return results.run(run_id)
+    except RunNotFound as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
-def compare_runs(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str) -> list[GateResult]:
-    a, b = _run(con, run_a), _run(con, run_b)
+def compare_runs(results: Results, run_a: str, run_b: str) -> list[GateResult]:
+    a, b = _run(results, run_a), _run(results, run_b)
     if a["experiment"] != b["experiment"]:
         raise InvalidInput(
             f"{run_a} is experiment {a['experiment']!r} but {run_b} is {b['experiment']!r}"
         )
     gates = Gates.model_validate((yaml.safe_load(b["spec_yaml"] or "") or {}).get("gates") or {})
-    calls_a, calls_b = _call_table(con, run_a), _call_table(con, run_b)
+    calls_a, calls_b = results.call_table(run_a), results.call_table(run_b)
     cases_a, cases_b = set(calls_a["case_id"]), set(calls_b["case_id"])
     if cases_a != cases_b:
         raise InvalidInput(

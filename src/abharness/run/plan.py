@@ -17,19 +17,29 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .budget import FittedPrompt, fit_to_budget, input_budget
-from .dataset import Case, check_dataset, iter_cases
-from .errors import CallError, InvalidInput, PromptChangedError, SpecError, TemplateError
-from .pricing import call_cost
-from .prompts import PromptLibrary, PromptTemplate
-from .providers import Provider, provider_class
-from .providers.base import ProviderRequest, Usage
+from pydantic import ValidationError
+
+from ..errors import (
+    CallError,
+    InvalidInput,
+    PromptChangedError,
+    SetupError,
+    SpecError,
+    TemplateError,
+)
+from ..prompts.budget import FittedPrompt, fit_to_budget, input_budget
+from ..prompts.templates import PromptLibrary, PromptTemplate
+from ..providers import Provider, provider_class
+from ..providers.base import ProviderRequest, Usage
+from ..providers.pricing import call_cost
+from ..spec.dataset import Case, check_dataset, iter_cases
+from ..spec.load import LoadedSpec
+from ..spec.models import Arm, GenerationParams, LlmJudgeScorer, Price, ProviderSpec
+from ..store.queries import DatabaseBusy, recorded_prompt_hashes
 from .scorers import Scorer, build_scorers
-from .spec import Arm, GenerationParams, LlmJudgeScorer, LoadedSpec, Price, ProviderSpec
-from .store import DatabaseBusy, recorded_prompt_hashes
 
 
-@dataclass
+@dataclass(eq=False)  # identity: one arm's plan is one object
 class ArmPlan:
     arm: Arm
     endpoint_name: str
@@ -69,12 +79,18 @@ class ArmPlan:
     def fit(self, case: Case) -> FittedPrompt:
         return self.fit_vars(case.template_vars())
 
+    def api(self) -> str:
+        """Which API the arm's requests go to (``validate`` shows it)."""
+        raw = self.template.blocks == ["prompt"]
+        probe = ProviderRequest(model=self.arm.model, prompt="" if raw else None)
+        return self.provider.api_for(probe) or ("raw" if raw else "chat")
+
     def is_priced(self) -> bool:
         """Whether a cost can be computed for this arm's calls."""
         return self.price is not None or self.tier == 1 or self._genai_price_known()
 
     def _genai_price_known(self) -> bool:
-        from .pricing import genai_price
+        from ..providers.pricing import genai_price
 
         e = self.endpoint
         if not (e.price_provider or e.base_url):
@@ -133,6 +149,44 @@ class Plan:
     def n_calls(self) -> int:
         return self.n_cases * len(self.arms) * self.spec.experiment.repeats
 
+    def unavailable(self) -> list[tuple[ArmPlan, str]]:
+        """Arms and judges that cannot be called here, with why (an API key unset)."""
+        return [(a, why) for a in self.all_arms() if (why := a.provider.unavailable())]
+
+    def drop_unavailable(self, skip: bool) -> list[tuple[ArmPlan, str]]:
+        """Leave out the arms that cannot run when `skip`, else refuse them; return them.
+
+        A judge or the baseline that cannot run is refused either way: without it no
+        arm could be scored or compared."""
+        missing = self.unavailable()
+        if not missing:
+            return []
+        lines = "; ".join(f"{a.id}: {why}" for a, why in missing)
+        essential = [a.id for a, _ in missing if a.is_baseline or a in self.judges.values()]
+        if essential:
+            raise SetupError(
+                f"cannot run {', '.join(essential)} ({lines}); set what is missing "
+                "(--skip-unavailable cannot leave out the baseline or a judge: nothing could be "
+                "compared or scored without it)",
+                file=self.spec.path,
+            )
+        if not skip:
+            raise SetupError(
+                f"these arms cannot run here: {lines}. Set what is missing, or pass "
+                "--skip-unavailable to run the other arms and report these as not run",
+                file=self.spec.path,
+            )
+        gone = {id(a) for a, _ in missing}
+        self.arms = [a for a in self.arms if id(a) not in gone]
+        self.providers = [
+            p for p in self.providers if any(a.provider is p for a in self.all_arms())
+        ]
+        return missing
+
+    def all_arms(self) -> list[ArmPlan]:
+        """The arms, then the judges: everything that makes calls."""
+        return [*self.arms, *self.judges.values()]
+
     def cases(self) -> Iterator[Case]:
         x = self.spec.experiment
         return iter_cases(self.spec.dataset_path(), x.cases, self.spec.path)
@@ -144,7 +198,7 @@ def build_plan(spec: LoadedSpec) -> Plan:
     library = PromptLibrary(spec.prompts_dir)
     providers: dict[tuple[str, str], Provider] = {}
 
-    def arm_plan(arm: Arm, where: str) -> ArmPlan:
+    def arm_plan(arm: Arm, where: str, model_key: tuple[str | int, ...]) -> ArmPlan:
         try:
             template = library.resolve(spec.prompt_ref(arm))
         except TemplateError as exc:
@@ -153,12 +207,16 @@ def build_plan(spec: LoadedSpec) -> Plan:
         cls = provider_class(endpoint.type)
         key = (arm.provider, arm.model if cls.per_model else "")
         if key not in providers:
-            options = dict(endpoint.options)
-            for name in ("base_url", "api_key_env", "concurrency", "rpm", "tpm"):
-                value = getattr(endpoint, name)
-                if value is not None:
-                    options[name] = value
-            providers[key] = cls(arm.provider, arm.model if cls.per_model else None, options)
+            options = _provider_options(spec, arm.provider, endpoint, cls)
+            provider = cls(arm.provider, arm.model if cls.per_model else None, options)
+            try:
+                provider.check_setup()
+            except SetupError as exc:
+                loc = model_key if cls.per_model else ("providers", arm.provider)
+                raise SpecError(
+                    exc.problem, file=spec.path, line=spec.line_of(loc), key=_key(loc)
+                ) from exc
+            providers[key] = provider
         return ArmPlan(
             arm=arm,
             endpoint_name=arm.provider,
@@ -172,7 +230,7 @@ def build_plan(spec: LoadedSpec) -> Plan:
         )
 
     arms = [
-        arm_plan(arm, f"arms[{i}].prompt" if arm.prompt else "prompt")
+        arm_plan(arm, f"arms[{i}].prompt" if arm.prompt else "prompt", ("arms", i, "model"))
         for i, arm in enumerate(x.arms)
     ]
     try:
@@ -191,8 +249,39 @@ def build_plan(spec: LoadedSpec) -> Plan:
                 max_tokens=sc.max_tokens,
                 price=sc.price,
             )
-            judges[scorer.name] = arm_plan(judge, f"scorers[{i}].rubric")
+            judges[scorer.name] = arm_plan(judge, f"scorers[{i}].rubric", ("scorers", i, "model"))
     return Plan(spec, arms, scorers, list(providers.values()), judges=judges)
+
+
+def _key(loc: tuple[str | int, ...]) -> str:
+    return "".join(
+        f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(loc)
+    )
+
+
+def _provider_options(
+    spec: LoadedSpec, name: str, endpoint: ProviderSpec, cls: type[Provider]
+) -> dict[str, Any]:
+    """The endpoint's ``options`` checked against the provider's typed model (a typo such
+    as ``hostz`` is an error naming its line), plus the endpoint's address and limits."""
+    try:
+        options = cls.Options.model_validate(endpoint.options).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc: tuple[str | int, ...] = ("providers", name, "options", *err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(cls.Options.model_fields) or "none"
+            problem = (
+                f"unknown {cls.type_name} option {err['loc'][-1]!r}; expected one of: {allowed}"
+            )
+        else:
+            problem = f"{err['msg']} (got {err.get('input')!r})"
+        raise SpecError(problem, file=spec.path, line=spec.line_of(loc), key=_key(loc)) from exc
+    for field_name in ("base_url", "api_key_env", "concurrency", "rpm", "tpm"):
+        value = getattr(endpoint, field_name)
+        if value is not None:
+            options[field_name] = value
+    return options
 
 
 def check_cases(plan: Plan) -> int:

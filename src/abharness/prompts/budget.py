@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ContextLengthError
-from .prompts import PromptTemplate, RenderedPrompt
+from ..errors import ContextLengthError
+from .templates import PromptTemplate, RenderedPrompt
 from .tokenizers import Tokenizer
 
 

@@ -33,8 +33,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import TemplateError
-from .hashing import content_hash
+from ..errors import TemplateError
+from ..hashing import content_hash
 
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.j2$")
 _REF = re.compile(r"^([a-z0-9][a-z0-9_-]*)(?:@([1-9][0-9]*))?$")

@@ -1,26 +1,13 @@
-"""DuckDB storage (SPEC §8): numbered migrations, per-run staging, one-transaction merge.
-
-A run never writes the main database while it runs. It writes its own staging file
-(``<db dir>/staging/<run_id>.duckdb``), batching inserts, and at the end merges it
-into the main file in one transaction, so an analyst holding the main file open
-neither blocks nor breaks the run: a merge that cannot get the lock is retried, and
-otherwise the staging file stays for ``abharness merge``. Merging is idempotent:
-every table has a primary key and rows are upserted.
-
-Schema changes are numbered functions in `MIGRATIONS`, recorded in
-``schema_migrations`` and applied when a store opens (simonw/llm's pattern).
+"""The schema, as numbered migrations recorded in ``schema_migrations`` and applied
+when a store opens (simonw/llm's pattern). A migration is never edited once shipped:
+a change is a new one.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import duckdb
-import pandas as pd
 
 TABLES = ("runs", "arms", "cases", "calls", "scores")
 
@@ -145,6 +132,16 @@ def m003_judges(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE calls ADD COLUMN judged_call_id VARCHAR")
 
 
+@migration(4, "what_the_server_said")
+def m004_what_the_server_said(con: duckdb.DuckDBPyConnection) -> None:
+    """The provider's request id, the model the server says it served, each failed
+    attempt's error; and why an arm was not run (``--skip-unavailable``)."""
+    con.execute("ALTER TABLE calls ADD COLUMN request_id VARCHAR")
+    con.execute("ALTER TABLE calls ADD COLUMN served_model VARCHAR")
+    con.execute("ALTER TABLE calls ADD COLUMN attempt_errors_json JSON")
+    con.execute("ALTER TABLE arms ADD COLUMN not_run_reason VARCHAR")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply pending migrations in order; return the numbers applied."""
     con.execute("""
@@ -168,147 +165,3 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
             raise
         applied.append(number)
     return applied
-
-
-class Store:
-    """A read-write connection to one DuckDB file, migrated on open."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path))
-        migrate(self.con)
-
-    def insert(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
-        """Upsert a batch of rows in one statement; columns matched by name."""
-        if table not in TABLES:
-            raise ValueError(table)
-        frame = pd.DataFrame(list(rows))
-        if frame.empty:
-            return 0
-        self.con.register("_batch", frame)
-        try:
-            self.con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM _batch")
-        finally:
-            self.con.unregister("_batch")
-        return len(frame)
-
-    def update_run(self, run_id: str, **fields: Any) -> None:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        self.con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*fields.values(), run_id])
-
-    def close(self) -> None:
-        self.con.close()
-
-
-@dataclass
-class MergeResult:
-    merged: bool
-    rows: dict[str, int]
-    message: str = ""
-
-
-def _is_lock_error(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "lock" in text or "conflicting" in text or "being used" in text
-
-
-def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0) -> MergeResult:
-    """Upsert every table of `staging` into `main` in one transaction.
-
-    On success the staging file is removed. If `main` is locked by another process
-    after `attempts` tries, the staging file is kept and the result says so.
-    """
-    last: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            con = duckdb.connect(str(main))
-        except duckdb.Error as exc:
-            if not _is_lock_error(exc):
-                raise
-            last = exc
-            time.sleep(wait_s * (attempt + 1))
-            continue
-        try:
-            migrate(con)
-            con.execute(f"ATTACH '{staging}' AS staging (READ_ONLY)")
-            rows: dict[str, int] = {}
-            con.execute("BEGIN TRANSACTION")
-            try:
-                for table in TABLES:
-                    con.execute(
-                        f"INSERT OR REPLACE INTO main.{table} BY NAME SELECT * FROM staging.{table}"
-                    )
-                    rows[table] = con.execute(f"SELECT count(*) FROM staging.{table}").fetchone()[0]  # type: ignore[index]
-                # a resumed run's totals cover its earlier sessions too
-                con.execute("""
-                    UPDATE main.runs SET
-                        total_cost_usd = coalesce(t.cost, 0), error_calls = t.errors,
-                        cached_calls = t.cached
-                    FROM (SELECT run_id, sum(cost_usd) AS cost,
-                                 count(*) FILTER (WHERE status = 'error') AS errors,
-                                 count(*) FILTER (WHERE cache_hit) AS cached
-                          FROM main.calls GROUP BY run_id) t
-                    WHERE t.run_id = runs.run_id
-                      AND runs.run_id IN (SELECT run_id FROM staging.runs)""")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("DETACH staging")
-        finally:
-            con.close()
-        for suffix in ("", ".wal"):
-            Path(str(staging) + suffix).unlink(missing_ok=True)
-        return MergeResult(True, rows)
-    return MergeResult(
-        False,
-        {},
-        f"{main} is locked by another process ({last}); results kept in {staging}; "
-        "run `abharness merge` when it is free",
-    )
-
-
-def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
-    """For readers of a database not yet migrated (opened read-only, it cannot be)."""
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
-        [table, column],
-    ).fetchone()
-    return bool(row and row[0])
-
-
-class DatabaseBusy(RuntimeError):
-    """The main database is locked by another process."""
-
-
-def staging_dir(main: Path) -> Path:
-    return main.parent / "staging"
-
-
-def recorded_prompt_hashes(main: Path) -> dict[tuple[str, int], set[str]]:
-    """Content hashes recorded per (prompt_name, prompt_version) in the main database.
-
-    Opens the file read-only and writes nothing; a missing file records nothing.
-    """
-    if not main.exists():
-        return {}
-    try:
-        con = duckdb.connect(str(main), read_only=True)
-    except duckdb.IOException as exc:  # an analyst holds it read-write
-        raise DatabaseBusy(f"{main} is locked by another process ({exc})") from exc
-    try:
-        has_arms = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'arms'"
-        ).fetchone()
-        if not has_arms or not has_arms[0]:
-            return {}
-        out: dict[tuple[str, int], set[str]] = {}
-        for name, version, digest in con.execute(
-            "SELECT DISTINCT prompt_name, prompt_version, prompt_hash FROM arms "
-            "WHERE prompt_name IS NOT NULL"
-        ).fetchall():
-            out.setdefault((name, int(version)), set()).add(digest)
-        return out
-    finally:
-        con.close()

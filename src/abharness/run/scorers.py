@@ -23,8 +23,8 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import SpecError
-from .spec import (
+from ..errors import SpecError
+from ..spec.models import (
     ContainsScorer,
     ExactScorer,
     JsonSchemaScorer,

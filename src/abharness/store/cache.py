@@ -18,7 +18,8 @@ from typing import Any
 
 import duckdb
 
-from .hashing import content_hash
+from ..hashing import content_hash
+from .records import CallRecord
 
 COLUMNS = (
     "response_text",
@@ -58,8 +59,8 @@ class ResponseCache:
             ).fetchone()
         return dict(zip(COLUMNS, row, strict=True)) if row else None
 
-    def put(self, key: str, row: dict[str, Any]) -> None:
-        values = [row.get(c) for c in COLUMNS[:-1]] + [row["call_id"]]
+    def put(self, key: str, record: CallRecord) -> None:
+        values = [getattr(record, c) for c in COLUMNS[:-1]] + [record.call_id]
         with self._lock:
             self._con.execute(
                 f"INSERT OR REPLACE INTO response_cache (cache_key, {', '.join(COLUMNS)}) "

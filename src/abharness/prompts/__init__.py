@@ -1,0 +1,1 @@
+"""How to present prompts to a model: versioned templates, tokenizers, the token budget."""

@@ -1,0 +1,1 @@
+"""Reports: figures of a run (build), statistics, Markdown and HTML renderers, run comparison."""

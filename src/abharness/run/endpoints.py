@@ -1,0 +1,90 @@
+"""Per-endpoint scheduling: what the calls on one connection key share.
+
+An endpoint is what `Provider.connection_key()` names: a base URL and the identity of
+its credentials, or one loaded model. Arms and judges on it share:
+
+- ``slots``: calls on the wire at once (its ``concurrency``). A slot is held only for
+  an attempt, so a call waiting to retry, or waiting for its judge on another endpoint,
+  holds none, and a judge on the arms' own endpoint cannot deadlock them;
+- ``pending``: calls the producer may have started for it, so memory depends on the
+  concurrency, not on the dataset's size;
+- request and token limits, a circuit breaker, and ``stopped``: set when its
+  credentials fail or it is down (the circuit opened and the probe after the cool-down
+  failed too). Later calls are then not made, each recorded with the reason, at once;
+- ``proven``: until it has answered once, one call at a time, so a wrong key or a dead
+  server costs one call, not one per slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from ..errors import CallError
+from ..providers import Provider
+from .limits import EndpointLimits
+from .retry import CircuitBreaker, RetryPolicy
+
+PENDING_PER_SLOT = 2
+
+
+@dataclass
+class Endpoint:
+    key: str
+    concurrency: int
+    limits: EndpointLimits
+    breaker: CircuitBreaker
+    slots: asyncio.Semaphore
+    pending: asyncio.Semaphore
+    arms: list[str] = field(default_factory=list)
+    stopped: CallError | None = None
+    not_called: int = 0
+    proven: bool = False
+    gate: asyncio.Lock = field(default_factory=asyncio.Lock)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+    def stop(self, reason: CallError) -> None:
+        if self.stopped is None:
+            self.stopped = reason
+
+    def failure_line(self) -> str | None:
+        """One line for the run's summary when calls were not made here."""
+        if self.stopped is None or not self.not_called:
+            return None
+        return (
+            f"{', '.join(self.arms)}: {self.stopped.error_type}: {self.stopped}; stopped after "
+            f"it, {self.not_called} further calls not made (resume makes them)"
+        )
+
+
+class Endpoints:
+    """The run's endpoints by connection key, made on first use."""
+
+    def __init__(self, policy: RetryPolicy, concurrency_cap: int | None = None) -> None:
+        self.policy = policy
+        self.concurrency_cap = concurrency_cap
+        self._by_key: dict[str, Endpoint] = {}
+
+    def of(self, provider: Provider, arm_id: str | None = None) -> Endpoint:
+        key = provider.connection_key()
+        endpoint = self._by_key.get(key)
+        if endpoint is None:
+            slots = max(1, provider.max_concurrency())
+            if self.concurrency_cap:
+                slots = min(slots, self.concurrency_cap)
+            rpm, tpm = provider.rate_limits()
+            endpoint = self._by_key[key] = Endpoint(
+                key,
+                slots,
+                EndpointLimits(rpm, tpm),
+                CircuitBreaker(self.policy.circuit_threshold, self.policy.circuit_cooldown_s),
+                asyncio.Semaphore(slots),
+                asyncio.Semaphore(slots * PENDING_PER_SLOT),
+            )
+        if arm_id is not None and arm_id not in endpoint.arms:
+            endpoint.arms.append(arm_id)
+        return endpoint
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_key.values())

@@ -1,0 +1,298 @@
+"""The one call path: every call, an arm's or a judge's, goes through `Executor.execute`.
+
+    fit the prompt ─▶ cache? ─▶ reserve its worst-case cost ─▶ per attempt: breaker,
+    slot, limits ─▶ attempts with retries ─▶ settle the cost ─▶ one `CallRecord`
+
+Nothing a call raises escapes: it ends as exactly one record, ``ok`` or ``error`` with
+a SPEC ``error_type``, the attempts made and each failed attempt's error. The only
+exception is a call not started because the run is stopping (`NotStarted`): it gets
+no record, so resume makes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from ..errors import (
+    AuthError,
+    BudgetError,
+    CallError,
+    OtherCallError,
+    TimeoutError_,
+    error_type_of,
+)
+from ..hashing import content_hash
+from ..providers.base import ProviderRequest, ProviderResponse, Usage
+from ..spec.dataset import Case
+from ..store.cache import ResponseCache, cache_key
+from ..store.records import USAGE_FIELDS, CallRecord
+from .costcap import CostCap
+from .endpoints import Endpoint, Endpoints
+from .plan import ArmPlan
+from .retry import CircuitOpenError, RetryPolicy
+
+
+class NotStarted(Exception):
+    """The run is stopping and this call had not been sent: no record, resume makes it."""
+
+
+def call_id(run_id: str, arm_id: str, case_id: str, repeat: int) -> str:
+    """Stable id of one (run, arm, case, repeat): a resumed run finds its calls again."""
+    return content_hash([run_id, arm_id, case_id, repeat], 24)
+
+
+@dataclass
+class CallJob:
+    """One call to make: an arm's on a case, or a judge's on an arm's call."""
+
+    arm: ArmPlan
+    case: Case
+    repeat: int
+    call_id: str
+    variables: dict[str, Any]
+    judged_call_id: str | None = None
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class Executor:
+    def __init__(
+        self,
+        run_id: str,
+        endpoints: Endpoints,
+        policy: RetryPolicy,
+        cost_cap: CostCap,
+        cache: ResponseCache | None = None,
+        load_errors: dict[int, CallError] | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.run_id = run_id
+        self.endpoints = endpoints
+        self.policy = policy
+        self.cost_cap = cost_cap
+        self.cache = cache
+        self.load_errors = load_errors if load_errors is not None else {}
+        self.stopping = stopping
+
+    async def execute(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:
+        """Make `job`'s call; its record, and the response when it succeeded."""
+        arm = job.arm
+        record = CallRecord(
+            job.call_id,
+            self.run_id,
+            arm.id,
+            job.case.id,
+            job.repeat,
+            judged_call_id=job.judged_call_id,
+        )
+        endpoint = self.endpoints.of(arm.provider)
+        try:
+            load_error = self.load_errors.get(id(arm.provider))
+            if load_error is not None:
+                raise load_error
+            fitted = arm.fit_vars(job.variables)
+            record.est_input_tokens = fitted.est_input_tokens
+            record.est_method = fitted.method
+            record.truncated_json = json.dumps(fitted.truncated) if fitted.truncated else None
+            record.prompt_text = fitted.rendered.text
+            request = arm.request(fitted)
+            parts = {
+                "type": arm.endpoint.type,
+                "endpoint": arm.provider.connection_key(),
+                "model": request.model,
+                "prompt": fitted.rendered.as_json(),
+                "params": arm.params.model_dump(exclude_none=True, exclude={"timeout_s", "stream"}),
+            }
+            api = arm.provider.api_for(request)
+            if api is not None:  # only where one request can go to two APIs
+                parts["api"] = api
+            record.request_hash = content_hash(parts, 24)
+            key = None
+            if self.cache is not None:
+                key = cache_key({**parts, "repeat": job.repeat}, request.temperature, request.seed)
+            if key is not None:
+                assert self.cache is not None
+                hit = await asyncio.to_thread(self.cache.get, key)
+                if hit is not None:
+                    _fill_from_cache(record, hit)
+                    return record, ProviderResponse(text=hit["response_text"] or "", usage=Usage())
+            response = await self._reserve_and_call(
+                arm, request, fitted.est_input_tokens, endpoint, record, job
+            )
+            record.status = "ok"
+            if key is not None:
+                assert self.cache is not None
+                await asyncio.to_thread(self.cache.put, key, record)
+            return record, response
+        except (asyncio.CancelledError, NotStarted):
+            raise
+        except Exception as exc:  # every failure is a record; nothing a call raises stops the run
+            record.fail(error_type_of(exc), _describe(exc))
+            if isinstance(exc, CallError) and exc.request_id and record.request_id is None:
+                record.request_id = exc.request_id
+            return record, None
+
+    async def _reserve_and_call(
+        self,
+        arm: ArmPlan,
+        request: ProviderRequest,
+        est_tokens: int,
+        endpoint: Endpoint,
+        record: CallRecord,
+        job: CallJob,
+    ) -> ProviderResponse:
+        """Reserve the call's worst case under the cost cap, make it and settle the
+        reservation to what it cost (an unknown cost keeps its whole reservation)."""
+        if endpoint.stopped is not None:
+            endpoint.not_called += 1
+            raise _not_called(endpoint.stopped)
+        worst = arm.worst_case_cost(est_tokens)
+        if self.cost_cap.refused or not self.cost_cap.reserve(worst):
+            raise BudgetError(
+                f"not dispatched: max_cost_usd={self.cost_cap.max} would be exceeded "
+                f"(spent {self.cost_cap.spent:.6f}, reserved {self.cost_cap.reserved:.6f}, "
+                f"this call up to {worst:.6f})"
+            )
+        try:
+            response = await self._attempts(arm, request, est_tokens, endpoint, record, job)
+        except BaseException as exc:
+            # refused calls cost nothing; a timed-out or cancelled one may have been billed
+            billed = isinstance(exc, TimeoutError_ | asyncio.CancelledError)
+            self.cost_cap.settle(worst, None if billed else Decimal(0))
+            raise
+        cost, source = arm.cost(response.usage, record.started_at)
+        self.cost_cap.settle(worst, cost)
+        for name in USAGE_FIELDS:
+            setattr(record, name, getattr(response.usage, name))
+        record.cost_usd = float(cost) if cost is not None else None
+        record.price_source = source
+        record.ttft_ms = response.ttft_ms
+        record.response_text = response.text
+        record.finish_reason = response.finish_reason
+        record.request_id = response.request_id
+        record.served_model = response.served_model
+        ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
+        metrics = {**response.metrics, "ignored_params": ignored} if ignored else response.metrics
+        record.provider_metrics_json = json.dumps(metrics) if metrics else None
+        return response
+
+    async def _attempts(
+        self,
+        arm: ArmPlan,
+        request: ProviderRequest,
+        est_tokens: int,
+        endpoint: Endpoint,
+        record: CallRecord,
+        job: CallJob,
+    ) -> ProviderResponse:
+        """Make the call, retrying per the policy; each attempt holds one of the endpoint's
+        slots, and only while it is on the wire."""
+        waited = 0.0
+        while True:
+            try:
+                waited += await endpoint.breaker.before_call(self.policy.max_total_wait_s - waited)
+            except CircuitOpenError as exc:
+                if endpoint.breaker.down is not None:
+                    endpoint.stop(endpoint.breaker.down)
+                if record.attempts == 0:
+                    endpoint.not_called += 1
+                    raise _not_called(exc) from exc
+                raise
+            async with endpoint.slots:
+                if record.attempts == 0 and self.stopping():
+                    raise NotStarted
+                await endpoint.limits.acquire(est_tokens + (arm.params.max_tokens or 0))
+                gated = not endpoint.proven
+                if gated:
+                    await endpoint.gate.acquire()
+                try:
+                    if endpoint.stopped is not None:
+                        if record.attempts == 0:
+                            endpoint.not_called += 1
+                        raise _not_called(endpoint.stopped)
+                    record.attempts += 1
+                    sent = time.perf_counter()
+                    if record.queue_ms is None:
+                        record.queue_ms = (sent - job.enqueued_at) * 1000
+                    endpoint.in_flight += 1
+                    endpoint.peak_in_flight = max(endpoint.peak_in_flight, endpoint.in_flight)
+                    try:
+                        response, error = await self._attempt(arm, request, endpoint)
+                    finally:
+                        endpoint.in_flight -= 1
+                    record.latency_ms = (time.perf_counter() - sent) * 1000
+                finally:
+                    if gated:
+                        endpoint.gate.release()
+            if response is not None:
+                return response
+            assert error is not None
+            record.add_attempt_error(error.error_type, _describe(error), error.status_code)
+            record.request_id = error.request_id or record.request_id
+            if isinstance(error, AuthError):
+                endpoint.stop(error)
+                raise error
+            if endpoint.breaker.down is not None:
+                endpoint.stop(endpoint.breaker.down)
+                raise error
+            if not self.policy.should_retry(error, record.attempts):
+                raise error
+            delay = self.policy.delay_s(record.attempts, error.retry_after_s)
+            if waited + delay > self.policy.max_total_wait_s:
+                raise error
+            await asyncio.sleep(delay)
+            waited += delay
+
+    async def _attempt(
+        self, arm: ArmPlan, request: ProviderRequest, endpoint: Endpoint
+    ) -> tuple[ProviderResponse | None, CallError | None]:
+        """One attempt: the response, or the error it ended with (never raised)."""
+        try:
+            response = await asyncio.wait_for(arm.provider.generate(request), arm.params.timeout_s)
+        except asyncio.CancelledError:
+            endpoint.breaker.abandon()
+            raise
+        except TimeoutError as exc:
+            error: CallError = TimeoutError_(f"no answer within timeout_s={arm.params.timeout_s}")
+            error.__cause__ = exc
+        except CallError as exc:
+            error = exc
+        except Exception as exc:  # a provider bug: recorded as 'other', never retried
+            error = OtherCallError(f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        else:
+            endpoint.proven = True
+            endpoint.breaker.record(None)
+            return response, None
+        if not isinstance(error, AuthError) and error.status_code is not None:
+            endpoint.proven = True  # it answered, and not with an auth error
+        endpoint.breaker.record(error)
+        return None, error
+
+
+def _not_called(reason: CallError) -> CallError:
+    """The error recorded for a call not made because its endpoint stopped."""
+    return type(reason)(f"not called: {reason}")
+
+
+def _fill_from_cache(record: CallRecord, hit: dict[str, Any]) -> None:
+    """A cache hit: the stored response and counts, cost 0, no latency."""
+    record.status = "ok"
+    record.cache_hit = True
+    record.cost_usd = 0.0
+    record.price_source = "cache"
+    record.response_text = hit["response_text"]
+    record.finish_reason = hit["finish_reason"]
+    for name in USAGE_FIELDS:
+        setattr(record, name, hit[name])
+    record.provider_metrics_json = json.dumps({"cached_from": hit["source_call_id"]})
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, CallError) else f"{type(exc).__name__}: {text}"

@@ -1,0 +1,254 @@
+"""Run a plan: every arm × case × repeat is one call, made concurrently.
+
+Work is produced lazily, case by case with the arms interleaved (so drift over the run
+affects every arm alike). Each call is a task that the `Executor` carries from prompt
+to record; the endpoint it goes to bounds how many such tasks may wait
+(`endpoints.PENDING_PER_SLOT` per slot), so memory depends on the concurrency, not on
+the dataset. Scorers run on each response; an ``llm_judge`` scorer's call is one more
+job for the same executor, on the judge's own endpoint, under its own limits.
+
+Records go to one writer task that inserts them in batches into the run's staging
+store. Ctrl-C stops dispatching, gives calls in flight `GRACE_S` to finish, and returns;
+a second Ctrl-C cancels them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from ..errors import CallError, OtherCallError
+from ..providers import Provider
+from ..providers.base import ProviderResponse
+from ..store.cache import ResponseCache
+from ..store.db import Store
+from ..store.records import CallRecord, ScoreRecord
+from .costcap import CostCap
+from .endpoints import Endpoints
+from .executor import CallJob, Executor, NotStarted, call_id
+from .plan import Plan
+from .retry import RetryPolicy
+from .scorers import Score, Scorer
+from .writer import Writer
+
+GRACE_S = 5.0
+
+
+@dataclass
+class RunStats:
+    calls: int = 0  # judges' calls included
+    judge_calls: int = 0
+    ok: int = 0
+    attempts: int = 0
+    cache_hits: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    cost_usd: float = 0.0
+    wall_time_s: float = 0.0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def add(self, record: CallRecord) -> None:
+        self.calls += 1
+        self.judge_calls += record.judged_call_id is not None
+        self.attempts += record.attempts
+        if record.ok:
+            self.ok += 1
+            self.cache_hits += record.cache_hit
+            self.cost_usd += record.cost_usd or 0.0
+        else:
+            assert record.error_type is not None
+            self.errors[record.error_type] += 1
+            self.cost_usd += record.cost_usd or 0.0
+
+
+class Runner:
+    def __init__(
+        self,
+        plan: Plan,
+        store: Store,
+        run_id: str,
+        *,
+        on_call: Callable[[CallRecord], None] | None = None,
+        policy: RetryPolicy | None = None,
+        cache: ResponseCache | None = None,
+        skip: Collection[str] = (),
+        concurrency: int | None = None,
+        grace_s: float = GRACE_S,
+    ) -> None:
+        self.plan = plan
+        self.run_id = run_id
+        self.on_call = on_call
+        self.skip = skip
+        self.grace_s = grace_s
+        self.stats = RunStats()
+        self.stopping = False
+        self.endpoints = Endpoints(policy or RetryPolicy(), concurrency)
+        self.load_errors: dict[int, CallError] = {}
+        self.cost_cap = CostCap(plan.spec.experiment.max_cost_usd)
+        self.executor = Executor(
+            run_id,
+            self.endpoints,
+            self.endpoints.policy,
+            self.cost_cap,
+            cache,
+            self.load_errors,
+            lambda: self.stopping,
+        )
+        self._writer = Writer(store)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def status(self) -> str:
+        if self.stopping:
+            return "interrupted"
+        return "budget_exhausted" if self.cost_cap.refused else "completed"
+
+    def request_stop(self) -> None:
+        """First call: stop dispatching, let calls in flight finish for `grace_s`.
+        Second call: cancel them now."""
+        if self.stopping:
+            self._cancel_all()
+            return
+        self.stopping = True
+        asyncio.get_running_loop().call_later(self.grace_s, self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def run(self) -> RunStats:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            handles_sigint = True
+        except (NotImplementedError, RuntimeError, ValueError):
+            handles_sigint = False
+        await asyncio.gather(*(self._load(p) for p in self.plan.providers))
+        writer = asyncio.create_task(self._writer.run())
+        try:
+            await self._produce()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            self._cancel_all()
+            await self._writer.close()
+            await writer
+            for provider in self.plan.providers:
+                await provider.aclose()
+            if handles_sigint:
+                loop.remove_signal_handler(signal.SIGINT)
+        self.stats.wall_time_s = time.perf_counter() - started
+        return self.stats
+
+    def failures(self) -> list[str]:
+        """One line per endpoint that could not start, or stopped (credentials, down)."""
+        lines = []
+        for provider in self.plan.providers:
+            exc = self.load_errors.get(id(provider))
+            if exc is not None:
+                arms = [a.id for a in self.plan.all_arms() if a.provider is provider]
+                lines.append(
+                    f"{', '.join(arms)} ({provider.label}): {exc.error_type}: {exc}; "
+                    "its calls were recorded as errors, none made"
+                )
+        lines += [line for e in self.endpoints if (line := e.failure_line())]
+        return lines
+
+    async def _load(self, provider: Provider) -> None:
+        try:
+            await asyncio.to_thread(provider.load)
+        except CallError as exc:
+            self.load_errors[id(provider)] = exc
+        except Exception as exc:
+            self.load_errors[id(provider)] = OtherCallError(
+                f"could not load {provider.label}: {exc}"
+            )
+
+    async def _produce(self) -> None:
+        repeats = self.plan.spec.experiment.repeats
+        endpoints = {a.id: self.endpoints.of(a.provider, a.id) for a in self.plan.all_arms()}
+        for case in self.plan.cases():
+            if self.stopping:
+                return
+            await self._writer.put_case(self.run_id, case)
+            variables = case.template_vars()
+            for repeat in range(repeats):
+                for arm in self.plan.arms:
+                    cid = call_id(self.run_id, arm.id, case.id, repeat)
+                    if cid in self.skip:
+                        continue
+                    pending = endpoints[arm.id].pending
+                    await pending.acquire()
+                    if self.stopping:
+                        pending.release()
+                        return
+                    task = asyncio.create_task(
+                        self._call(CallJob(arm, case, repeat, cid, variables))
+                    )
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(lambda _, p=pending: p.release())
+
+    async def _call(self, job: CallJob) -> None:
+        try:
+            record, response = await self.executor.execute(job)
+            scores = [] if response is None else await self._score(job, record, response)
+        except NotStarted:
+            return  # no record: resume makes it
+        await self._write(record, scores)
+
+    async def _score(
+        self, job: CallJob, record: CallRecord, response: ProviderResponse
+    ) -> list[ScoreRecord]:
+        out = []
+        for scorer in self.plan.scorers:
+            try:
+                if scorer.is_judge:
+                    s = await self._judge(scorer, job, record, response.text)
+                else:
+                    s = scorer.score(response.text, job.case.data)
+                out.append(
+                    ScoreRecord(
+                        record.call_id, self.run_id, scorer.name, s.value, s.passed, s.detail
+                    )
+                )
+            except NotStarted:
+                raise
+            except Exception as exc:  # a scorer that fails is recorded, never a crash
+                out.append(
+                    ScoreRecord(
+                        record.call_id, self.run_id, scorer.name, None, None, f"scorer error: {exc}"
+                    )
+                )
+        return out
+
+    async def _judge(self, scorer: Scorer, job: CallJob, judged: CallRecord, text: str) -> Score:
+        """Grade one response: one call of the judge's arm, through the same executor."""
+        judge = self.plan.judges[scorer.name]
+        expected = scorer.expected(job.case.data)
+        variables = {
+            **job.variables,
+            "response": text,
+            "expected": expected[0] if expected else None,
+        }
+        cid = call_id(self.run_id, judge.id, judged.call_id, job.repeat)
+        record, response = await self.executor.execute(
+            CallJob(judge, job.case, job.repeat, cid, variables, judged_call_id=judged.call_id)
+        )
+        await self._write(record, [])
+        if response is None:
+            raise RuntimeError(f"judge call failed: {record.error_type}: {record.error_message}")
+        return scorer.judge_score(response.text)
+
+    async def _write(self, record: CallRecord, scores: list[ScoreRecord]) -> None:
+        self.stats.add(record)
+        await self._writer.put(record, scores)
+        if self.on_call:
+            self.on_call(record)

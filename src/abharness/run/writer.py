@@ -1,0 +1,74 @@
+"""One task owns the run's staging store: it batches records and inserts them off the
+event loop, parents before children, so a reader never sees a score without its call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from ..spec.dataset import Case
+from ..store.db import Store
+from ..store.records import CallRecord, ScoreRecord
+
+WRITE_BATCH = 256
+WRITE_INTERVAL_S = 1.0
+
+_Item = tuple[CallRecord, list[ScoreRecord]] | dict[str, Any]
+
+
+class Writer:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=4 * WRITE_BATCH)
+
+    async def put(self, record: CallRecord, scores: list[ScoreRecord]) -> None:
+        await self.queue.put((record, scores))
+
+    async def put_case(self, run_id: str, case: Case) -> None:
+        await self.queue.put(
+            {
+                "run_id": run_id,
+                "case_id": case.id,
+                "vars_json": json.dumps(case.vars, ensure_ascii=False),
+                "expected_json": json.dumps(case.expected, ensure_ascii=False),
+            }
+        )
+
+    async def close(self) -> None:
+        await self.queue.put(None)
+
+    async def run(self) -> None:
+        cases: list[dict[str, Any]] = []
+        calls: list[CallRecord] = []
+        scores: list[ScoreRecord] = []
+        deadline = time.monotonic() + WRITE_INTERVAL_S
+        done = False
+        while not done:
+            try:
+                item = await asyncio.wait_for(
+                    self.queue.get(), max(deadline - time.monotonic(), 0.01)
+                )
+            except TimeoutError:
+                item = {}
+            if item is None:
+                done = True
+            elif isinstance(item, tuple):
+                calls.append(item[0])
+                scores += item[1]
+            elif item:
+                cases.append(item)
+            count = len(cases) + len(calls)
+            if done or count >= WRITE_BATCH or time.monotonic() >= deadline:
+                if count:
+                    await asyncio.to_thread(self._flush, cases, calls, scores)
+                    cases, calls, scores = [], [], []
+                deadline = time.monotonic() + WRITE_INTERVAL_S
+
+    def _flush(
+        self, cases: list[dict[str, Any]], calls: list[CallRecord], scores: list[ScoreRecord]
+    ) -> None:
+        self.store.insert("cases", cases)
+        self.store.insert_calls(calls)
+        self.store.insert_scores(scores)

@@ -1,0 +1,215 @@
+"""The experiment spec as pydantic models (SPEC §4).
+
+Every model forbids unknown keys, so a typo is an error rather than a silently
+ignored setting; every field says what it is for.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_NAME = r"^[a-z0-9_-]+$"
+_ARM_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Price(_Model):
+    """USD per million tokens; overrides genai-prices for the arm or provider."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cache_read_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+
+
+class GenerationParams(_Model):
+    """Sampling and call parameters; `defaults` sets them, an arm overrides them."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+    timeout_s: float | None = Field(None, gt=0, description="per attempt")
+    stream: bool | None = None
+
+    def merged(self, override: GenerationParams) -> GenerationParams:
+        """These params with every field `override` sets replacing ours."""
+        data = self.model_dump(exclude_none=True)
+        data.update(
+            override.model_dump(exclude_none=True, include=set(GenerationParams.model_fields))
+        )
+        return GenerationParams(**data)
+
+
+DEFAULT_PARAMS = GenerationParams(temperature=0, max_tokens=256, timeout_s=60)
+
+
+class ProviderSpec(_Model):
+    """A named endpoint beyond the built-ins (or settings for a built-in one)."""
+
+    type: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    tier: Literal[1, 2] | None = None
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    concurrency: int | None = Field(None, ge=1)
+    price: Price | None = None
+    price_provider: str | None = Field(None, description="genai-prices provider id, e.g. openai")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the provider")
+
+
+class Arm(GenerationParams):
+    id: Annotated[str, Field(pattern=_ARM_ID)]
+    provider: str
+    model: str
+    prompt: str | None = None
+    tier: Literal[1, 2] | None = None
+    price: Price | None = None
+
+
+class ExactScorer(_Model):
+    """The response equals ``expected`` (stripped unless ``strip: false``)."""
+
+    type: Literal["exact"]
+    name: str | None = None
+    expected: str = "{{ case.expected }}"
+    ignore_case: bool = False
+    strip: bool = True
+
+
+class ContainsScorer(_Model):
+    """The response contains ``expected``; a list passes on ``any`` (default) or ``all``."""
+
+    type: Literal["contains"]
+    name: str | None = None
+    expected: str | list[str] = "{{ case.expected }}"
+    match: Literal["any", "all"] = "any"
+    ignore_case: bool = False
+
+
+class RegexScorer(_Model):
+    type: Literal["regex"]
+    name: str | None = None
+    pattern: str
+    ignore_case: bool = False
+
+
+class JsonValidScorer(_Model):
+    """The response parses as JSON (inside a ```json fence too, with ``extract: true``)."""
+
+    type: Literal["json_valid"]
+    name: str | None = None
+    extract: bool = False
+
+
+class JsonSchemaScorer(_Model):
+    """The response is JSON valid against ``schema`` (inline, or a file relative to the spec)."""
+
+    type: Literal["json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | str = Field(alias="schema")
+    extract: bool = False
+
+
+class NumericScorer(_Model):
+    """The first number in the response is within tolerance of ``expected``."""
+
+    type: Literal["numeric"]
+    name: str | None = None
+    expected: str = "{{ case.expected }}"
+    abs_tol: float = Field(0.0, ge=0)
+    rel_tol: float = Field(0.0, ge=0)
+
+
+class SimilarityScorer(_Model):
+    """rapidfuzz's normalised ratio with ``expected`` (the value); passes at ``threshold``."""
+
+    type: Literal["similarity"]
+    name: str | None = None
+    expected: str = "{{ case.expected }}"
+    threshold: float = Field(0.8, ge=0, le=1)
+    ignore_case: bool = True
+
+
+class PythonScorer(_Model):
+    """``function: module:function`` from the project, called as ``f(response, case)``;
+    it returns a bool, a number in [0, 1], or ``(value, detail)``."""
+
+    type: Literal["python"]
+    name: str | None = None
+    function: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+class LlmJudgeScorer(_Model):
+    """A judge model grades each response with a rubric template (``rubric: name@N``).
+
+    The rubric sees the case's fields, ``case``, ``response`` and ``expected``. The judge
+    is a model on any provider; its calls go through the runner (limits, retries, cost
+    cap) and are logged as calls of the arm ``judge-<name>``. Its answer is parsed for a
+    score in ``scale`` (``Score: 7``, ``7/10`` or the first number in range), normalised
+    to [0, 1]; it passes at ``threshold``."""
+
+    type: Literal["llm_judge"]
+    name: str | None = None
+    provider: str
+    model: str
+    rubric: str
+    expected: str | None = None
+    scale: tuple[float, float] = (0, 10)
+    threshold: float = Field(0.5, ge=0, le=1)
+    temperature: float | None = Field(0, ge=0, le=2)
+    max_tokens: int = Field(256, ge=1)
+    price: Price | None = None
+
+
+ScorerSpec = Annotated[
+    ExactScorer
+    | ContainsScorer
+    | RegexScorer
+    | JsonValidScorer
+    | JsonSchemaScorer
+    | NumericScorer
+    | SimilarityScorer
+    | PythonScorer
+    | LlmJudgeScorer,
+    Field(discriminator="type"),
+]
+
+
+class Budget(_Model):
+    max_input_tokens: int | None = Field(None, ge=1)
+
+
+class Gates(_Model):
+    score_drop: Literal["significant"] | float | None = None
+    latency_p50_increase_pct: float | None = None
+    cost_increase_pct: float | None = None
+
+
+class Experiment(_Model):
+    name: Annotated[str, Field(pattern=_NAME)]
+    description: str = ""
+    dataset: str | None = None
+    cases: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    prompts_dir: str | None = None
+    repeats: int = Field(1, ge=1)
+    baseline: str | None = None
+    defaults: GenerationParams = Field(default_factory=GenerationParams)
+    budget: Budget = Field(default_factory=Budget)
+    providers: dict[str, ProviderSpec] = Field(default_factory=dict)
+    arms: list[Arm] = Field(min_length=1)
+    scorers: list[ScorerSpec] = Field(default_factory=list)
+    gates: Gates = Field(default_factory=Gates)
+    max_cost_usd: float | None = Field(None, ge=0)
+    max_error_rate: float = Field(0.0, ge=0, le=1, description="above it `run` exits 2")

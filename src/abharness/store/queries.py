@@ -1,0 +1,202 @@
+"""The read side: every query the report, compare, resume and the CLI make.
+
+`Results` opens a database read-only (an analyst may hold it; a run's staging file
+too), so reading never blocks or breaks a run. A database written by an older
+abharness, not yet migrated, is read as it is: columns added later read as null.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+
+class DatabaseBusy(RuntimeError):
+    """The database is locked by another process."""
+
+
+class NoDatabase(FileNotFoundError):
+    """There is no database at the path given."""
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+class Results:
+    """A read-only connection to one results database (or a run's staging file)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise NoDatabase(f"no database at {self.path}: run an experiment first")
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=True)
+        except duckdb.IOException as exc:  # another process holds it read-write
+            raise DatabaseBusy(f"{self.path} is locked by another process ({exc})") from exc
+
+    def __enter__(self) -> Results:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def has_column(self, table: str, column: str) -> bool:
+        row = self.con.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = ? AND column_name = ?",
+            [table, column],
+        ).fetchone()
+        return bool(row and row[0])
+
+    # -- runs ----------------------------------------------------------------------
+
+    def run_id(self, ref: str | None) -> str:
+        """`ref` itself if recorded, or the latest run when `ref` is None or 'last'."""
+        if ref in (None, "last", "--last"):
+            row = self.con.execute(
+                "SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                raise RunNotFound("the database has no runs yet")
+            return str(row[0])
+        row = self.con.execute("SELECT run_id FROM runs WHERE run_id = ?", [ref]).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run {ref!r} in the database")
+        return str(row[0])
+
+    def run_ids(self) -> set[str]:
+        return {r[0] for r in self.con.execute("SELECT run_id FROM runs").fetchall()}
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        frame = self.con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
+        if frame.empty:
+            raise RunNotFound(f"no run {run_id!r} in the database")
+        return dict(frame.iloc[0].to_dict())
+
+    def arms(self, run_id: str) -> pd.DataFrame:
+        """The run's arms in spec order, judges left out."""
+        role = "AND coalesce(role, 'arm') = 'arm' " if self.has_column("arms", "role") else ""
+        return self.con.execute(
+            f"SELECT * FROM arms WHERE run_id = ? {role}ORDER BY position, arm_id", [run_id]
+        ).df()
+
+    def totals(self, run_id: str) -> tuple[int, int, float]:
+        """(calls, errors, cost in USD) of a run, judges' calls included."""
+        row = self.con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'error'), coalesce(sum(cost_usd), 0) "
+            "FROM calls WHERE run_id = ?",
+            [run_id],
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), float(row[2])
+
+    # -- calls ---------------------------------------------------------------------
+
+    def call_table(self, run_id: str) -> pd.DataFrame:
+        """One row per arm call with its pass/fail and score (errors: not passed, score 0).
+
+        Rows are ordered by (arm, case, repeat), so figures computed from them do not
+        depend on the order calls were written in."""
+        judges = (
+            "AND c.judged_call_id IS NULL" if self.has_column("calls", "judged_call_id") else ""
+        )
+        return self.con.execute(
+            f"""
+            SELECT c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit,
+                   c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
+                   c.est_input_tokens - c.input_tokens AS est_error,
+                   c.status = 'ok' AND coalesce(bool_and(coalesce(s.passed, FALSE)), FALSE) AS passed,
+                   CASE WHEN c.status = 'ok' THEN coalesce(avg(s.value), 0) ELSE 0 END AS score
+            FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
+            WHERE c.run_id = ? {judges}
+            GROUP BY c.call_id, c.arm_id, c.case_id, c.repeat, c.status, c.error_type,
+                     c.cache_hit, c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens,
+                     c.cost_usd, c.est_input_tokens
+            ORDER BY c.arm_id, c.case_id, c.repeat
+            """,
+            [run_id],
+        ).df()
+
+    def judge_costs(self, run_id: str) -> dict[str, float | None]:
+        """Per graded arm: what judging its calls cost."""
+        if not self.has_column("calls", "judged_call_id"):
+            return {}
+        return dict(
+            self.con.execute(
+                "SELECT j.arm_id, sum(c.cost_usd) FROM calls c "
+                "JOIN calls j ON c.judged_call_id = j.call_id WHERE c.run_id = ? GROUP BY 1",
+                [run_id],
+            ).fetchall()
+        )
+
+    def differing_cases(
+        self, run_id: str, arm_id: str, baseline: str, limit: int = 3
+    ) -> list[dict[str, Any]]:
+        """A few cases where `arm_id`'s outcome differs from the baseline's."""
+        rows = self.con.execute(
+            """
+            WITH p AS (
+                SELECT c.arm_id, c.case_id, c.repeat, c.response_text, c.error_type,
+                       c.status = 'ok' AND coalesce(bool_and(coalesce(s.passed, FALSE)), FALSE) AS passed
+                FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
+                WHERE c.run_id = ? AND c.arm_id IN (?, ?)
+                GROUP BY c.arm_id, c.case_id, c.repeat, c.response_text, c.error_type, c.status
+            )
+            SELECT a.case_id, k.vars_json, a.passed, a.response_text, b.passed, b.response_text
+            FROM p a JOIN p b ON a.case_id = b.case_id AND a.repeat = b.repeat
+            JOIN cases k ON k.run_id = ? AND k.case_id = a.case_id
+            WHERE a.arm_id = ? AND b.arm_id = ? AND a.passed <> b.passed
+            ORDER BY a.passed DESC, a.case_id LIMIT ?
+            """,
+            [run_id, arm_id, baseline, run_id, arm_id, baseline, limit],
+        ).fetchall()
+        return [
+            {
+                "case_id": r[0],
+                "vars": json.loads(r[1] or "{}"),
+                "arm_passed": r[2],
+                "arm_response": r[3],
+                "baseline_passed": r[4],
+                "baseline_response": r[5],
+            }
+            for r in rows
+        ]
+
+    # -- prompts and ad-hoc SQL ----------------------------------------------------
+
+    def prompt_hashes(self) -> dict[tuple[str, int], set[str]]:
+        """Content hashes recorded per (prompt_name, prompt_version)."""
+        has_arms = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'arms'"
+        ).fetchone()
+        if not has_arms or not has_arms[0]:
+            return {}
+        out: dict[tuple[str, int], set[str]] = {}
+        for name, version, digest in self.con.execute(
+            "SELECT DISTINCT prompt_name, prompt_version, prompt_hash FROM arms "
+            "WHERE prompt_name IS NOT NULL"
+        ).fetchall():
+            out.setdefault((name, int(version)), set()).add(digest)
+        return out
+
+    def query(self, sql: str, limit: int | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """An analyst's SQL: (column names, rows); at most `limit` + 1 rows are fetched."""
+        cur = self.con.execute(sql)
+        rows = cur.fetchall() if limit is None else cur.fetchmany(limit + 1)
+        return [d[0] for d in cur.description or []], rows
+
+
+def recorded_prompt_hashes(main: Path) -> dict[tuple[str, int], set[str]]:
+    """Content hashes recorded per ``name@N`` in `main`; a missing file records nothing."""
+    if not main.exists():
+        return {}
+    with Results(main) as results:
+        return results.prompt_hashes()

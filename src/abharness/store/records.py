@@ -1,0 +1,109 @@
+"""Typed records: the single source of the ``calls`` and ``scores`` columns.
+
+The runner fills one `CallRecord` per call and one `ScoreRecord` per scorer; the store
+inserts them by field name. ``tests/test_store.py`` checks that the fields and the
+tables' columns are the same set, so a column cannot be added in one place only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any
+
+# Token counts as the provider reported them; same names on `providers.base.Usage`.
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One row of ``calls``: what happened to one call, good or bad."""
+
+    call_id: str
+    run_id: str
+    arm_id: str
+    case_id: str
+    repeat: int
+    status: str = "error"  # 'ok' | 'error'
+    error_type: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    started_at: datetime = field(default_factory=_now)
+    latency_ms: float | None = None  # the last attempt, from sending to the full response
+    ttft_ms: float | None = None
+    queue_ms: float | None = None  # all waiting before the first attempt left
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    est_input_tokens: int | None = None
+    est_method: str | None = None
+    truncated_json: str | None = None
+    cost_usd: float | None = None
+    price_source: str | None = None
+    cache_hit: bool = False
+    request_hash: str | None = None
+    prompt_text: str | None = None
+    response_text: str | None = None
+    finish_reason: str | None = None
+    provider_metrics_json: str | None = None
+    judged_call_id: str | None = None  # on a judge's call: the call it graded
+    request_id: str | None = None  # the provider's id for the (last) request
+    served_model: str | None = None  # the model the server says it used
+    attempt_errors_json: str | None = None  # each failed attempt: [{attempt, error_type, message}]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def fail(self, error_type: str, message: str) -> None:
+        self.status, self.error_type, self.error_message = "error", error_type, message
+
+    def add_attempt_error(self, error_type: str, message: str, status_code: int | None) -> None:
+        errors = json.loads(self.attempt_errors_json) if self.attempt_errors_json else []
+        entry: dict[str, Any] = {"attempt": self.attempts, "error_type": error_type}
+        if status_code is not None:
+            entry["status_code"] = status_code
+        errors.append({**entry, "message": message})
+        self.attempt_errors_json = json.dumps(errors, ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class ScoreRecord:
+    """One row of ``scores``: one scorer's verdict on one call (value and passed null
+    when the scorer itself failed)."""
+
+    call_id: str
+    run_id: str
+    scorer: str
+    value: float | None
+    passed: bool | None
+    detail: str
+
+
+CALL_COLUMNS = tuple(f.name for f in fields(CallRecord))
+SCORE_COLUMNS = tuple(f.name for f in fields(ScoreRecord))
+
+
+_GETTERS = {CallRecord: attrgetter(*CALL_COLUMNS), ScoreRecord: attrgetter(*SCORE_COLUMNS)}
+
+
+def as_rows(records: list[CallRecord] | list[ScoreRecord]) -> list[tuple[Any, ...]]:
+    """Records as tuples in column order (all of one type)."""
+    if not records:
+        return []
+    get = _GETTERS[type(records[0])]
+    return [get(r) for r in records]
