@@ -1,8 +1,8 @@
 """A loopback fake of the OpenAI, Anthropic and Ollama HTTP APIs, for tests and benchmarks.
 
 Speaks, streamed and not:
-- ``POST /v1/chat/completions`` (OpenAI; SSE chunks, usage in a last chunk when
-  ``stream_options.include_usage``),
+- ``POST /v1/chat/completions`` and ``/v1/completions`` (OpenAI; SSE chunks, usage in
+  a last chunk when ``stream_options.include_usage``),
 - ``POST /v1/messages`` (Anthropic; SSE events ``message_start`` … ``message_stop``),
 - ``POST /api/chat`` and ``POST /api/generate`` (Ollama; NDJSON, counts and timings in
   the final ``done`` chunk).
@@ -40,6 +40,7 @@ class Fault:
     body: dict[str, Any] | None = None
     delay_s: float = 0.0
     hang: bool = False
+    stream: str = ""  # "empty": a 200 stream with no content; "cut": ends before its final chunk
 
 
 @dataclass
@@ -97,6 +98,7 @@ class FakeServer:
         self.cache_write_tokens = cache_write_tokens
         self.faults: deque[Fault] = deque()
         self.fault_fn: Callable[[Logged], Fault | None] | None = None
+        self.served_model: str | None = None  # answer as this model, whatever was asked
         self.log: list[Logged] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -156,6 +158,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
             )
             fault = server.next_fault(entry)
+            self.stream_mode = fault.stream if fault is not None else ""
             if fault is not None:
                 if fault.hang:
                     server._stopping.wait(HANG_LIMIT_S)
@@ -174,6 +177,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(server.latency_s)
             routes = {
                 "/v1/chat/completions": self._openai,
+                "/v1/completions": self._openai,
                 "/v1/messages": self._anthropic,
                 "/api/chat": self._ollama,
                 "/api/generate": self._ollama,
@@ -190,7 +194,9 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
         # -- protocols -------------------------------------------------------------
 
         def _openai(self, body: dict[str, Any], text: str, u: dict[str, int]) -> None:
+            legacy = self.path.startswith("/v1/completions")
             model, rid = body.get("model"), f"chatcmpl-{uuid.uuid4().hex[:12]}"
+            model = server.served_model or model
             usage = {
                 "prompt_tokens": u["prompt"],
                 "completion_tokens": u["completion"],
@@ -204,13 +210,17 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                     200,
                     {
                         "id": rid,
-                        "object": "chat.completion",
+                        "object": "text_completion" if legacy else "chat.completion",
                         "created": int(time.time()),
                         "model": model,
                         "choices": [
                             {
                                 "index": 0,
-                                "message": {"role": "assistant", "content": text},
+                                **(
+                                    {"text": text}
+                                    if legacy
+                                    else {"message": {"role": "assistant", "content": text}}
+                                ),
                                 "finish_reason": "stop",
                                 "logprobs": None,
                             }
@@ -222,14 +232,15 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 return
 
             def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+                content = {"text": delta.get("content", "")} if legacy else {"delta": delta}
                 choices = (
                     []
                     if extra.get("usage")
-                    else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+                    else [{"index": 0, **content, "finish_reason": finish, "logprobs": None}]
                 )
                 data = {
                     "id": rid,
-                    "object": "chat.completion.chunk",
+                    "object": "text_completion" if legacy else "chat.completion.chunk",
                     "created": int(time.time()),
                     "model": model,
                     "choices": choices,
@@ -238,9 +249,14 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 return f"data: {json.dumps(data)}\n\n"
 
             def events() -> Iterator[str]:
+                if self.stream_mode == "empty":
+                    yield "data: [DONE]\n\n"
+                    return
                 yield chunk({"role": "assistant", "content": ""})
                 for piece in _pieces(text):
                     yield chunk({"content": piece})
+                if self.stream_mode == "cut":
+                    return
                 yield chunk({}, "stop")
                 if (body.get("stream_options") or {}).get("include_usage"):
                     yield chunk({}, usage=usage)
@@ -249,7 +265,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             self._stream("text/event-stream", events(), headers)
 
         def _anthropic(self, body: dict[str, Any], text: str, u: dict[str, int]) -> None:
-            model, mid = body.get("model"), f"msg_{uuid.uuid4().hex[:12]}"
+            model, mid = server.served_model or body.get("model"), f"msg_{uuid.uuid4().hex[:12]}"
             uncached = u["prompt"] - u["cached"] - u["cache_write"]
             usage = {
                 "input_tokens": uncached,
@@ -282,6 +298,8 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                     "stop_reason": None,
                     "usage": {**usage, "output_tokens": 1},
                 }
+                if self.stream_mode == "empty":
+                    return
                 yield event("message_start", {"message": start})
                 yield event(
                     "content_block_start",
@@ -292,6 +310,8 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                         "content_block_delta",
                         {"index": 0, "delta": {"type": "text_delta", "text": piece}},
                     )
+                if self.stream_mode == "cut":
+                    return
                 yield event("content_block_stop", {"index": 0})
                 yield event(
                     "message_delta",

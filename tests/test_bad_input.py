@@ -97,6 +97,50 @@ CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
         ["run", SPEC],
         r"v1\.j2: capitals@1 changed since it was recorded .*bump the version",
     ),
+    "provider option typo": (
+        lambda p: (
+            edit(
+                p / SPEC,
+                "  mock: {type: fake}",
+                "  mock: {type: fake}\n  lab:\n    type: ollama\n    options: {hostz: [a]}",
+            )
+            or edit(
+                p / SPEC, "arms:", "arms:\n  - {id: o, provider: lab, model: m, prompt: capitals@1}"
+            )
+        ),
+        ["validate", SPEC],
+        r"spec\.yaml:10: providers\.lab\.options\.hostz: unknown ollama option 'hostz'; expected one of: hosts",
+    ),
+    "llamacpp option typo": (
+        lambda p: (
+            edit(
+                p / SPEC,
+                "  mock: {type: fake}",
+                "  mock: {type: fake}\n  llamacpp: {type: llamacpp, options: {n_ctxx: 512}}",
+            )
+            or edit(
+                p / SPEC,
+                "arms:",
+                "arms:\n  - {id: g, provider: llamacpp, model: gemma3-270m, prompt: capitals@1}",
+            )
+        ),
+        ["run", SPEC],
+        r"providers\.llamacpp\.options\.n_ctxx: unknown llamacpp option 'n_ctxx'; expected one of: n_ctx, n_threads",
+    ),
+    "misspelt llamacpp model": (
+        lambda p: edit(
+            p / SPEC,
+            "arms:",
+            "arms:\n  - {id: g, provider: llamacpp, model: gemma3-270n, prompt: capitals@1}",
+        ),
+        ["validate", SPEC],
+        r"spec\.yaml:\d+: arms\[0\]\.model: llamacpp model 'gemma3-270n' is neither a known alias .* \(did you mean 'gemma3-270m'\?\)",
+    ),
+    "usage error": (
+        lambda p: None,
+        ["run", SPEC, "--concurency", "2"],
+        r"No such option .--concurency.\. Did you mean .--concurrency",
+    ),
     "prompt cannot fit the budget": (
         lambda p: edit(p / SPEC, "defaults:", "budget: {max_input_tokens: 3}\ndefaults:"),
         ["validate", SPEC],

@@ -112,8 +112,34 @@ def test_python_scorer_from_the_project(tmp_path, monkeypatch) -> None:
     )
     with pytest.raises(ValueError, match="expected a value in"):
         scorer(tmp_path, type="python", function="my_scoring:broken").score("Paris", CASE)
-    with pytest.raises(SpecError, match="cannot import nope:f"):
+    with pytest.raises(SpecError, match="nope is not a file in .* trusted: true"):
         scorer(tmp_path, type="python", function="nope:f")
+
+
+def test_a_project_file_named_like_a_library_does_not_shadow_it(tmp_path, monkeypatch) -> None:
+    import sys
+
+    import rapidfuzz
+
+    (tmp_path / "rapidfuzz.py").write_text("def score(response, case):\n    return 1.0\n")
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    s = scorer(tmp_path, type="python", function="rapidfuzz:score").score("x", CASE)
+    assert s.value == 1.0
+    assert sys.path == before and sys.modules["rapidfuzz"] is rapidfuzz
+    assert scorer(tmp_path, type="similarity", expected="{{ answer }}").score("Paris", CASE).passed
+
+
+@pytest.mark.parametrize("target", ["builtins:eval", "os:system", "subprocess:run"])
+def test_interpreters_and_shells_are_never_scorers(tmp_path, target: str) -> None:
+    with pytest.raises(SpecError, match="not allowed as a scorer"):
+        scorer(tmp_path, type="python", function=target, trusted=True)
+
+
+def test_an_installed_module_needs_trusted(tmp_path) -> None:
+    with pytest.raises(SpecError, match="trusted: true"):
+        scorer(tmp_path, type="python", function="json:dumps")
+    assert scorer(tmp_path, type="python", function="math:isfinite", trusted=True)
 
 
 def test_schema_problems_are_spec_errors(tmp_path) -> None:

@@ -161,3 +161,28 @@ def test_reports_read_a_database_from_before_the_latest_migrations(
         cli, ["report", out.run_id, "--db", str(out.db), "--format", "json"]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_records_are_the_calls_and_scores_columns(tmp_path: Path) -> None:
+    from abharness.store.records import CALL_COLUMNS, SCORE_COLUMNS
+
+    store = Store(tmp_path / "s.duckdb")
+    for table, fields in (("calls", CALL_COLUMNS), ("scores", SCORE_COLUMNS)):
+        columns = [r[0] for r in store.con.execute(f"DESCRIBE {table}").fetchall()]
+        assert sorted(columns) == sorted(fields), table
+    store.close()
+
+
+def test_a_path_with_a_quote_merges(tmp_path: Path) -> None:
+    from abharness.store.records import CallRecord
+
+    folder = tmp_path / "it's here"
+    staging = Store(folder / "staging" / "r1.duckdb")
+    staging.insert("runs", [{"run_id": "r1", "experiment": "x", "status": "completed"}])
+    staging.insert_calls([CallRecord("c1", "r1", "a", "k", 0, status="ok")])
+    staging.close()
+    result = merge(staging.path, folder / "main.duckdb", attempts=1)
+    assert result.merged and result.rows["calls"] == 1
+    resumed = Store(folder / "staging" / "r1-again.duckdb")
+    assert resumed.copy_run_from(folder / "main.duckdb", "r1") == set()  # ATTACH, quoted path
+    resumed.close()

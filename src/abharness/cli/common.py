@@ -23,8 +23,14 @@ EXIT_INTERRUPTED = 130  # stopped; resumable
 DEFAULT_DB = Path("results/abharness.duckdb")
 DEFAULT_REPORTS = Path("reports")
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output is not cropped to 80 columns: tables get the width they need.
+PIPED_WIDTH = 250
+console = Console(
+    highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PIPED_WIDTH
+)
+err_console = Console(
+    stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else PIPED_WIDTH
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -8,6 +8,7 @@ not Click's 2, which SPEC §11 reserves for runs with too many errors.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
@@ -19,18 +20,18 @@ from .common import EXIT_INVALID
 class _Group(click.Group):
     """Usage errors anywhere in the command line exit 1 (see the module docstring)."""
 
-    def make_context(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
             return super().make_context(*args, **kwargs)
         except click.UsageError as exc:
-            exc.exit_code = EXIT_INVALID
+            exc.exit_code = EXIT_INVALID  # type: ignore[misc]
             raise
 
-    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            exc.exit_code = EXIT_INVALID
+            exc.exit_code = EXIT_INVALID  # type: ignore[misc]
             raise
 
 

@@ -39,21 +39,21 @@ class GateResult:
         return "not evaluated" if self.passed is None else ("pass" if self.passed else "FAIL")
 
 
-def _run(results: Results, run_id: str) -> dict[str, Any]:
+def _run(db: Results, run_id: str) -> dict[str, Any]:
     try:
-        return results.run(run_id)
+        return db.run(run_id)
     except RunNotFound as exc:
         raise InvalidInput(str(exc)) from exc
 
 
-def compare_runs(results: Results, run_a: str, run_b: str) -> list[GateResult]:
-    a, b = _run(results, run_a), _run(results, run_b)
+def compare_runs(db: Results, run_a: str, run_b: str) -> list[GateResult]:
+    a, b = _run(db, run_a), _run(db, run_b)
     if a["experiment"] != b["experiment"]:
         raise InvalidInput(
             f"{run_a} is experiment {a['experiment']!r} but {run_b} is {b['experiment']!r}"
         )
     gates = Gates.model_validate((yaml.safe_load(b["spec_yaml"] or "") or {}).get("gates") or {})
-    calls_a, calls_b = results.call_table(run_a), results.call_table(run_b)
+    calls_a, calls_b = db.call_table(run_a), db.call_table(run_b)
     cases_a, cases_b = set(calls_a["case_id"]), set(calls_b["case_id"])
     if cases_a != cases_b:
         raise InvalidInput(

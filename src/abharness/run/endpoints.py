@@ -18,6 +18,7 @@ its credentials, or one loaded model. Arms and judges on it share:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import CallError
@@ -86,5 +87,5 @@ class Endpoints:
             endpoint.arms.append(arm_id)
         return endpoint
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Endpoint]:
         return iter(self._by_key.values())

@@ -15,6 +15,7 @@ a second Ctrl-C cancels them at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from collections import Counter
@@ -194,7 +195,7 @@ class Runner:
                     )
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-                    task.add_done_callback(lambda _, p=pending: p.release())
+                    task.add_done_callback(functools.partial(_release, pending))
 
     async def _call(self, job: CallJob) -> None:
         try:
@@ -252,3 +253,7 @@ class Runner:
         await self._writer.put(record, scores)
         if self.on_call:
             self.on_call(record)
+
+
+def _release(semaphore: asyncio.Semaphore, _: object) -> None:
+    semaphore.release()

@@ -11,10 +11,10 @@ and passed null), which counts as not passed; it never stops the run.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import SpecError
+from ..hashing import content_hash
 from ..spec.models import (
     ContainsScorer,
     ExactScorer,
@@ -87,7 +88,7 @@ class Scorer:
         if isinstance(spec, JsonSchemaScorer):
             self._validator = _load_schema(spec.schema_, base_dir, name)
         if isinstance(spec, PythonScorer):
-            self._function = _load_function(spec.function, base_dir, name)
+            self._function = _load_function(spec.function, base_dir, name, spec.trusted)
 
     def expected(self, case: dict[str, Any]) -> list[str]:
         try:
@@ -227,18 +228,67 @@ def _load_schema(schema: dict[str, Any] | str, base_dir: Path, name: str) -> Any
     return cls(schema)
 
 
-def _load_function(target: str, base_dir: Path, name: str) -> Callable[..., Any]:
+# Modules whose functions would hand a model's output to an interpreter or a shell.
+_NEVER = ("builtins", "os", "subprocess", "shutil", "sys", "importlib", "pty", "code", "runpy")
+
+
+def _load_function(target: str, base_dir: Path, name: str, trusted: bool) -> Callable[..., Any]:
+    """Load ``module:function`` without touching ``sys.path`` or ``sys.modules``.
+
+    A file ``module.py`` (or package) in the spec's folder or the working directory is
+    loaded under a private name, so a project file named like a library (``rapidfuzz.py``)
+    never shadows the library for the rest of the process. Anything else is imported as
+    an installed module, and only with ``trusted: true``."""
     module_name, _, attr = target.partition(":")
-    for folder in (str(Path.cwd()), str(base_dir)):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise SpecError(f"scorer {name}: cannot import {target}: {exc}") from exc
-    if not callable(fn):
-        raise SpecError(f"scorer {name}: {target} is not callable")
+    if module_name.split(".")[0] in _NEVER:
+        raise SpecError(f"scorer {name}: {target} is not allowed as a scorer")
+    parts = module_name.split(".")
+    for folder in dict.fromkeys((base_dir.resolve(), Path.cwd().resolve())):
+        for candidate in (
+            folder.joinpath(*parts).with_suffix(".py"),
+            folder.joinpath(*parts, "__init__.py"),
+        ):
+            if candidate.is_file():
+                module = _load_file(
+                    candidate, f"abharness_scorer_{content_hash(str(candidate), 12)}", name
+                )
+                break
+        else:
+            continue
+        break
+    else:
+        if not trusted:
+            raise SpecError(
+                f"scorer {name}: {module_name} is not a file in {base_dir} or {Path.cwd()}; "
+                "a module from outside the project runs only with trusted: true"
+            )
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise SpecError(f"scorer {name}: cannot import {target}: {exc}") from exc
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise SpecError(f"scorer {name}: cannot import {target}: {module_name} has no {attr!r}")
+    if not callable(fn) or getattr(fn, "__module__", None) in _NEVER or fn in (eval, exec):
+        raise SpecError(f"scorer {name}: {target} is not a callable scorer")
     return fn
+
+
+def _load_file(path: Path, private_name: str, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(
+        private_name,
+        path,
+        submodule_search_locations=[str(path.parent)] if path.name == "__init__.py" else None,
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise SpecError(
+            f"scorer {name}: cannot import {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return module
 
 
 def build_scorers(specs: list[ScorerSpec], base_dir: Path | None = None) -> list[Scorer]:

@@ -142,12 +142,18 @@ class SimilarityScorer(_Model):
 
 class PythonScorer(_Model):
     """``function: module:function`` from the project, called as ``f(response, case)``;
-    it returns a bool, a number in [0, 1], or ``(value, detail)``."""
+    it returns a bool, a number in [0, 1], or ``(value, detail)``.
+
+    It runs project code with the user's rights. The module is looked up as a file in
+    the spec's folder, then the working directory; a module found only elsewhere (an
+    installed package) needs ``trusted: true``. Builtins, ``os``, ``subprocess`` and the
+    like are refused either way: a model's output never reaches ``eval`` or a shell."""
 
     type: Literal["python"]
     name: str | None = None
     function: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
     threshold: float = Field(0.5, ge=0, le=1)
+    trusted: bool = False
 
 
 class LlmJudgeScorer(_Model):
