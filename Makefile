@@ -29,6 +29,7 @@ test: $(STAMP)
 
 # Benchmarks print Markdown tables; BENCHMARKS.md quotes them with their command.
 bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.startup
 	$(BIN)/python -m tests.benchmarks.transport
 	$(BIN)/python -m tests.benchmarks.faults
 
