@@ -115,3 +115,13 @@ async def test_tpm_meters_tokens_including_calls_bigger_than_a_second() -> None:
     await limits.acquire(2_500)  # larger than the one-second bucket: acquired in slices
     await limits.acquire(500)
     assert time.monotonic() - started >= 1.9
+
+
+def test_one_call_failing_again_and_again_does_not_open_the_circuit() -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown_s=60)
+    for _ in range(10):  # a poisoned case: its own retries are one failure in the streak
+        breaker.record(errors.ServerError("HTTP 503"), "call-1")
+    assert breaker.state == "closed"
+    breaker.record(errors.ServerError("HTTP 503"), "call-2")
+    breaker.record(errors.ServerError("HTTP 503"), "call-3")  # three different calls: down?
+    assert breaker.state == "open"

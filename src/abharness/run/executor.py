@@ -222,7 +222,7 @@ class Executor:
                     endpoint.in_flight += 1
                     endpoint.peak_in_flight = max(endpoint.peak_in_flight, endpoint.in_flight)
                     try:
-                        response, error = await self._attempt(arm, request, endpoint)
+                        response, error = await self._attempt(arm, request, endpoint, record)
                     finally:
                         endpoint.in_flight -= 1
                     record.latency_ms = (time.perf_counter() - sent) * 1000
@@ -249,7 +249,7 @@ class Executor:
             waited += delay
 
     async def _attempt(
-        self, arm: ArmPlan, request: ProviderRequest, endpoint: Endpoint
+        self, arm: ArmPlan, request: ProviderRequest, endpoint: Endpoint, record: CallRecord
     ) -> tuple[ProviderResponse | None, CallError | None]:
         """One attempt: the response, or the error it ended with (never raised)."""
         try:
@@ -271,7 +271,7 @@ class Executor:
             return response, None
         if not isinstance(error, AuthError) and error.status_code is not None:
             endpoint.proven = True  # it answered, and not with an auth error
-        endpoint.breaker.record(error)
+        endpoint.breaker.record(error, record.call_id)
         return None, error
 
 

@@ -9,7 +9,8 @@ base_s * 2**(n-1)))``, but never less than the provider's ``Retry-After`` /
 ``retry-after-ms``. A call gives up after ``max_attempts`` or when the next wait would
 take its total waiting past ``max_total_wait_s``.
 
-An endpoint failing with server errors ``threshold`` times in a row opens its circuit:
+An endpoint failing with server errors from ``threshold`` different calls in a row opens
+its circuit (one call that always fails, a poisoned case, never does by itself):
 calls wait (no attempts spent) until ``cooldown_s`` has passed, then one probe goes
 through (half-open); its success closes the circuit. Its failure marks the endpoint
 *down*: every call still waiting, and every later one, fails at once with
@@ -67,7 +68,7 @@ class CircuitBreaker:
         self.threshold = threshold
         self.cooldown_s = cooldown_s
         self.state = "closed"
-        self.failures = 0
+        self._streak: set[object] = set()  # the calls whose server errors form the streak
         self.opened_at = 0.0
         self.times_opened = 0
         self.down: EndpointDownError | None = None
@@ -101,17 +102,22 @@ class CircuitBreaker:
                 await self._probe_done.wait()
                 waited += time.monotonic() - started
 
-    def record(self, error: CallError | None) -> None:
+    @property
+    def failures(self) -> int:
+        return len(self._streak)
+
+    def record(self, error: CallError | None, source: object | None = None) -> None:
         """Tell the breaker how an attempt ended (None: success). Anything but a server or
         connection error (a 429, a 400, a timeout, a success) shows the endpoint is up: the
-        streak ends, and a half-open circuit closes."""
+        streak ends, and a half-open circuit closes. `source` names the call, so its
+        retries count once in a streak; without one, every error counts."""
         if not isinstance(error, ServerError | ConnectionError_):
-            self.failures = 0
+            self._streak.clear()
             if self.state != "closed":
                 self.state = "closed"
                 self._probe_done.set()
             return
-        self.failures += 1
+        self._streak.add(source if source is not None else object())
         if self.state == "half_open":
             self.down = EndpointDownError(
                 f"endpoint down: {self.threshold} server errors in a row opened its circuit and "
