@@ -213,9 +213,7 @@ def build_plan(spec: LoadedSpec) -> Plan:
                 provider.check_setup()
             except SetupError as exc:
                 loc = model_key if cls.per_model else ("providers", arm.provider)
-                raise SpecError(
-                    exc.problem, file=spec.path, line=spec.line_of(loc), key=_key(loc)
-                ) from exc
+                raise spec.error_at(exc.problem, loc) from exc
             providers[key] = provider
         return ArmPlan(
             arm=arm,
@@ -253,12 +251,6 @@ def build_plan(spec: LoadedSpec) -> Plan:
     return Plan(spec, arms, scorers, list(providers.values()), judges=judges)
 
 
-def _key(loc: tuple[str | int, ...]) -> str:
-    return "".join(
-        f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(loc)
-    )
-
-
 def _provider_options(
     spec: LoadedSpec, name: str, endpoint: ProviderSpec, cls: type[Provider]
 ) -> dict[str, Any]:
@@ -276,7 +268,7 @@ def _provider_options(
             )
         else:
             problem = f"{err['msg']} (got {err.get('input')!r})"
-        raise SpecError(problem, file=spec.path, line=spec.line_of(loc), key=_key(loc)) from exc
+        raise spec.error_at(problem, loc) from exc
     for field_name in ("base_url", "api_key_env", "concurrency", "rpm", "tpm"):
         value = getattr(endpoint, field_name)
         if value is not None:

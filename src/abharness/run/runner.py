@@ -58,14 +58,13 @@ class RunStats:
         self.calls += 1
         self.judge_calls += record.judged_call_id is not None
         self.attempts += record.attempts
+        self.cost_usd += record.cost_usd or 0.0
         if record.ok:
             self.ok += 1
             self.cache_hits += record.cache_hit
-            self.cost_usd += record.cost_usd or 0.0
         else:
             assert record.error_type is not None
             self.errors[record.error_type] += 1
-            self.cost_usd += record.cost_usd or 0.0
 
 
 class Runner:

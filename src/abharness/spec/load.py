@@ -54,9 +54,11 @@ class LoadedSpec:
         self.hash = content_hash(source)
         self._root = root
 
-    def line_of(self, loc: tuple[str | int, ...]) -> int | None:
-        """The spec file's line for a key path such as ``("providers", "lab", "options")``."""
-        return _line_of(self._root, loc) if self._root is not None else None
+    def error_at(self, problem: str, loc: tuple[str | int, ...]) -> SpecError:
+        """A `SpecError` naming this file, the line and the key path of `loc`, such as
+        ``("providers", "lab", "options", "hostz")``: for checks made after loading."""
+        line = _line_of(self._root, loc) if self._root is not None else None
+        return SpecError(problem, file=self.path, line=line, key=_key_path(loc))
 
     @property
     def baseline(self) -> str:
