@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXPERIMENT ?= experiments/default.yaml
 RUN ?= --last
+# llama-cpp-python is built here, once, without -march=native: a native build uses AMX
+# where the CPU has it, and crashed (SIGSEGV at the first decode) on a machine whose
+# sandbox does not grant AMX. pip's own wheel cache ignores CMAKE_ARGS, so our wheel
+# is kept apart.
+WHEELS ?= $(HOME)/.cache/abharness/wheels/llama-native-off
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: experiment test report lint bench setup clean
@@ -14,7 +19,10 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# llama-cpp-python builds from source once (~7 min on 2 cores); pip caches the wheel.
+	# llama-cpp-python builds from source once (~7 min on 2 cores) into $(WHEELS).
+	ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || CMAKE_ARGS="-DGGML_NATIVE=OFF" \
+	  $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(WHEELS) 'llama-cpp-python>=0.3.8'
+	$(BIN)/pip install -q --no-deps --force-reinstall $$(ls -t $(WHEELS)/llama_cpp_python-*.whl | head -1)
 	$(BIN)/pip install -q -e '.[local,dev]'
 	touch $(STAMP)
 

@@ -200,7 +200,7 @@ def test_report_pairs_by_case_and_calls_a_clear_winner(project: Path, fake_provi
     report = json.loads(result.output)
     arms = {a["arm_id"]: a for a in report["arms"]}
     assert arms["zero-shot"]["pass_rate"] == 0.25 and arms["few-shot"]["pass_rate"] == 1.0
-    (c, score) = report["comparisons"]
+    c, score, latency, cost = report["comparisons"]
     assert (
         c["arm_id"],
         c["baseline"],
@@ -213,11 +213,15 @@ def test_report_pairs_by_case_and_calls_a_clear_winner(project: Path, fake_provi
     assert c["diff"] == pytest.approx(0.75) and 0.55 <= c["ci_low"] < 0.75 < c["ci_high"] <= 0.9
     assert c["p_value"] == pytest.approx(2 * 0.5**30) and c["p_adjusted"] == c["p_value"]  # one arm
     assert score["metric"] == "mean_score" and score["verdict"] == "better"
+    assert (
+        latency["metric"] == "latency" and latency["scale"] == "ratio" and latency["n_pairs"] == 40
+    )
+    assert cost["metric"] == "cost" and not cost["compared"]  # the fake server is not priced
     assert arms["zero-shot"]["pass_rate_ci"][0] < 0.25 < arms["zero-shot"]["pass_rate_ci"][1]
     assert "latency_ms" not in arms["zero-shot"]  # chart data stays out of the JSON
     md = written_report(out).read_text()
     assert (
-        "| few-shot | pass rate | +75.0 |" in md
+        "| few-shot | pass rate | +75.0 pts |" in md
         and "`few-shot` is **better** than `zero-shot` on pass rate" in md
     )
 

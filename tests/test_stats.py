@@ -1,103 +1,299 @@
-"""The statistics validated by simulation (seeded, so the figures are reproducible).
+"""The statistics: primitives against reference implementations, and the verdict rules
+validated by seeded simulation over the cells of tests/simulation.py.
 
-- A/A: both arms drawn from one distribution: the harness must claim a difference
-  ('better' or 'worse') in at most 5% of experiments.
-- Coverage: the paired bootstrap 95% interval must contain the true difference in
-  93-97% of experiments.
-- Power: a 20-point pass-rate effect on 100 cases is called 'better'.
+Every simulation is seeded, so its figures are reproducible; README "Can I believe the
+difference?" quotes them (`python -m tests.benchmarks.verdicts` prints the table).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.multitest import multipletests
 
 from abharness.report.stats import (
+    N_FLIPS,
     Comparison,
+    adjusted_interval,
     compare_arms,
     compare_paired,
+    compare_ratio,
     decide,
     holm,
     mcnemar_exact,
-    paired_bootstrap_diff,
-    wilson,
+    mean_ci,
+    minimum_detectable_effect,
+    quantile_ci,
+    sign_flip_p,
 )
 
+from .simulation import CELLS, Cell, draw, toward_middle, verdict
 
-def simulate(
-    rng: np.random.Generator, n: int, p_base: float, p_arm: float, broken: float = 0.15
-) -> tuple[list[float], list[float]]:
-    """Paired pass/fail with exact marginals: the arm breaks a share `broken` of the
-    baseline's passes and fixes just enough of its failures to reach `p_arm`, so the
-    pairs are correlated as in real runs (most cases behave alike under both arms)."""
-    base = rng.random(n) < p_base
-    fixed = (p_arm - p_base + p_base * broken) / (1 - p_base)  # P(arm passes | base failed)
-    arm = np.where(base, rng.random(n) >= broken, rng.random(n) < fixed)
-    return list(arm.astype(float)), list(base.astype(float))
+RUNS = 400
 
 
-def test_a_a_false_positive_rate_is_at_most_5_percent() -> None:
-    rng = np.random.default_rng(1)
-    claims = 0
-    runs = 300
-    for _ in range(runs):
-        arm, base = simulate(rng, 100, 0.6, 0.6)
-        c = compare_arms({"b": (arm, base)}, "pass_rate")["b"]
-        claims += c.verdict in ("better", "worse")
-    assert claims / runs <= 0.05, claims / runs
+def _metric(cell: Cell) -> str:
+    return "pass_rate" if cell.kind == "pass" else "mean_score"
 
 
-def test_intervals_cover_known_effects_93_to_97_percent() -> None:
-    rng = np.random.default_rng(2)
-    covered = 0
-    runs = 1000
-    n = 200
-    for _ in range(runs):
-        # independent arms with known pass probabilities: the true difference is 0.10
-        base = (rng.random(n) < 0.5).astype(float)
-        arm = (rng.random(n) < 0.6).astype(float)
-        _, lo, hi = paired_bootstrap_diff(arm, base, n_boot=1000, seed=int(rng.integers(1 << 31)))
-        covered += lo <= 0.10 <= hi
-    assert 0.93 <= covered / runs <= 0.97, covered / runs
+# -- primitives against references -----------------------------------------------------
 
 
-def test_twenty_point_effect_on_100_cases_is_called_better() -> None:
-    rng = np.random.default_rng(3)
-    verdicts = [
-        compare_arms({"b": simulate(rng, 100, 0.5, 0.7)}, "pass_rate")["b"].verdict
-        for _ in range(100)
+@pytest.mark.parametrize(("wins", "losses"), [(0, 0), (7, 3), (81, 0), (12, 30), (1, 1)])
+def test_mcnemar_matches_statsmodels(wins: int, losses: int) -> None:
+    reference = sm_mcnemar([[10, wins], [losses, 10]], exact=True).pvalue
+    assert mcnemar_exact(wins, losses) == pytest.approx(reference, rel=1e-12)
+
+
+def test_holm_matches_statsmodels() -> None:
+    p = [0.01, 0.04, 0.03, 0.2, 0.001]
+    assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]), rel=1e-12)
+
+
+def _brute_force_p(t: list[float]) -> float:
+    observed = abs(sum(t))
+    sums = [
+        abs(sum(s * x for s, x in zip(signs, t, strict=True)))
+        for signs in itertools.product((1, -1), repeat=len(t))
     ]
-    assert verdicts.count("better") >= 80 and "worse" not in verdicts
-
-
-def test_identical_arms_are_no_difference_and_small_samples_inconclusive() -> None:
-    same = [1.0] * 60 + [0.0] * 40
-    c = compare_arms({"b": (same, same)}, "pass_rate")["b"]
-    assert (c.verdict, c.diff, c.ci_low, c.ci_high) == ("no_difference", 0.0, 0.0, 0.0)
-    small = compare_arms({"b": ([1, 1, 0, 1, 0], [0, 1, 0, 0, 1])}, "pass_rate")["b"]
-    assert small.verdict == "inconclusive" and small.n_needed and small.n_needed > 5
+    return sum(v >= observed - 1e-9 for v in sums) / len(sums)
 
 
 @pytest.mark.parametrize(
-    ("k", "n", "low", "high"),
-    [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (90, 98, 0.8472, 0.9579)],
+    "t",
+    [
+        [1, 1, 1, 0, -1, 1],  # one call per case: McNemar
+        [0.2, 0.4, -0.2, 1.0, 0.6, 0.0, 0.8, -0.4],  # repeats of 5: a lattice of 1/5
+        [0.25, -0.5, 0.75, 1.0, 0.5, 0.25, 0.2],  # repeats of 4 and 5 mixed
+    ],
 )
-def test_wilson_matches_published_values(k: int, n: int, low: float, high: float) -> None:
-    lo, hi = wilson(k, n)
-    assert lo == pytest.approx(low, abs=1e-3) and hi == pytest.approx(high, abs=1e-3)
+def test_sign_flip_exact_paths_match_full_enumeration(t: list[float]) -> None:
+    assert sign_flip_p(np.array(t, dtype=float)) == pytest.approx(_brute_force_p(t), abs=1e-12)
 
 
-def test_mcnemar_and_holm() -> None:
-    assert mcnemar_exact(0, 0) == 1.0
-    assert mcnemar_exact(81, 0) == pytest.approx(2 * 0.5**81)
-    assert mcnemar_exact(7, 3) == pytest.approx(0.34375)
-    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+def test_sign_flip_monte_carlo_is_close_to_enumeration_for_continuous_values() -> None:
+    rng = np.random.default_rng(5)
+    t = rng.normal(0.3, 1, 14)
+    assert sign_flip_p(t) == pytest.approx(_brute_force_p(list(t)), abs=4 / math.sqrt(N_FLIPS))
+
+
+def test_adjusted_interval_is_bonett_price_for_one_call_per_case() -> None:
+    """With one call per case the interval is Bonett–Price's adjusted Wald interval,
+    with Student's t and an n+1 variance divisor: it agrees as n grows, is a little
+    wider at small n, and never has zero width."""
+    for n12, n21, n in ((30, 10, 400), (3, 0, 20), (0, 0, 1)):
+        d = np.array([1.0] * n12 + [-1.0] * n21 + [0.0] * (n - n12 - n21))
+        low, high, _ = adjusted_interval(d, np.ones(n), 1.0)
+        p12, p21 = (n12 + 1) / (n + 2), (n21 + 1) / (n + 2)
+        se = math.sqrt((p12 + p21 - (p12 - p21) ** 2) / (n + 2))
+        bp = (p12 - p21 - 1.959964 * se, p12 - p21 + 1.959964 * se)
+        assert high - low > 0 and low <= max(bp[0], -1) + 1e-9 and high >= min(bp[1], 1) - 1e-9
+        if n >= 400:
+            assert (low, high) == pytest.approx(bp, abs=0.002)
+
+
+def test_quantile_interval_is_distribution_free_and_refuses_thin_tails() -> None:
+    x = np.arange(1, 101, dtype=float)
+    est, low, high = quantile_ci(x, 0.5)
+    assert est == 50.5 and low is not None and high is not None and low < 50.5 < high
+    assert quantile_ci(x[:150], 0.99) == (None, None, None)  # 100 calls: p99 not estimable
+    assert quantile_ci(np.arange(250.0), 0.99)[0] is not None
+
+
+# -- the eight defects, from the report's inputs ------------------------------------------
+
+
+def test_repeats_are_not_independent_pairs() -> None:
+    """3 of 20 cases differ: the same p with one call per case and with five copies."""
+    base = np.zeros(20)
+    arm = np.array([1.0] * 3 + [0.0] * 17)
+    one = compare_paired(arm, base, "pass_rate")
+    five = compare_paired(np.repeat(arm, 5).reshape(20, 5).mean(axis=1), base, "pass_rate")
+    assert one.p_value == pytest.approx(0.25) and five.p_value == pytest.approx(0.25)
+    assert decide(five).verdict == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    ("arm", "base"),
+    [([1.0], [1.0]), ([0.0] * 3, [0.0] * 3), ([1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0])],
+)
+def test_tiny_samples_are_never_no_difference(arm: list[float], base: list[float]) -> None:
+    c = decide(compare_paired(arm, base, "pass_rate"))
+    assert c.verdict == "inconclusive" and c.ci_low < -0.3 and c.ci_high > 0.3
+    assert c.mde is not None and c.n_needed is not None and c.n_needed > len(arm)
+
+
+def test_zero_pairs_are_not_compared_with_a_reason() -> None:
+    c = compare_arms({"b": compare_paired([], [], "pass_rate")})["b"]
+    assert not c.compared and c.verdict == "inconclusive" and c.reason and c.diff is None
+
+
+def test_a_mean_that_disagrees_with_most_cases_is_not_a_verdict() -> None:
+    """80% of cases slightly worse, a few much better: the mean rises."""
+    base = np.full(50, 0.8)
+    arm = np.array([0.75] * 40 + [1.0] * 10) + np.array([0.0] * 40 + [0.0] * 10)
+    base[40:] = 0.0
+    c = decide(compare_paired(arm, base, "mean_score"))
+    assert c.diff is not None and c.diff > 0 and c.losses == 40
+    assert c.verdict == "inconclusive" and "most cases" in (c.reason or "")
+
+
+def test_a_significant_effect_inside_the_margin_is_negligible() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.7, 5000)
+    arm = base + rng.normal(0.01, 0.05, 5000)
+    c = decide(compare_paired(arm, base, "mean_score"))
+    assert c.verdict == "better" and c.negligible
+
+
+def test_latency_ratio_has_an_interval_and_a_verdict() -> None:
+    rng = np.random.default_rng(2)
+    base = rng.lognormal(6, 0.5, 60)
+    faster = compare_arms(
+        {"b": compare_ratio(base * 0.7 * rng.lognormal(0, 0.1, 60), base, "latency")}
+    )["b"]
+    assert faster.verdict == "better" and faster.ci_high is not None and faster.ci_high < 1
+    same = compare_arms({"b": compare_ratio(base * rng.lognormal(0, 0.02, 60), base, "latency")})[
+        "b"
+    ]
+    assert same.verdict == "no_difference"
+
+
+# -- simulation: A/A, coverage, equivalence, power ------------------------------------------
+
+
+def _seed(cell: Cell, salt: int) -> int:
+    return int.from_bytes(str((cell, salt)).encode()[-8:], "little") % (1 << 32)
+
+
+@pytest.mark.parametrize("kind", ["pass", "score"])
+@pytest.mark.parametrize("n", [20, 50, 200])
+def test_a_a_false_claims_are_at_most_5_percent_in_every_cell(kind: str, n: int) -> None:
+    """The rule is a nominal 5% test: where it is exact (large n, fine-grained
+    differences) its true A/A rate is 5%, so a finite simulation lands on either side of
+    it. Each cell must not be significantly above 5% (one-sided binomial test at 1%),
+    and the cells' pooled rate must be at most 5%."""
+    total = 0
+    cells = [c for c in CELLS if c.kind == kind and c.n == n]
+    for cell in cells:
+        rng = np.random.default_rng(_seed(cell, 1))
+        claims = sum(
+            verdict(*draw(rng, cell), _metric(cell)).verdict in ("better", "worse")
+            for _ in range(RUNS)
+        )
+        above = sps.binomtest(claims, RUNS, 0.05, alternative="greater").pvalue
+        assert above >= 0.01, (str(cell), claims / RUNS)
+        total += claims
+    assert total / (RUNS * len(cells)) <= 0.05, total / (RUNS * len(cells))
+
+
+@pytest.mark.parametrize("kind", ["pass", "score"])
+@pytest.mark.parametrize("n", [20, 50, 200])
+def test_intervals_cover_a_10_point_effect_and_never_call_it_no_difference(
+    kind: str, n: int
+) -> None:
+    for cell in [toward_middle(c, 0.10) for c in CELLS if c.kind == kind and c.n == n]:
+        rng = np.random.default_rng(_seed(cell, 2))
+        covered = no_difference = 0
+        for _ in range(RUNS):
+            c = verdict(*draw(rng, cell), _metric(cell))
+            covered += c.ci_low <= cell.effect <= c.ci_high
+            no_difference += c.verdict == "no_difference"
+        assert covered / RUNS >= 0.93, (str(cell), covered / RUNS)
+        assert no_difference / RUNS <= 0.01, (str(cell), no_difference / RUNS)
+
+
+@pytest.mark.parametrize("n", [20, 50, 200])
+def test_per_arm_intervals_cover_the_true_rate(n: int) -> None:
+    for cell in [c for c in CELLS if c.n == n]:
+        rng = np.random.default_rng(_seed(cell, 3))
+        covered = 0
+        for _ in range(RUNS):
+            _, calls = draw(rng, cell)
+            means = calls.mean(axis=1)
+            low, high = mean_ci(means, 0.0, 1.0)
+            assert low is not None and high is not None
+            covered += low <= cell.p <= high
+        assert covered / RUNS >= 0.93, (str(cell), covered / RUNS)
+
+
+@pytest.mark.parametrize(("repeats", "temperature0"), [(1, True), (5, True), (5, False)])
+def test_a_20_point_effect_on_100_cases_is_called_better(repeats: int, temperature0: bool) -> None:
+    cell = Cell(100, 0.5, repeats, temperature0, "pass", 0.20)
+    rng = np.random.default_rng(_seed(cell, 4))
+    verdicts = [verdict(*draw(rng, cell)).verdict for _ in range(RUNS)]
+    assert verdicts.count("better") / RUNS >= 0.85 and "worse" not in verdicts
+
+
+def test_cases_needed_delivers_the_promised_power() -> None:
+    """Pilots of 40 cases with a true 10-point effect quote a number of cases; a run of
+    the median quoted size detects the effect in about 80% of experiments."""
+    cell = Cell(40, 0.5, 1, True, "pass", 0.10)
+    rng = np.random.default_rng(6)
+    quoted = []
+    for _ in range(200):
+        c = verdict(*draw(rng, cell))
+        if c.n_needed and c.diff is not None and c.diff >= 0.05:
+            quoted.append(c.n_needed)
+    # the quote uses the pilot's own effect; with the true effect and the pilot's spread:
+    sd = float(np.median([verdict(*draw(rng, cell)).sd for _ in range(50)]))
+    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
+    needed_at_truth = math.ceil((z * sd / 0.10) ** 2)
+    big = Cell(needed_at_truth, 0.5, 1, True, "pass", 0.10)
+    power = np.mean([verdict(*draw(rng, big)).verdict == "better" for _ in range(RUNS)])
+    assert 0.72 <= power <= 0.90, (needed_at_truth, power)
+    assert 0.5 * needed_at_truth <= np.median(quoted) <= 2.0 * needed_at_truth, (
+        np.median(quoted),
+        needed_at_truth,
+    )
+
+
+def test_minimum_detectable_effect_shrinks_with_cases_and_grows_with_arms() -> None:
+    assert minimum_detectable_effect(20) > minimum_detectable_effect(200)
+    assert minimum_detectable_effect(100, arms_compared=3) > minimum_detectable_effect(100)
+    assert minimum_detectable_effect(0) == math.inf
 
 
 def test_verdict_needs_test_and_interval_to_agree() -> None:
-    c = Comparison("pass_rate", 100, 30, 60, 10, 0.2, 0.08, 0.32, 0.001, p_adjusted=0.001)
+    c = Comparison("pass_rate", 100, 30, 60, 10, 0.2, 0.08, 0.32, 0.001, 0.1, 0.3, 100, 0.5, 0.001)
     assert decide(c).verdict == "better"
-    c = Comparison("pass_rate", 100, 30, 60, 10, 0.2, -0.01, 0.32, 0.001, p_adjusted=0.001)
+    c = Comparison(
+        "pass_rate", 100, 30, 60, 10, 0.2, -0.01, 0.32, 0.001, 0.01, 0.3, 100, 0.5, 0.001
+    )
     assert decide(c).verdict == "inconclusive" and c.n_needed
-    c = compare_paired([0.0] * 50, [1.0] * 50, "mean_score")
-    assert decide(c).verdict == "worse"
+
+
+@pytest.mark.parametrize("n", [20, 50, 200])
+def test_latency_ratio_interval_covers_the_true_ratio(n: int) -> None:
+    """Cases differ in length (log-normal), each call adds noise; the arm is 1.2× slower."""
+    rng = np.random.default_rng(n)
+    covered = 0
+    for _ in range(RUNS):
+        case = rng.lognormal(6, 0.8, n)
+        base = case * rng.lognormal(0, 0.3, n)
+        arm = case * 1.2 * rng.lognormal(0, 0.3, n)
+        c = compare_ratio(arm, base, "latency")
+        assert c.ci_low is not None and c.ci_high is not None
+        covered += c.ci_low <= 1.2 <= c.ci_high
+    assert covered / RUNS >= 0.93, covered / RUNS
+
+
+def test_clustered_cases_keep_a_a_false_claims_at_5_percent() -> None:
+    """8 topics of 10 cases; the arms are equally good overall but each topic favours
+    one of them. Treating the cases as independent claims a difference far too often."""
+    rng = np.random.default_rng(9)
+    claims = {False: 0, True: 0}
+    for _ in range(RUNS):
+        topic = np.repeat(np.arange(8), 10)
+        q = rng.uniform(0.2, 0.8, 80)
+        arm = (rng.random(80) < np.clip(q + rng.normal(0, 0.3, 8)[topic], 0, 1)).astype(float)
+        base = (rng.random(80) < q).astype(float)
+        for clustered in claims:
+            c = compare_paired(arm, base, "pass_rate", clusters=topic if clustered else None)
+            claims[clustered] += compare_arms({"b": c})["b"].verdict in ("better", "worse")
+    assert claims[True] / RUNS <= 0.05 < claims[False] / RUNS, claims

@@ -52,6 +52,7 @@ def _stage(path: Path, run_id: str = "r1", calls: int = 3) -> Path:
                 "case_id": str(i),
                 "repeat": 0,
                 "status": "ok",
+                "attempts": 1,
                 "latency_ms": 10.0 * i,
             }
             for i in range(calls)

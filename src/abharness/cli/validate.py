@@ -52,6 +52,8 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
             str(a.budget() if a.budget() is not None else "unlimited"),
         )
     console.print(table)
+    if any(a.is_baseline for a in plan.arms) and len(plan.arms) > 1:
+        console.print(power_note(plan.n_cases, len(plan.arms) - 1), soft_wrap=True)
     for a, why in missing.items():
         err_console.print(f"[bold red]cannot run here:[/] {a.id}: {why}")
     if problems:
@@ -67,3 +69,18 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
         )
     else:
         console.print("[green]valid[/]: every prompt renders and fits its budget")
+
+
+def power_note(n_cases: int, arms_compared: int) -> str:
+    """What this many cases can tell, before any money is spent."""
+    from ..report.stats import minimum_detectable_effect
+
+    typical = minimum_detectable_effect(n_cases, arms_compared, discordance=0.2)
+    many = minimum_detectable_effect(n_cases, arms_compared, discordance=0.5)
+    against = f"{arms_compared} arm{'s' if arms_compared > 1 else ''} against the baseline"
+    return (
+        f"With {n_cases} cases and {against}, the smallest pass-rate difference detectable "
+        f"with 80% power is about ±{min(typical, 1) * 100:.0f} points if 20% of cases differ "
+        f"between the arms, ±{min(many, 1) * 100:.0f} if half do. Repeats at temperature > 0 "
+        "narrow this a little; at temperature 0 they are copies and do not."
+    )

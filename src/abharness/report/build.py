@@ -10,10 +10,24 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import yaml
 
 from ..store.queries import Results
-from .stats import ALPHA, EQUIVALENCE_MARGIN, bootstrap_ci, compare_arms, wilson
+from .stats import (
+    ALPHA,
+    EQUIVALENCE_MARGIN,
+    RATIO_MARGIN,
+    RATIO_METRICS,
+    Comparison,
+    compare_arms,
+    compare_paired,
+    compare_ratio,
+    mean_ci,
+    not_compared,
+    quantile_ci,
+)
 
 
 def _clean(value: Any) -> Any:
@@ -24,45 +38,173 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _arm_figures(calls: pd.DataFrame, n_cases: int) -> dict[str, Any]:
-    n = len(calls)
-    ok = int((calls["status"] == "ok").sum())
-    timed = calls[(calls["status"] == "ok") & ~calls["cache_hit"].astype(bool)]
-    latency = timed["latency_ms"].dropna().tolist()
-    ttft = timed["ttft_ms"].dropna().tolist()
-    passes = int(calls["passed"].sum())
-    pass_lo, pass_hi = wilson(passes, n)
-    score, score_lo, score_hi = bootstrap_ci(calls["score"].tolist())
+METRICS = ("pass_rate", "mean_score", *RATIO_METRICS)
+
+
+def case_level(calls: pd.DataFrame) -> pd.DataFrame:
+    """Per (arm, case), over the calls made: repeats, mean pass, mean score, median
+    latency of timed calls, mean cost per call, calls that succeeded."""
+    made = calls[calls["made"]]
+    timed = made["latency_ms"].where((made["status"] == "ok") & ~made["cache_hit"].astype(bool))
+    frame = made.assign(
+        passed=made["passed"].astype(float),
+        ok=(made["status"] == "ok").astype(int),
+        timed=timed,
+    )
+    return frame.groupby(["arm_id", "case_id"], sort=True).agg(
+        calls=("passed", "size"),
+        passed=("passed", "mean"),
+        score=("score", "mean"),
+        latency=("timed", "median"),
+        cost=("cost_usd", "mean"),
+        ok=("ok", "sum"),
+    )
+
+
+def _arm_figures(calls: pd.DataFrame, cases: pd.DataFrame, n_cases: int) -> dict[str, Any]:
+    made = calls[calls["made"]]
+    n = len(made)
+    ok = int((made["status"] == "ok").sum())
+    timed = made[(made["status"] == "ok") & ~made["cache_hit"].astype(bool)]
+    latency = timed["latency_ms"].dropna().to_numpy()
+    ttft = timed["ttft_ms"].dropna().to_numpy()
+    pass_means = cases["passed"].to_numpy(dtype=float)
+    pass_rate = float(pass_means.mean()) if len(pass_means) else None
+    score_means = cases["score"].to_numpy(dtype=float)
+    score_lo, score_hi = mean_ci(score_means, *_score_range(score_means))
+    not_made = calls[~calls["made"]]
     out: dict[str, Any] = {
         "n": n,
+        "n_cases": len(cases),
         "ok": ok,
         "errors": n - ok,
         "errors_by_type": {
-            str(k): int(v) for k, v in calls["error_type"].dropna().value_counts().items()
+            str(k): int(v) for k, v in made["error_type"].dropna().value_counts().items()
         },
         "error_rate": (n - ok) / n if n else None,
-        "cache_hits": int(calls["cache_hit"].astype(bool).sum()),
-        "pass_rate": passes / n if n else None,
-        "pass_rate_ci": [pass_lo, pass_hi],
-        "mean_score": score,
+        "not_made": len(not_made),
+        "not_made_by_type": {
+            str(k): int(v) for k, v in not_made["error_type"].fillna("other").value_counts().items()
+        },
+        "scorer_errors": int(made["scorer_errors"].sum()),
+        "cache_hits": int(made["cache_hit"].astype(bool).sum()),
+        "pass_rate": pass_rate,
+        "pass_rate_ci": list(mean_ci(pass_means, 0.0, 1.0)),
+        "mean_score": float(score_means.mean()) if len(score_means) else None,
         "mean_score_ci": [score_lo, score_hi],
+        "timed_calls": int(latency.size),
     }
     for q, name in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99")):
-        est, lo, hi = bootstrap_ci(latency, "quantile", q)
+        est, lo, hi = quantile_ci(latency, q)
         out[f"latency_{name}_ms"], out[f"latency_{name}_ci"] = est, [lo, hi]
-    out["ttft_p50_ms"] = bootstrap_ci(ttft, "quantile", 0.5)[0]
-    out["latency_ms"] = latency  # for charts; dropped from JSON
+    out["ttft_p50_ms"] = quantile_ci(ttft, 0.5)[0]
+    out["latency_ms"] = latency.tolist()  # for charts; dropped from JSON
     for col in ("input_tokens", "output_tokens"):
-        total = calls[col].sum(min_count=1)
+        total = made[col].sum(min_count=1)
         out[col] = int(total) if pd.notna(total) else None
-    cost = calls["cost_usd"].sum(min_count=1)
+    cost = made["cost_usd"].sum(min_count=1)
     out["cost_usd"] = float(cost) if pd.notna(cost) else None
     out["cost_per_1k_cases_usd"] = (
-        out["cost_usd"] / n_cases * 1000 if out["cost_usd"] is not None and n_cases else None
+        out["cost_usd"] / len(cases) * 1000 if out["cost_usd"] is not None and len(cases) else None
     )
-    err = calls["est_error"].dropna()
+    err = made["est_error"].dropna()
     out["est_error_mean_tokens"] = float(err.mean()) if len(err) else None
     return out
+
+
+def _score_range(values: np.ndarray) -> tuple[float, float]:
+    """Scores are taken to lie in [0, 1] unless the data say otherwise."""
+    if values.size == 0:
+        return 0.0, 1.0
+    return min(0.0, float(values.min())), max(1.0, float(values.max()))
+
+
+def _pair(
+    by_case: pd.DataFrame, arm: str, baseline: str
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """The two arms' case rows on the cases both made a call for, and the cases left
+    out, by reason."""
+    arms = by_case.index.get_level_values(0)
+    mine = by_case.loc[arm] if arm in arms else by_case.iloc[:0].droplevel(0)
+    base = by_case.loc[baseline] if baseline in arms else by_case.iloc[:0].droplevel(0)
+    common = mine.index.intersection(base.index)
+    excluded: dict[str, int] = {}
+    if len(mine.index.difference(common)):
+        excluded[f"no call made by {baseline}"] = len(mine.index.difference(common))
+    if len(base.index.difference(common)):
+        excluded[f"no call made by {arm}"] = len(base.index.difference(common))
+    return mine.loc[common], base.loc[common], excluded
+
+
+def _comparisons(
+    by_case: pd.DataFrame,
+    arm_ids: list[str],
+    baseline: str,
+    clusters: dict[str, str] | None,
+    n_cases: int,
+) -> tuple[list[tuple[str, Comparison]], dict[str, list[list[str]]]]:
+    """Every arm against the baseline on pass rate, mean score, latency and cost."""
+    results: dict[str, dict[str, Comparison]] = {m: {} for m in METRICS}
+    outcomes: dict[str, list[list[str]]] = {}
+    score_range = _score_range(by_case["score"].to_numpy(dtype=float))
+    for arm in arm_ids:
+        mine, base, excluded = _pair(by_case, arm, baseline)
+        made_nothing = [a for a, rows in ((arm, mine), (baseline, base)) if len(rows) == 0]
+        unmade = n_cases - len(mine) - sum(excluded.values())
+        if unmade > 0:
+            excluded["no call made by either arm"] = unmade
+        cl = [clusters.get(str(c), str(c)) for c in mine.index] if clusters else None
+        for metric, column in (("pass_rate", "passed"), ("mean_score", "score")):
+            if made_nothing:
+                comp = not_compared(metric, f"{made_nothing[0]} made no call", excluded)
+            elif mine["ok"].sum() == 0 and base["ok"].sum() == 0:
+                comp = not_compared(metric, "every call failed in both arms", excluded)
+            else:
+                bound = 1.0 if column == "passed" else score_range[1] - score_range[0]
+                comp = compare_paired(mine[column], base[column], metric, clusters=cl, bound=bound)
+                comp.excluded = excluded
+            results[metric][arm] = comp
+        for metric in RATIO_METRICS:
+            comp = compare_ratio(mine[metric], base[metric], metric)
+            comp.excluded = excluded
+            results[metric][arm] = comp
+        diff = (mine["passed"] - base["passed"]).sort_index()
+        outcomes[arm] = [
+            [str(case), "win" if d > 1e-12 else "loss" if d < -1e-12 else "tie"]
+            for case, d in diff.items()
+        ]
+    out: list[tuple[str, Comparison]] = []
+    for metric in METRICS:
+        out += list(compare_arms(results[metric]).items())
+    return out, outcomes
+
+
+def _comparison_json(arm: str, baseline: str, c: Comparison) -> dict[str, Any]:
+    return {
+        "arm_id": arm,
+        "baseline": baseline,
+        "metric": c.metric,
+        "scale": "ratio" if c.metric in RATIO_METRICS else "difference",
+        "n_pairs": c.n_pairs,
+        "n_units": c.n_units,
+        "diff": c.diff,
+        "ci_low": c.ci_low,
+        "ci_high": c.ci_high,
+        "ci90_low": c.ci90_low,
+        "ci90_high": c.ci90_high,
+        "p_value": c.p_value,
+        "p_adjusted": c.p_adjusted,
+        "wins": c.wins,
+        "ties": c.ties,
+        "losses": c.losses,
+        "verdict": c.verdict,
+        "compared": c.compared,
+        "negligible": c.negligible,
+        "reason": c.reason,
+        "mde": c.mde,
+        "n_needed": c.n_needed,
+        "excluded": c.excluded,
+    }
 
 
 def build_report(db: Results, run_id: str) -> dict[str, Any]:
@@ -76,80 +218,44 @@ def build_report(db: Results, run_id: str) -> dict[str, Any]:
             for _, a in arms[skipped].iterrows()
         ]
         arms = arms[~skipped]
+    spec = yaml.safe_load(run["spec_yaml"] or "") or {}
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    clusters = db.case_field(run_id, cluster) if cluster else None
     judge_cost = db.judge_costs(run_id)
     calls = db.call_table(run_id)
+    by_case = case_level(calls)
     n_cases = int(calls["case_id"].nunique()) if len(calls) else 0
     baseline_rows = arms[arms["is_baseline"]]
     baseline = str(baseline_rows.iloc[0]["arm_id"]) if len(baseline_rows) else None
 
     arm_list = []
+    empty_cases = by_case.iloc[:0].droplevel(0)
     for _, a in arms.iterrows():
-        figures = _arm_figures(calls[calls["arm_id"] == a["arm_id"]], n_cases)
+        arm_id = a["arm_id"]
+        mine = by_case.loc[arm_id] if arm_id in by_case.index.get_level_values(0) else empty_cases
+        figures = _arm_figures(calls[calls["arm_id"] == arm_id], mine, n_cases)
         arm_list.append(
             {
-                "arm_id": a["arm_id"],
+                "arm_id": arm_id,
                 "provider": a["provider"],
                 "model": a["model"],
                 "tier": _clean(a["tier"]),
                 "prompt": f"{a['prompt_name']}@{a['prompt_version']}",
                 "prompt_hash": a["prompt_hash"],
                 **figures,
-                "judge_cost_usd": judge_cost.get(a["arm_id"]),
+                "judge_cost_usd": judge_cost.get(arm_id),
             }
         )
     arm_list.sort(key=lambda a: a["arm_id"] != baseline)  # stable: baseline first, then spec order
 
     comparisons: list[dict[str, Any]] = []
     if baseline is not None:
-        keyed = calls.set_index(["arm_id", "case_id", "repeat"])
-        base = keyed.loc[baseline] if baseline in keyed.index.get_level_values(0) else None
-        others = [a for a in arm_list if a["arm_id"] != baseline]
-        for metric, column in (("pass_rate", "passed"), ("mean_score", "score")):
-            pairs = {}
-            for a in others:
-                mine = keyed.loc[a["arm_id"]]
-                common = mine.index.intersection(base.index) if base is not None else []
-                pairs[a["arm_id"]] = (
-                    mine.loc[common, column].astype(float).tolist(),
-                    base.loc[common, column].astype(float).tolist() if base is not None else [],
-                )
-            results = compare_arms(pairs, metric) if pairs else {}
-            if metric == "pass_rate" and base is not None:
-                for a in others:
-                    mine = keyed.loc[a["arm_id"]]
-                    common = mine.index.intersection(base.index)
-                    outcome = mine.loc[common, "passed"].astype(int) - base.loc[
-                        common, "passed"
-                    ].astype(int)
-                    a["case_outcomes"] = [
-                        [str(case), int(rep), {1: "win", 0: "tie", -1: "loss"}[int(o)]]
-                        for (case, rep), o in outcome.sort_index().items()
-                    ]
-            base_fig = arm_list[0]
-            for a in others:
-                c = results[a["arm_id"]]
-                comparisons.append(
-                    {
-                        "arm_id": a["arm_id"],
-                        "baseline": baseline,
-                        "metric": metric,
-                        "n_pairs": c.n_pairs,
-                        "diff": c.diff,
-                        "ci_low": c.ci_low,
-                        "ci_high": c.ci_high,
-                        "p_value": c.p_value,
-                        "p_adjusted": c.p_adjusted,
-                        "wins": c.wins,
-                        "ties": c.ties,
-                        "losses": c.losses,
-                        "verdict": c.verdict,
-                        "n_needed": c.n_needed,
-                        "latency_p50_ratio": _ratio(
-                            a["latency_p50_ms"], base_fig["latency_p50_ms"]
-                        ),
-                        "cost_ratio": _ratio(a["cost_usd"], base_fig["cost_usd"]),
-                    }
-                )
+        others = [a["arm_id"] for a in arm_list if a["arm_id"] != baseline]
+        decided, outcomes = _comparisons(by_case, others, baseline, clusters, n_cases)
+        comparisons = [_comparison_json(arm, baseline, c) for arm, c in decided]
+        for a in arm_list:
+            if a["arm_id"] in outcomes:
+                a["case_outcomes"] = outcomes[a["arm_id"]]
     return {
         "run_id": run_id,
         "experiment": run["experiment"],
@@ -163,9 +269,12 @@ def build_report(db: Results, run_id: str) -> dict[str, Any]:
         "spec_hash": run["spec_hash"],
         "harness_version": run["harness_version"],
         "n_cases": n_cases,
+        "cluster": cluster,
+        "n_clusters": len(set(clusters.values())) if clusters else None,
         "baseline": baseline,
         "alpha": ALPHA,
         "equivalence_margin": EQUIVALENCE_MARGIN,
+        "ratio_margin": RATIO_MARGIN,
         "arms": arm_list,
         "comparisons": comparisons,
         "not_run": not_run,
@@ -175,10 +284,6 @@ def build_report(db: Results, run_id: str) -> dict[str, Any]:
             if baseline is not None and a["arm_id"] != baseline
         },
     }
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def to_json(report: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,8 @@ import yaml
 from ..errors import InvalidInput
 from ..spec.models import Gates
 from ..store.queries import Results, RunNotFound
-from .stats import compare_arms
+from .build import case_level
+from .stats import compare_arms, compare_paired
 
 
 @dataclass
@@ -61,21 +62,24 @@ def compare_runs(db: Results, run_a: str, run_b: str) -> list[GateResult]:
             f"{len(cases_b - cases_a)} only in {run_b}): compare needs the same dataset"
         )
     arms = [arm for arm in dict.fromkeys(calls_b["arm_id"]) if arm in set(calls_a["arm_id"])]
-    key = ["case_id", "repeat"]
+    by_a, by_b = case_level(calls_a), case_level(calls_b)
     pairs = {}
     for arm in arms:
-        merged = calls_b[calls_b["arm_id"] == arm].merge(
-            calls_a[calls_a["arm_id"] == arm], on=key, suffixes=("_b", "_a")
+        mine, base = by_b.loc[arm], by_a.loc[arm]
+        common = mine.index.intersection(base.index)
+        pairs[arm] = compare_paired(
+            mine.loc[common, "passed"], base.loc[common, "passed"], "pass_rate"
         )
-        pairs[arm] = (
-            merged["passed_b"].astype(float).tolist(),
-            merged["passed_a"].astype(float).tolist(),
-        )
-    tests = compare_arms(pairs, "pass_rate") if pairs else {}
+    tests = compare_arms(pairs)
     results = []
     for arm in arms:
         t = tests[arm]
-        if gates.score_drop == "significant":
+        if gates.score_drop is not None and not t.compared:
+            results.append(
+                GateResult(arm, "score_drop", str(gates.score_drop), str(t.reason), None)
+            )
+        elif gates.score_drop == "significant":
+            assert t.diff is not None and t.ci_low is not None and t.ci_high is not None
             results.append(
                 GateResult(
                     arm,
@@ -87,6 +91,7 @@ def compare_runs(db: Results, run_a: str, run_b: str) -> list[GateResult]:
                 )
             )
         elif gates.score_drop is not None:
+            assert t.diff is not None
             results.append(
                 GateResult(
                     arm,

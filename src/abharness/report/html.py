@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from .markdown import METRIC_WORDS, _fmt, verdict_sentence
+from .markdown import (
+    METHOD_NOTE,
+    METRIC_WORDS,
+    _estimate,
+    _fmt,
+    _interval,
+    verdict_sentence,
+    verdict_word,
+)
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d"]
 CSS = """
@@ -152,16 +160,31 @@ def outcomes_chart(arms: list[dict[str, Any]], baseline: str) -> str:
         parts.append(
             f'<text x="{left - 8}" y="{yy + 13}" font-size="12" text-anchor="end">{escape(a["arm_id"])}</text>'
         )
-        for i, (case, rep, outcome) in enumerate(a["case_outcomes"]):
+        for i, (case, outcome) in enumerate(a["case_outcomes"]):
             parts.append(
                 f'<rect x="{left + i * cell}" y="{yy}" width="{cell - 1}" height="18" fill="{colors[outcome]}">'
-                f"<title>case {escape(case)} repeat {rep}: {outcome} against {escape(baseline)}</title></rect>"
+                f"<title>case {escape(case)}: {outcome} against {escape(baseline)}</title></rect>"
             )
     parts.append(
         f'<text x="{left}" y="{height - 4}" font-size="11" fill="#57606a">each cell is one case '
-        "(hover for its id): green win, grey tie, red loss against the baseline</text></svg>"
+        "(hover for its id): green win, grey tie, red loss against the baseline, repeats averaged</text></svg>"
     )
     return "".join(parts)
+
+
+def sentence_html(c: dict[str, Any], r: dict[str, Any]) -> str:
+    """The verdict sentence with its code spans and its one bold verdict word styled."""
+    text = escape(verdict_sentence(c, r["equivalence_margin"], r["ratio_margin"]))
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(
+        r"\*\*([^*]+)\*\*", lambda m: f'<span class="{_css(c, m[1])}">{m[1]}</span>', text
+    )
+
+
+def _css(c: dict[str, Any], word: str) -> str:
+    if word == "negligible":
+        return "no_difference"
+    return c["verdict"] if c["compared"] else "inconclusive"
 
 
 def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
@@ -180,18 +203,11 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
         out.append(f'<p class="desc">{e(r["description"])}</p>')
     if comps:
         out.append('<h2>Verdicts</h2><ul class="verdicts">')
-        for c in comps:
-            text = re.sub(
-                r"`([^`]+)`",
-                r"<code>\1</code>",
-                e(verdict_sentence(c, r["equivalence_margin"])).replace("**", ""),
-            )
-            text = text.replace(
-                c["verdict"].replace("_", " "),
-                f'<span class="{c["verdict"]}">{c["verdict"].replace("_", " ")}</span>',
-                1,
-            )
-            out.append(f"<li>{text}</li>")
+        out += [
+            f"<li>{sentence_html(c, r)}</li>"
+            for c in comps
+            if c["metric"] in ("pass_rate", "latency")
+        ]
         out.append("</ul>")
     if r.get("not_run"):
         out.append("<h2>Not run</h2><p>These arms could not run here; they get no verdict:</p><ul>")
@@ -199,7 +215,7 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
         out.append("</ul>")
     out.append(
         '<h2>Arms</h2><div class="wide"><table><tr><th>arm</th><th class="l">model</th><th class="l">prompt</th><th>n</th>'
-        "<th>errors</th><th>cached</th><th>pass rate</th><th>mean score</th><th>p50 ms</th><th>p90 ms</th>"
+        "<th>cases</th><th>not made</th><th>errors</th><th>cached</th><th>pass rate</th><th>mean score</th><th>p50 ms</th><th>p90 ms</th>"
         "<th>p99 ms</th><th>TTFT p50</th><th>input tok</th><th>output tok</th><th>cost USD</th>"
         "<th>per 1k cases</th><th>estimate error</th></tr>"
     )
@@ -217,6 +233,13 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
             if a["errors"]
             else ""
         )
+        if a["scorer_errors"]:
+            errs += f'<div class="ci">{a["scorer_errors"]} scorer errors</div>'
+        unmade = str(a["not_made"]) + (
+            f'<div class="ci">{e(", ".join(f"{n} {t}" for t, n in a["not_made_by_type"].items()))}</div>'
+            if a["not_made"]
+            else ""
+        )
         name = (
             f'<b>{e(a["arm_id"])}</b> <span class="ci">baseline</span>'
             if a["arm_id"] == base
@@ -224,7 +247,7 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
         )
         out.append(
             f'<tr><td>{name}</td><td class="l">{e(a["provider"])}/{e(a["model"])}</td><td class="l">{e(a["prompt"])}</td>'
-            f"<td>{a['n']}</td><td>{errs}</td><td>{a['cache_hits']}</td><td>{pr}</td><td>{_fmt(a['mean_score'], '.3f')}</td>"
+            f"<td>{a['n']}</td><td>{a['n_cases']}</td><td>{unmade}</td><td>{errs}</td><td>{a['cache_hits']}</td><td>{pr}</td><td>{_fmt(a['mean_score'], '.3f')}</td>"
             f"<td>{p50}</td><td>{_fmt(a['latency_p90_ms'], '.0f')}</td><td>{_fmt(a['latency_p99_ms'], '.0f')}</td>"
             f"<td>{_fmt(a['ttft_p50_ms'], '.0f')}</td><td>{_fmt(a['input_tokens'], ',')}</td><td>{_fmt(a['output_tokens'], ',')}</td>"
             f"<td>{_fmt(a['cost_usd'], '.4f')}</td><td>{_fmt(a['cost_per_1k_cases_usd'], '.4f')}</td>"
@@ -239,27 +262,43 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
             + "</p>"
         )
     out.append(
-        '<p class="note">95% intervals under the figures: Wilson for pass rate, bootstrap for latency. '
-        "A call passes when it succeeded and every scorer passed; failed calls count as not passed. "
-        "Cached calls cost nothing and are left out of latency.</p>"
+        '<p class="note">Rates are over the calls made, a case\'s repeats averaged first. 95% intervals '
+        "under the figures: over case means with a pseudo-case at each end of the scale for pass "
+        "rate, order statistics for latency (p90 needs 20 timed calls, p99 200; – below that). A call passes when "
+        "it succeeded and every scorer passed; failed calls and scorer errors count as not passed. "
+        "Calls never made (cost cap, endpoint stopped) are left out. Cached calls cost nothing and "
+        "are left out of latency.</p>"
     )
     if comps:
         out.append(
             f'<h2>Against the baseline <code>{e(str(base))}</code></h2><table><tr><th>arm</th><th class="l">metric</th>'
-            "<th>difference</th><th>95% CI</th><th>wins</th><th>ties</th><th>losses</th><th>p</th><th>p (Holm)</th>"
-            '<th class="l">verdict</th><th>latency ×</th><th>cost ×</th></tr>'
+            "<th>estimate</th><th>95% CI</th><th>cases</th><th>wins</th><th>ties</th><th>losses</th><th>p</th>"
+            '<th>p (Holm)</th><th class="l">verdict</th><th>detectable</th></tr>'
         )
         for c in comps:
+            word = verdict_word(c) + (" (negligible)" if c["negligible"] else "")
+            mde = f"±{c['mde'] * 100:.0f} pts" if c.get("mde") is not None else "–"
             out.append(
-                f'<tr><td>{e(c["arm_id"])}</td><td class="l">{METRIC_WORDS[c["metric"]]}</td><td>{c["diff"] * 100:+.1f} pts</td>'
-                f"<td>{c['ci_low'] * 100:+.1f} to {c['ci_high'] * 100:+.1f}</td><td>{c['wins']}</td><td>{c['ties']}</td>"
-                f"<td>{c['losses']}</td><td>{c['p_value']:.3g}</td><td>{c['p_adjusted']:.3g}</td>"
-                f'<td class="l"><span class="{c["verdict"]}">{c["verdict"].replace("_", " ")}</span></td>'
-                f"<td>{_fmt(c['latency_p50_ratio'], '.2f')}</td><td>{_fmt(c['cost_ratio'], '.2f')}</td></tr>"
+                f'<tr><td>{e(c["arm_id"])}</td><td class="l">{METRIC_WORDS[c["metric"]]}</td>'
+                f"<td>{e(_estimate(c))}</td><td>{e(_interval(c))}</td><td>{c['n_pairs']}</td>"
+                f"<td>{c['wins']}</td><td>{c['ties']}</td><td>{c['losses']}</td>"
+                f"<td>{_fmt(c['p_value'], '.3g')}</td><td>{_fmt(c['p_adjusted'], '.3g')}</td>"
+                f'<td class="l"><span class="{_css(c, word)}">{e(word)}</span></td><td>{mde}</td></tr>'
             )
+        out.append("</table>")
+        out += [
+            f'<p class="note">{sentence_html(c, r)}</p>'
+            for c in comps
+            if c["metric"] in ("mean_score", "cost")
+        ]
         out.append(
-            f'</table><p class="note">Paired by case and repeat; paired bootstrap interval; exact McNemar (pass rate) '
-            f"or sign test (mean score), Holm-adjusted across arms; equivalence margin ±{r['equivalence_margin'] * 100:.0f} points.</p>"
+            '<p class="note">'
+            + e(
+                METHOD_NOTE.format(
+                    margin=r["equivalence_margin"] * 100, ratio=r["ratio_margin"] * 100
+                )
+            )
+            + "</p>"
         )
     out.append(
         '<div class="charts"><div class="chart"><h2>Latency per arm</h2>'
@@ -281,9 +320,9 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
                 vars_ = ", ".join(f"{k}={v!r}" for k, v in x["vars"].items())
                 out.append(
                     f"<li>case <code>{e(x['case_id'])}</code> ({e(vars_)}): <b>{e(arm_id)}</b> "
-                    f"{'passed' if x['arm_passed'] else 'failed'} with <code>{e(str(x['arm_response']))[:200]}</code>; "
+                    f"{'passed' if x['arm_passed'] else 'failed'} with <code>{e(str(x['arm_response'])[:200])}</code>; "
                     f"<b>{e(str(base))}</b> {'passed' if x['baseline_passed'] else 'failed'} with "
-                    f"<code>{e(str(x['baseline_response']))[:200]}</code></li>"
+                    f"<code>{e(str(x['baseline_response'])[:200])}</code></li>"
                 )
             out.append("</ul>")
     out.append("</main></body></html>")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .stats import MIN_CALLS_FOR
+
 
 def _fmt(value: Any, spec: str = "", suffix: str = "") -> str:
     if value is None:
@@ -15,29 +17,89 @@ def _fmt(value: Any, spec: str = "", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
-METRIC_WORDS = {"pass_rate": "pass rate", "mean_score": "mean score"}
+METRIC_WORDS = {
+    "pass_rate": "pass rate",
+    "mean_score": "mean score",
+    "latency": "latency",
+    "cost": "cost",
+}
+RATIO_WORDS = {
+    ("latency", "better"): "faster",
+    ("latency", "worse"): "slower",
+    ("cost", "better"): "cheaper",
+    ("cost", "worse"): "dearer",
+}
 
 
-def verdict_sentence(c: dict[str, Any], margin: float) -> str:
-    """The comparison in words, saying when the sample is too small to tell."""
-    arm, base, metric = c["arm_id"], c["baseline"], METRIC_WORDS[c["metric"]]
-    diff = f"{c['diff'] * 100:+.1f} points (95% CI {c['ci_low'] * 100:+.1f} to {c['ci_high'] * 100:+.1f})"
-    tally = f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses over {c['n_pairs']} pairs"
-    p = f"p = {c['p_adjusted']:.2g} after Holm"
-    if c["verdict"] == "better":
-        return f"`{arm}` is **better** than `{base}` on {metric}: {diff}; {tally}; {p}."
-    if c["verdict"] == "worse":
-        return f"`{arm}` is **worse** than `{base}` on {metric}: {diff}; {tally}; {p}."
-    if c["verdict"] == "no_difference":
-        return (
-            f"`{arm}` and `{base}` show **no difference** on {metric} beyond ±{margin * 100:.0f} points: "
-            f"{diff}; {tally}."
-        )
-    need = f" About {c['n_needed']} pairs would be needed to tell." if c.get("n_needed") else ""
+def verdict_word(c: dict[str, Any]) -> str:
+    if not c["compared"]:
+        return "not compared"
+    return RATIO_WORDS.get((c["metric"], c["verdict"]), c["verdict"].replace("_", " "))
+
+
+def effect_text(c: dict[str, Any]) -> str:
+    """The estimate and its 95% interval: points for differences, × for ratios."""
+    if not c["compared"]:
+        return "–"
+    if c["scale"] == "ratio":
+        return f"×{c['diff']:.2f} (95% CI {c['ci_low']:.2f} to {c['ci_high']:.2f})"
     return (
-        f"`{arm}` against `{base}` on {metric} is **inconclusive**: {diff}; {tally}; {p}. "
-        f"The sample is too small to tell.{need}"
+        f"{c['diff'] * 100:+.1f} points (95% CI {c['ci_low'] * 100:+.1f} to "
+        f"{c['ci_high'] * 100:+.1f})"
     )
+
+
+def excluded_text(c: dict[str, Any]) -> str:
+    if not c.get("excluded"):
+        return ""
+    n = sum(c["excluded"].values())
+    why = ", ".join(f"{k}: {v}" for k, v in c["excluded"].items())
+    return f" {n} case{'s' if n != 1 else ''} left out ({why})."
+
+
+def verdict_sentence(c: dict[str, Any], margin: float, ratio_margin: float = 0.1) -> str:
+    """The comparison in words, saying when the sample is too small to tell and why."""
+    arm, base, metric = c["arm_id"], c["baseline"], METRIC_WORDS[c["metric"]]
+    word = verdict_word(c)
+    if not c["compared"]:
+        return f"`{arm}` against `{base}` on {metric}: **{word}**: {c['reason']}.{excluded_text(c)}"
+    unit = "cases" if c["n_units"] == c["n_pairs"] else f"cases in {c['n_units']} clusters"
+    tally = f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses over {c['n_pairs']} {unit}"
+    p = f"p = {c['p_adjusted']:.2g} after Holm"
+    effect = effect_text(c)
+    ratio = c["scale"] == "ratio"
+    band = f"±{ratio_margin * 100:.0f}%" if ratio else f"±{margin * 100:.0f} points"
+    if c["verdict"] in ("better", "worse"):
+        text = f"`{arm}` is **{word}** than `{base}` on {metric}: {effect}; {tally}; {p}."
+        if c["negligible"]:
+            text += f" The whole 90% interval is within {band}: the difference is **negligible**."
+    elif c["verdict"] == "no_difference":
+        if ratio:
+            lo, hi = f"×{c['ci90_low']:.2f}", f"×{c['ci90_high']:.2f}"
+        else:
+            lo, hi = f"{c['ci90_low'] * 100:+.1f}", f"{c['ci90_high'] * 100:+.1f}"
+        text = (
+            f"`{arm}` and `{base}` show **no difference** on {metric}: the 90% interval "
+            f"({lo} to {hi}) lies within {band}; {effect}; {tally}."
+        )
+    else:
+        text = f"`{arm}` against `{base}` on {metric} is **inconclusive**: {effect}; {tally}; {p}."
+        if c.get("reason"):
+            text += f" Not called: {c['reason']}."
+        if c.get("mde") is not None:
+            text += (
+                f" With {c['n_pairs']} cases only a difference of about ±{c['mde'] * 100:.0f} "
+                "points would be detected reliably (80% power)"
+            )
+            if c.get("n_needed"):
+                goal = (
+                    "to detect an effect of this size"
+                    if abs(c["diff"]) >= margin
+                    else f"to show a difference within {band}"
+                )
+                text += f"; about {c['n_needed']:,} cases would be needed {goal}"
+            text += "."
+    return text + excluded_text(c)
 
 
 def _ci(lo: float | None, hi: float | None, pct: bool = False) -> str:
@@ -60,9 +122,9 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
     if comparisons:
         lines += ["", "## Verdicts", ""]
         lines += [
-            f"- {verdict_sentence(c, r['equivalence_margin'])}"
+            f"- {verdict_sentence(c, r['equivalence_margin'], r['ratio_margin'])}"
             for c in comparisons
-            if c["metric"] == "pass_rate"
+            if c["metric"] in ("pass_rate", "latency")
         ]
     if r.get("not_run"):
         lines += ["", "## Not run", "", "These arms could not run here; they get no verdict:", ""]
@@ -71,11 +133,15 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
         "",
         "## Arms",
         "",
-        "95% intervals in brackets: Wilson for pass rate, bootstrap for the rest. A call passes when it "
-        "succeeded and every scorer passed; failed calls count as not passed, score 0.",
+        "Rates are over the calls made, averaged per case first (a case's repeats are one unit). "
+        "95% intervals in brackets: over case means with a pseudo-case at each end of the scale for "
+        "pass rate, order statistics for latency. A call passes when it succeeded and every scorer passed; "
+        "failed calls and scorer errors count as not passed, score 0. Calls never made (cost cap, "
+        f"endpoint stopped) are left out. p90 needs {MIN_CALLS_FOR[0.9]} timed calls and p99 "
+        f"{MIN_CALLS_FOR[0.99]}; below that they are not estimable (–).",
         "",
-        "| arm | model | prompt | n | errors | cached | pass rate % | mean score | p50 ms | p90 ms | p99 ms | TTFT p50 ms | input tok | output tok | cost USD | per 1k cases | estimate error (tok/call) |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| arm | model | prompt | cases | calls | not made | errors | cached | pass rate % | mean score | p50 ms | p90 ms | p99 ms | TTFT p50 ms | input tok | output tok | cost USD | per 1k cases | estimate error (tok/call) |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for a in r["arms"]:
         name = f"**{a['arm_id']}** (baseline)" if a["arm_id"] == r["baseline"] else a["arm_id"]
@@ -84,8 +150,16 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
             if a["errors"]
             else ""
         )
+        if a["scorer_errors"]:
+            errors += f"; {a['scorer_errors']} scorer errors"
+        not_made = f"{a['not_made']}" + (
+            " (" + ", ".join(f"{n} {t}" for t, n in a["not_made_by_type"].items()) + ")"
+            if a["not_made"]
+            else ""
+        )
         lines.append(
-            f"| {name} | {a['provider']}/{a['model']} | {a['prompt']} | {a['n']} | {errors} | {a['cache_hits']} | "
+            f"| {name} | {a['provider']}/{a['model']} | {a['prompt']} | {a['n_cases']} | {a['n']} | {not_made} | "
+            f"{errors} | {a['cache_hits']} | "
             f"{_fmt(a['pass_rate'], 'pct')}{_ci(a['pass_rate_ci'][0], a['pass_rate_ci'][1], pct=True)} | "
             f"{_fmt(a['mean_score'], '.3f')} | {_fmt(a['latency_p50_ms'], '.0f')}{_ci(*a['latency_p50_ci'])} | "
             f"{_fmt(a['latency_p90_ms'], '.0f')} | {_fmt(a['latency_p99_ms'], '.0f')} | {_fmt(a['ttft_p50_ms'], '.0f')} | "
@@ -110,24 +184,22 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
             "",
             f"## Against the baseline `{r['baseline']}`",
             "",
-            f"Paired by case and repeat. Interval: paired bootstrap (2,000 resamples, fixed seed). Test: exact "
-            f"McNemar for pass rate, sign test for mean score, Holm-adjusted across arms. Equivalence margin "
-            f"±{r['equivalence_margin'] * 100:.0f} points.",
+            METHOD_NOTE.format(margin=r["equivalence_margin"] * 100, ratio=r["ratio_margin"] * 100),
             "",
-            "| arm | metric | difference (pts) | 95% CI | wins | ties | losses | p | p (Holm) | verdict | latency p50 × | cost × |",
-            "|---|---|--:|---|--:|--:|--:|--:|--:|---|--:|--:|",
+            "| arm | metric | estimate | 95% CI | cases | wins | ties | losses | p | p (Holm) | verdict | detectable (80% power) |",
+            "|---|---|--:|---|--:|--:|--:|--:|--:|--:|---|--:|",
         ]
         for c in comparisons:
             lines.append(
-                f"| {c['arm_id']} | {METRIC_WORDS[c['metric']]} | {c['diff'] * 100:+.1f} | "
-                f"{c['ci_low'] * 100:+.1f} to {c['ci_high'] * 100:+.1f} | {c['wins']} | {c['ties']} | {c['losses']} | "
-                f"{c['p_value']:.3g} | {c['p_adjusted']:.3g} | {c['verdict']} | "
-                f"{_fmt(c['latency_p50_ratio'], '.2f')} | {_fmt(c['cost_ratio'], '.2f')} |"
+                f"| {c['arm_id']} | {METRIC_WORDS[c['metric']]} | {_estimate(c)} | {_interval(c)} | "
+                f"{c['n_pairs']} | {c['wins']} | {c['ties']} | {c['losses']} | {_fmt(c['p_value'], '.3g')} | "
+                f"{_fmt(c['p_adjusted'], '.3g')} | {verdict_word(c)}{' (negligible)' if c['negligible'] else ''} | "
+                f"{'±' + format(c['mde'] * 100, '.0f') + ' pts' if c.get('mde') is not None else '–'} |"
             )
         lines += [""] + [
-            f"- {verdict_sentence(c, r['equivalence_margin'])}"
+            f"- {verdict_sentence(c, r['equivalence_margin'], r['ratio_margin'])}"
             for c in comparisons
-            if c["metric"] == "mean_score"
+            if c["metric"] in ("mean_score", "cost")
         ]
     for arm_id, examples in r.get("examples", {}).items():
         if not examples:
@@ -141,6 +213,30 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
                 f"with {_quote(e['baseline_response'])}"
             ]
     return "\n".join(lines) + "\n"
+
+
+METHOD_NOTE = (
+    "The case is the unit: a case's repeats are averaged first. Pass rate and mean score: "
+    "difference with an adjusted interval (two pseudo-cases, cluster-robust, Student's t), "
+    "sign-flip permutation test (exact McNemar with one call per case), Holm-adjusted across "
+    "arms; no difference means the 90% interval lies within ±{margin:.0f} points (TOST). "
+    "Latency (median per case) and cost (per call): geometric mean of per-case ratios, "
+    "bootstrap over cases; no difference within ±{ratio:.0f}%."
+)
+
+
+def _estimate(c: dict[str, Any]) -> str:
+    if not c["compared"]:
+        return "–"
+    return f"×{c['diff']:.2f}" if c["scale"] == "ratio" else f"{c['diff'] * 100:+.1f} pts"
+
+
+def _interval(c: dict[str, Any]) -> str:
+    if not c["compared"]:
+        return c["reason"]
+    if c["scale"] == "ratio":
+        return f"{c['ci_low']:.2f} to {c['ci_high']:.2f}"
+    return f"{c['ci_low'] * 100:+.1f} to {c['ci_high'] * 100:+.1f}"
 
 
 def _quote(text: str | None, limit: int = 80) -> str:

@@ -1,96 +1,62 @@
-"""Statistics for comparing arms, with the formulas they use.
+"""Statistics for comparing arms. The unit is the case, never the call.
 
-Per arm
-- pass rate with a Wilson score interval (95%): for k passes in n,
-  ``(p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)``;
-- mean score, latency and TTFT quantiles with percentile bootstrap intervals.
+Repeats of one case are not independent evidence (at temperature 0 they are copies),
+so every figure first averages a case's repeats, then tests and resamples over cases
+(Miller 2024, "Adding Error Bars to Evals", arXiv 2411.00640). Datasets whose cases
+come in groups name a cluster field; the unit is then the cluster.
 
-Against the baseline, paired by (case, repeat)
-- difference (arm − baseline) of pass rate or mean score, with a paired percentile
-  bootstrap interval: resample the pairs with replacement `N_BOOT` times (seed
-  `SEED`, so reports are reproducible) and take the 2.5th and 97.5th percentiles;
-- pass/fail: exact McNemar test — under H0 the b wins and c losses split 50/50, so
-  ``p = min(1, 2·P[Binomial(b + c, ½) ≤ min(b, c)])``; scores: the sign test on the
-  non-zero paired differences, the same binomial test;
-- Holm's step-down correction across the arms compared with the baseline;
-- verdict: ``better``/``worse`` when the adjusted test rejects at `ALPHA` and the
-  interval excludes 0 on the same side; ``no_difference`` when the interval lies
-  inside ±`EQUIVALENCE_MARGIN`; otherwise ``inconclusive``, with the approximate number
-  of pairs needed to tell (Connor's formula for paired proportions at 80% power when
-  an effect is seen, else the n that would shrink the interval to the margin).
+Against the baseline, on the case-level differences d (arm − baseline):
+
+- **test**: sign-flip permutation test of the mean of d — under "the arms are equally
+  good" each case's two labels are exchangeable, so every sign pattern is equally
+  likely. Exact (binomial, which is McNemar's exact test when each case has one call,
+  or a lattice convolution when repeats make d a multiple of 1/R); Monte Carlo with
+  `N_FLIPS` seeded flips for continuous scores; the normal limit past `NORMAL_FROM`
+  non-zero units. Holm's step-down correction across arms.
+- **interval**: the mean of d with two pseudo-cases at ±bound added (+1 and −1 for
+  pass rates), a cluster-robust standard error and Student's t. For one call per case
+  this is the Bonett–Price adjusted Wald interval for paired proportions; it never
+  collapses to zero width, so one tied pair is not evidence of "no difference".
+- **verdict**: ``better``/``worse`` when the adjusted p < `ALPHA` and the 95% interval
+  excludes 0 on that side (a mean-score verdict also needs the cases' own direction
+  not to be significantly the other way); ``negligible`` is set when such an effect's
+  90% interval lies inside ±`EQUIVALENCE_MARGIN`. ``no_difference`` is the TOST
+  equivalence claim: the 90% interval inside ±margin. Otherwise ``inconclusive``.
+  With no usable case the comparison is not made and says why.
+- **power**: the minimum detectable effect (80% power, α Bonferroni-split over the
+  arms, Holm's first step) for the cases at hand, and the cases needed to detect the
+  effect seen (or to show equivalence when the effect is inside the margin), from the
+  observed spread of case-level differences — so discordance and repeats count.
+
+Latency and cost are compared as ratios: per case, the log of arm ÷ baseline (median
+latency over repeats, summed cost); the geometric mean with a percentile bootstrap
+over cases, resampled in chunks so memory stays bounded.
+
+Per arm: pass rate and mean score over case means with the same pseudo-case t interval
+(one pseudo-case at each end of the scale; Agresti–Coull-like for one call per case), latency
+quantiles with distribution-free order-statistic intervals (none when the calls are
+too few to estimate that quantile at all).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy import stats as sps
 
 ALPHA = 0.05
-Z = 1.959963984540054
-Z_POWER = 0.8416212335729143  # 80% power
+POWER = 0.8
 N_BOOT = 2000
+N_FLIPS = 10_000
+NORMAL_FROM = 100  # non-zero units: from here the (symmetric) permutation law is normal
+CHUNK = 250  # resamples per chunk: memory is CHUNK × units floats at most
 SEED = 20261122
 EQUIVALENCE_MARGIN = 0.05  # 5 points of pass rate or mean score
-
-
-def wilson(k: int, n: int, z: float = Z) -> tuple[float | None, float | None]:
-    if n == 0:
-        return None, None
-    p = k / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    denom = 1 + z * z / n
-    return max(0.0, (centre - spread) / denom), min(1.0, (centre + spread) / denom)
-
-
-def _rng() -> np.random.Generator:
-    return np.random.default_rng(SEED)
-
-
-def bootstrap_ci(
-    values: Sequence[float], stat: str = "mean", q: float = 0.5, n_boot: int = N_BOOT
-) -> tuple[float | None, float | None, float | None]:
-    """(estimate, low, high) of the mean or the q-quantile, percentile bootstrap."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return None, None, None
-    idx = _rng().integers(0, x.size, size=(n_boot, x.size))
-    samples = x[idx]
-    if stat == "mean":
-        est, boots = float(x.mean()), samples.mean(axis=1)
-    else:
-        est, boots = float(np.quantile(x, q)), np.quantile(samples, q, axis=1)
-    return est, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-
-
-def paired_bootstrap_diff(
-    arm: Sequence[float] | np.ndarray,
-    base: Sequence[float] | np.ndarray,
-    n_boot: int = N_BOOT,
-    seed: int = SEED,
-) -> tuple[float, float, float]:
-    """(mean of arm − base, low, high) resampling the pairs together."""
-    d = np.asarray(arm, dtype=float) - np.asarray(base, dtype=float)
-    if d.size == 0:
-        return 0.0, 0.0, 0.0
-    idx = np.random.default_rng(seed).integers(0, d.size, size=(n_boot, d.size))
-    boots = d[idx].mean(axis=1)
-    return float(d.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact binomial test on the discordant pairs (McNemar for pass/fail)."""
-    if wins + losses == 0:
-        return 1.0
-    return float(binomtest(wins, wins + losses, 0.5).pvalue)
-
-
-def mcnemar_exact(wins: int, losses: int) -> float:
-    return sign_test(wins, losses)
+RATIO_MARGIN = 0.10  # latency and cost: within ±10% is "no difference"
+MIN_CALLS_FOR = {0.5: 5, 0.9: 20, 0.99: 200}  # below this a quantile is not estimable
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -105,81 +71,333 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def mcnemar_exact(wins: int, losses: int) -> float:
+    """Two-sided exact McNemar test: the discordant pairs split 50/50 under H0."""
+    if wins + losses == 0:
+        return 1.0
+    return float(sps.binomtest(wins, wins + losses, 0.5).pvalue)
+
+
+# -- the permutation test -------------------------------------------------------------
+
+
+def _lattice(x: np.ndarray, max_denominator: int = 120) -> np.ndarray | None:
+    """`x` as integers k/M for the smallest M ≤ max_denominator, if there is one."""
+    for m in range(1, max_denominator + 1):
+        scaled = x * m
+        rounded = np.rint(scaled)
+        if np.all(np.abs(scaled - rounded) < 1e-9):
+            return rounded.astype(np.int64)
+    return None
+
+
+def sign_flip_p(t: np.ndarray, seed: int = SEED) -> float:
+    """Two-sided p of the sign-flip test of ``sum(t) = 0``: P(|Σ s·t| ≥ |Σ t|)."""
+    x = np.abs(t[t != 0])
+    k = x.size
+    if k == 0:
+        return 1.0
+    if np.allclose(x, x[0], rtol=0, atol=1e-12):
+        return mcnemar_exact(int((t > 0).sum()), int((t < 0).sum()))
+    ints = _lattice(x)
+    if ints is not None and k * int(ints.sum()) <= 20_000_000:
+        return _exact_lattice_p(ints, int(round(abs(float((np.sign(t[t != 0]) * ints).sum())))))
+    observed = abs(float(t.sum())) - 1e-12 * max(1.0, float(x.sum()))
+    if k >= NORMAL_FROM:
+        return float(2 * sps.norm.sf(observed / math.sqrt(float((x * x).sum()))))
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, N_FLIPS, CHUNK):
+        signs = rng.integers(0, 2, size=(min(CHUNK, N_FLIPS - start), k), dtype=np.int8) * 2 - 1
+        extreme += int((np.abs(signs @ x) >= observed).sum())
+    return (1 + extreme) / (1 + N_FLIPS)
+
+
+def _exact_lattice_p(ints: np.ndarray, observed: int) -> float:
+    """P(|Σ s_i·k_i| ≥ observed) for fair random signs, by convolution."""
+    total = int(ints.sum())
+    dist = np.zeros(2 * total + 1)
+    dist[total] = 1.0
+    for k in ints.tolist():
+        dist = 0.5 * (np.roll(dist, k) + np.roll(dist, -k))  # never wraps: |sum| ≤ total
+    values = np.arange(-total, total + 1)
+    return float(min(1.0, dist[np.abs(values) >= observed].sum()))
+
+
+# -- intervals --------------------------------------------------------------------------
+
+
+def adjusted_interval(
+    totals: np.ndarray, sizes: np.ndarray, bound: float, level: float = 0.95, centre: float = 0.0
+) -> tuple[float, float, float]:
+    """(low, high, standard error) of the mean Σtotals/Σsizes with two pseudo-units of
+    one case each at centre ± bound, a cluster-robust variance and Student's t."""
+    g_real = totals.size
+    t2 = np.append(totals, [centre + bound, centre - bound])
+    m2 = np.append(sizes, [1.0, 1.0])
+    n = float(m2.sum())
+    mean = float(t2.sum()) / n
+    g = t2.size
+    var = g / (g - 1) * float(((t2 - mean * m2) ** 2).sum()) / (n * n)
+    se = math.sqrt(var)
+    q = float(sps.t.ppf(0.5 + level / 2, max(g_real - 1, 1)))
+    low, high = mean - q * se, mean + q * se
+    return max(low, centre - bound), min(high, centre + bound), se
+
+
+def _units(values: np.ndarray, clusters: Sequence[object] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(per-unit totals, per-unit case counts): cases, or clusters of cases."""
+    if clusters is None:
+        return values, np.ones_like(values)
+    labels = np.asarray([str(c) for c in clusters])
+    _, inverse = np.unique(labels, return_inverse=True)
+    totals = np.bincount(inverse, weights=values)
+    sizes = np.bincount(inverse).astype(float)
+    return totals, sizes
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, level: float = 0.95, n_boot: int = N_BOOT, seed: int = SEED
+) -> tuple[float, float]:
+    """Expanded percentile bootstrap interval of the mean (Hesterberg 2015): the tail
+    is Φ(−√(n/(n−1))·t_{n−1}) rather than α/2, which corrects the percentile interval's
+    narrowness at small n. Resampled `CHUNK` at a time."""
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, CHUNK):
+        rows = min(CHUNK, n_boot - start)
+        idx = rng.integers(0, values.size, size=(rows, values.size))
+        means[start : start + rows] = values[idx].mean(axis=1)
+    n = values.size
+    t = float(sps.t.ppf(0.5 + level / 2, max(n - 1, 1)))
+    tail = float(sps.norm.cdf(-math.sqrt(n / max(n - 1, 1)) * t))
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def quantile_ci(
+    values: Sequence[float] | np.ndarray, q: float, level: float = 0.95
+) -> tuple[float | None, float | None, float | None]:
+    """(estimate, low, high) of the q-quantile; the interval from order statistics
+    (distribution-free). (None, None, None) below `MIN_CALLS_FOR[q]` values; the
+    interval alone is None when the values are too few for that level."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n = x.size
+    if n == 0 or n < MIN_CALLS_FOR.get(q, 1):
+        return None, None, None
+    estimate = float(np.quantile(x, q))
+    tail = (1 - level) / 2
+    lo_rank = int(sps.binom.ppf(tail, n, q))  # P(X < lo_rank) ≤ tail: x[lo_rank-1] is below
+    hi_rank = int(sps.binom.ppf(1 - tail, n, q)) + 1
+    if lo_rank < 1 or hi_rank > n:
+        return estimate, None, None
+    return estimate, float(x[lo_rank - 1]), float(x[hi_rank - 1])
+
+
+def mean_ci(values: np.ndarray, low: float, high: float) -> tuple[float | None, float | None]:
+    """95% interval of an arm's mean of case means in [low, high] (pass rates: [0, 1]),
+    with a pseudo-case at each end of the scale."""
+    if values.size == 0:
+        return None, None
+    half = (high - low) / 2
+    lo, hi, _ = adjusted_interval(values, np.ones_like(values), half, centre=low + half)
+    return lo, hi
+
+
+# -- comparisons --------------------------------------------------------------------
+
+
 @dataclass
 class Comparison:
     metric: str
-    n_pairs: int
+    n_pairs: int  # cases with a usable value in both arms
     wins: int
     ties: int
     losses: int
-    diff: float
-    ci_low: float
-    ci_high: float
-    p_value: float
+    diff: float | None  # arm − baseline; for ratio metrics, arm ÷ baseline
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    ci90_low: float | None = None
+    ci90_high: float | None = None
+    n_units: int = 0  # clusters, or cases
+    sd: float | None = None  # effective per-case SD of the differences, for power
     p_adjusted: float | None = None
     verdict: str = "inconclusive"
+    negligible: bool = False
+    reason: str | None = None  # why not compared, or why inconclusive despite p
     n_needed: int | None = None
+    mde: float | None = None
+    direction_p: float | None = None  # sign test of the cases' own direction
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def compared(self) -> bool:
+        return self.diff is not None
 
 
-def compare_paired(arm: Sequence[float], base: Sequence[float], metric: str) -> Comparison:
-    """Paired comparison of per-pair values (1/0 for pass/fail, scores in [0, 1])."""
+def not_compared(metric: str, reason: str, excluded: dict[str, int] | None = None) -> Comparison:
+    c = Comparison(metric, 0, 0, 0, 0, None, None, None, None, reason=reason)
+    c.excluded = excluded or {}
+    return c
+
+
+def compare_paired(
+    arm: Sequence[float] | np.ndarray,
+    base: Sequence[float] | np.ndarray,
+    metric: str,
+    *,
+    clusters: Sequence[object] | None = None,
+    bound: float = 1.0,
+    seed: int = SEED,
+) -> Comparison:
+    """Compare case-level values (a case's mean over its repeats) of an arm and the
+    baseline, aligned by case; `bound` is the largest possible |difference|."""
     a = np.asarray(arm, dtype=float)
     b = np.asarray(base, dtype=float)
-    wins, losses = int((a > b).sum()), int((a < b).sum())
-    diff, lo, hi = paired_bootstrap_diff(a, b)
+    if a.size == 0:
+        return not_compared(metric, "no case has a value in both arms")
+    d = a - b
+    wins, losses = int((d > 1e-12).sum()), int((d < -1e-12).sum())
+    totals, sizes = _units(d, clusters)
+    lo, hi, se = adjusted_interval(totals, sizes, bound)
+    lo90, hi90, _ = adjusted_interval(totals, sizes, bound, level=0.90)
     return Comparison(
         metric,
         int(a.size),
         wins,
         int(a.size) - wins - losses,
         losses,
-        diff,
+        float(d.mean()),
         lo,
         hi,
-        sign_test(wins, losses),
+        sign_flip_p(totals, seed),
+        lo90,
+        hi90,
+        n_units=int(totals.size),
+        sd=se * math.sqrt(a.size),  # per case, clusters' design effect included
+        direction_p=mcnemar_exact(wins, losses),
     )
 
 
-def decide(c: Comparison, alpha: float = ALPHA, margin: float = EQUIVALENCE_MARGIN) -> Comparison:
-    """Fill in the verdict (needs `p_adjusted`) and, if inconclusive, the n needed."""
+def compare_ratio(
+    arm: Sequence[float] | np.ndarray,
+    base: Sequence[float] | np.ndarray,
+    metric: str,
+    *,
+    seed: int = SEED,
+) -> Comparison:
+    """Compare positive per-case values (latency, cost) as arm ÷ baseline: geometric
+    mean of the per-case ratios, bootstrap interval over cases, sign-flip test on logs."""
+    a = np.asarray(arm, dtype=float)
+    b = np.asarray(base, dtype=float)
+    keep = (a > 0) & (b > 0) & np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if a.size < 2:
+        return not_compared(metric, "fewer than 2 cases measured in both arms")
+    logs = np.log(a) - np.log(b)
+    lo, hi = bootstrap_mean_ci(logs, seed=seed)
+    lo90, hi90 = bootstrap_mean_ci(logs, level=0.90, seed=seed)
+    wins, losses = int((logs < 0).sum()), int((logs > 0).sum())  # lower is better
+    return Comparison(
+        metric,
+        int(a.size),
+        wins,
+        int(a.size) - wins - losses,
+        losses,
+        math.exp(float(logs.mean())),
+        math.exp(lo),
+        math.exp(hi),
+        sign_flip_p(logs, seed),
+        math.exp(lo90),
+        math.exp(hi90),
+        n_units=int(a.size),
+        sd=float(logs.std(ddof=1)),
+    )
+
+
+def _z(p: float) -> float:
+    return float(sps.norm.ppf(p))
+
+
+def decide(
+    c: Comparison, m: int = 1, alpha: float = ALPHA, margin: float = EQUIVALENCE_MARGIN
+) -> Comparison:
+    """Fill in the verdict (needs `p_adjusted`), the effect detectable at this n and,
+    when inconclusive, the cases needed. `m` is the number of arms compared (Holm)."""
+    if not c.compared:
+        c.verdict = "inconclusive"
+        return c
+    assert c.diff is not None and c.ci_low is not None and c.ci_high is not None
+    assert c.ci90_low is not None and c.ci90_high is not None
+    ratio = c.metric in RATIO_METRICS
+    zero, lower_is_better = (1.0, True) if ratio else (0.0, False)
+    inside = (
+        (c.ci90_low > 1 / (1 + RATIO_MARGIN) and c.ci90_high < 1 + RATIO_MARGIN)
+        if ratio
+        else (-margin < c.ci90_low and c.ci90_high < margin)
+    )
     p = c.p_adjusted if c.p_adjusted is not None else c.p_value
-    if p < alpha and c.ci_low > 0:
-        c.verdict = "better"
-    elif p < alpha and c.ci_high < 0:
-        c.verdict = "worse"
-    elif -margin < c.ci_low and c.ci_high < margin:
+    assert p is not None
+    up = p < alpha and c.ci_low > zero
+    down = p < alpha and c.ci_high < zero
+    if up or down:
+        c.verdict = "worse" if up == lower_is_better else "better"
+        c.negligible = inside
+        against = c.losses > c.wins if c.verdict == "better" else c.wins > c.losses
+        if not ratio and against and c.direction_p is not None and c.direction_p < alpha:
+            c.verdict = "inconclusive"
+            c.reason = (
+                f"the mean moved one way but most cases moved the other ({c.wins} wins, "
+                f"{c.losses} losses): a few cases dominate"
+            )
+    elif inside:
         c.verdict = "no_difference"
     else:
         c.verdict = "inconclusive"
-        c.n_needed = pairs_needed(c, alpha, margin)
+    _power(c, m, alpha, margin)
     return c
 
 
-def pairs_needed(
-    c: Comparison, alpha: float = ALPHA, margin: float = EQUIVALENCE_MARGIN
-) -> int | None:
-    if c.n_pairs == 0:
-        return None
-    discordant = max((c.wins + c.losses) / c.n_pairs, 1 / c.n_pairs)
+def _power(c: Comparison, m: int, alpha: float, margin: float) -> None:
+    """Minimum detectable effect at this n, and the n needed when inconclusive."""
+    if c.sd is None or c.n_units == 0 or c.metric in RATIO_METRICS:
+        return
+    z_test = _z(1 - alpha / (2 * max(m, 1))) + _z(POWER)
+    per_case = c.sd
+    c.mde = z_test * per_case / math.sqrt(c.n_pairs)
+    if c.verdict != "inconclusive" or c.diff is None:
+        return
     effect = abs(c.diff)
-    from scipy.stats import norm
+    if effect >= margin:
+        n = (z_test * per_case / effect) ** 2
+    else:  # show equivalence: the 90% interval inside ±margin, 80% power
+        n = ((_z(1 - alpha) + _z(POWER)) * per_case / (margin - effect)) ** 2
+    c.n_needed = max(int(math.ceil(n)), c.n_pairs + 1)
 
-    z_a = float(norm.ppf(1 - alpha / 2))
-    if effect > 0 and discordant > effect**2:
-        n = (
-            z_a * math.sqrt(discordant) + Z_POWER * math.sqrt(discordant - effect**2)
-        ) ** 2 / effect**2
-    else:  # no effect seen: the pairs that would narrow the interval to ±margin
-        n = discordant * (z_a / margin) ** 2
-    return max(int(math.ceil(n)), c.n_pairs + 1)
+
+RATIO_METRICS = ("latency", "cost")
+
+
+def minimum_detectable_effect(
+    n_cases: int, arms_compared: int = 1, discordance: float = 0.2, alpha: float = ALPHA
+) -> float:
+    """Pass-rate difference detectable with 80% power on `n_cases` (one call each) when
+    a share `discordance` of cases differ between the arms (SD of d ≈ √discordance)."""
+    if n_cases <= 0:
+        return math.inf
+    z = _z(1 - alpha / (2 * max(arms_compared, 1))) + _z(POWER)
+    return z * math.sqrt(discordance) / math.sqrt(n_cases)
 
 
 def compare_arms(
-    pairs_by_arm: dict[str, tuple[list[float], list[float]]], metric: str
+    pairs_by_arm: dict[str, Comparison], alpha: float = ALPHA, margin: float = EQUIVALENCE_MARGIN
 ) -> dict[str, Comparison]:
-    """Compare every arm with the baseline on one metric, Holm-adjusted across arms."""
-    out = {arm: compare_paired(a, b, metric) for arm, (a, b) in pairs_by_arm.items()}
-    for c, p_adj in zip(out.values(), holm([c.p_value for c in out.values()]), strict=True):
+    """Holm-adjust the p-values of one metric's comparisons across arms, then decide."""
+    compared = {arm: c for arm, c in pairs_by_arm.items() if c.compared}
+    adjusted = holm([c.p_value or 1.0 for c in compared.values()])
+    for c, p_adj in zip(compared.values(), adjusted, strict=True):
         c.p_adjusted = p_adj
-        decide(c)
-    return out
+    for c in pairs_by_arm.values():
+        decide(c, m=len(compared), alpha=alpha, margin=margin)
+    return pairs_by_arm

@@ -280,7 +280,9 @@ def check_cases(plan: Plan) -> int:
     """Render every prompt and scorer for every case; return the number of cases."""
     spec = plan.spec
     source = spec.dataset_path() or spec.path
-    n = check_dataset(spec.dataset_path(), spec.experiment.cases, spec.path)
+    n = check_dataset(
+        spec.dataset_path(), spec.experiment.cases, spec.path, spec.experiment.cluster
+    )
     for case in plan.cases():
         variables = case.template_vars()
         for arm in plan.arms:

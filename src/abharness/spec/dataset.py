@@ -91,11 +91,23 @@ def iter_cases(
 
 
 def check_dataset(
-    path: Path | None, inline: list[dict[str, Any]] | None, spec_file: Path | str
+    path: Path | None,
+    inline: list[dict[str, Any]] | None,
+    spec_file: Path | str,
+    cluster: str | None = None,
 ) -> int:
-    """Read every case once; return how many there are. Duplicate ids are an error."""
+    """Read every case once; return how many there are. Duplicate ids are an error, and
+    so is a case without the `cluster` field when the spec names one."""
     seen: dict[str, int | None] = {}
     for case in iter_cases(path, inline, spec_file):
+        if cluster is not None and case.data.get(cluster) in (None, ""):
+            raise DatasetError(
+                f"case {case.id!r} has no {cluster!r}: the spec's `cluster` field must be set "
+                "on every case",
+                file=path or spec_file,
+                line=case.line,
+                key=cluster,
+            )
         if case.id in seen:
             where = f" (first at line {seen[case.id]})" if seen[case.id] else ""
             raise DatasetError(

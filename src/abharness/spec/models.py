@@ -210,6 +210,9 @@ class Experiment(_Model):
     prompt: str | None = None
     prompts_dir: str | None = None
     repeats: int = Field(1, ge=1)
+    cluster: str | None = Field(
+        None, description="case field naming the group a case belongs to: the statistics' unit"
+    )
     baseline: str | None = None
     defaults: GenerationParams = Field(default_factory=GenerationParams)
     budget: Budget = Field(default_factory=Budget)

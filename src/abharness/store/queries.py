@@ -101,29 +101,43 @@ class Results:
     # -- calls ---------------------------------------------------------------------
 
     def call_table(self, run_id: str) -> pd.DataFrame:
-        """One row per arm call with its pass/fail and score (errors: not passed, score 0).
+        """One row per arm call with its pass/fail and score.
 
-        Rows are ordered by (arm, case, repeat), so figures computed from them do not
-        depend on the order calls were written in."""
+        ``made`` is false for calls never made (cost cap, endpoint stopped): they are
+        missing data, not failures. A made call that failed, or whose scorer raised
+        (``scorer_errors``), has passed false and score 0. Rows are ordered by (arm,
+        case, repeat), so nothing computed from them depends on the order calls were
+        written in."""
         judges = (
             "AND c.judged_call_id IS NULL" if self.has_column("calls", "judged_call_id") else ""
         )
         return self.con.execute(
             f"""
             SELECT c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit,
+                   c.attempts > 0 OR c.cache_hit OR c.error_type = 'context_length' AS made,
                    c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
                    c.est_input_tokens - c.input_tokens AS est_error,
+                   count(s.call_id) FILTER (WHERE s.passed IS NULL) AS scorer_errors,
                    c.status = 'ok' AND coalesce(bool_and(coalesce(s.passed, FALSE)), FALSE) AS passed,
-                   CASE WHEN c.status = 'ok' THEN coalesce(avg(s.value), 0) ELSE 0 END AS score
+                   CASE WHEN c.status = 'ok' AND count(s.call_id) FILTER (WHERE s.passed IS NULL) = 0
+                        THEN coalesce(avg(s.value), 0) ELSE 0 END AS score
             FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
             WHERE c.run_id = ? {judges}
             GROUP BY c.call_id, c.arm_id, c.case_id, c.repeat, c.status, c.error_type,
-                     c.cache_hit, c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens,
-                     c.cost_usd, c.est_input_tokens
+                     c.cache_hit, c.attempts, c.latency_ms, c.ttft_ms, c.input_tokens,
+                     c.output_tokens, c.cost_usd, c.est_input_tokens
             ORDER BY c.arm_id, c.case_id, c.repeat
             """,
             [run_id],
         ).df()
+
+    def case_field(self, run_id: str, name: str) -> dict[str, str]:
+        """Case id → the value of one of its fields (e.g. the spec's cluster field)."""
+        rows = self.con.execute(
+            "SELECT case_id, json_extract_string(vars_json, '$.' || ?) FROM cases WHERE run_id = ?",
+            [json.dumps(name), run_id],
+        ).fetchall()
+        return {r[0]: r[1] for r in rows if r[1] is not None}
 
     def judge_costs(self, run_id: str) -> dict[str, float | None]:
         """Per graded arm: what judging its calls cost."""

@@ -1,0 +1,267 @@
+"""The verdicts' defects, each shown by a real run against the loopback server, whose
+answers these tests control (issue: "Verdicts you can bet on").
+
+Arms are OpenAI-compatible endpoints on the fake server; the model name says which
+arm is asking, and `Truth` decides per (model, case) whether it answers correctly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from abharness.cli.main import cli
+from abharness.report.build import build_report
+from abharness.report.html import render_html
+from abharness.run.experiment import run_experiment
+from abharness.store.queries import Results
+
+from .conftest import write, written_report
+from .fake_server import FakeServer, Fault, prompt_text
+
+
+class Truth:
+    """Which (model, case) pairs are answered correctly, and how slowly."""
+
+    def __init__(self) -> None:
+        self.wrong: set[tuple[str, str]] = set()
+        self.delay_s: dict[str, float] = {}
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        model, text = body["model"], prompt_text(body)
+        case = text.rsplit("case ", 1)[1].split("?")[0].strip()
+        time.sleep(self.delay_s.get(model, 0.0))
+        return "no idea" if (model, case) in self.wrong else f"answer-{case}"
+
+
+@pytest.fixture
+def truth() -> Truth:
+    return Truth()
+
+
+@pytest.fixture
+def server(truth: Truth) -> Iterator[FakeServer]:
+    with FakeServer(truth) as s:
+        yield s
+
+
+def spec(
+    tmp_path: Path,
+    server: FakeServer,
+    monkeypatch: pytest.MonkeyPatch,
+    n_cases: int = 20,
+    repeats: int = 1,
+    extra: str = "",
+    arm_b: str = "arm-b",
+) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAKE_KEY", "k")
+    write(
+        tmp_path / "prompts/q/v1.j2",
+        "{% block prompt %}What is the answer for case {{ id }}?{% endblock %}\n",
+    )
+    cases = "\n".join(f"  - {{id: c{i:02d}}}" for i in range(n_cases))
+    return write(
+        tmp_path / "spec.yaml",
+        f"""
+name: verdicts
+prompts_dir: prompts
+prompt: q@1
+repeats: {repeats}
+baseline: arm-a
+defaults: {{temperature: 0, max_tokens: 8, seed: 1}}
+cases:
+{cases}
+providers:
+  fake: {{type: openai, base_url: "{server.url}/v1", api_key_env: FAKE_KEY, concurrency: 4, rpm: 600000,
+          price: {{input_per_mtok: 1000, output_per_mtok: 1000}}}}
+arms:
+  - {{id: arm-a, provider: fake, model: model-a}}
+  - {{id: {arm_b}, provider: fake, model: model-b}}
+scorers:
+  - {{type: contains, expected: "answer-{{{{ case.id }}}}"}}
+{extra}""",
+    )
+
+
+def report_of(out: Any) -> dict[str, Any]:
+    with Results(out.db) as results:
+        return build_report(results, out.run_id)
+
+
+def comparison(report: dict[str, Any], metric: str = "pass_rate") -> dict[str, Any]:
+    return next(c for c in report["comparisons"] if c["metric"] == metric)
+
+
+def test_repeats_of_a_case_count_once(tmp_path, server, truth, monkeypatch) -> None:
+    """3 of 20 cases differ; five identical repeats (temperature 0) change nothing:
+    the old pairing of (case, repeat) rows gave p = 6e-5 and 'better'."""
+    truth.wrong = {("model-a", f"c{i:02d}") for i in range(3)}
+    out = run_experiment(spec(tmp_path, server, monkeypatch, repeats=5), db=tmp_path / "r.duckdb")
+    assert out.stats.calls == 200
+    c = comparison(report_of(out))
+    assert (c["n_pairs"], c["wins"], c["losses"]) == (20, 3, 0)
+    assert c["p_value"] == pytest.approx(0.25) and c["verdict"] == "inconclusive"
+    assert c["mde"] is not None and c["n_needed"] > 20
+
+
+def test_one_tied_case_is_not_no_difference(tmp_path, server, monkeypatch) -> None:
+    out = run_experiment(spec(tmp_path, server, monkeypatch, n_cases=1), db=tmp_path / "r.duckdb")
+    report = report_of(out)
+    c = comparison(report)
+    assert (c["n_pairs"], c["ties"], c["verdict"]) == (1, 1, "inconclusive")
+    assert c["ci_low"] < -0.5 and c["ci_high"] > 0.5
+    assert "would be needed" in written_report(out).read_text()
+
+
+def test_every_call_failed_in_both_arms_is_not_compared(tmp_path, server, monkeypatch) -> None:
+    server.fault_fn = lambda entry: Fault(status=400)
+    path = spec(tmp_path, server, monkeypatch, n_cases=6, extra="max_error_rate: 1.0\n")
+    out = run_experiment(path, db=tmp_path / "r.duckdb")
+    c = comparison(report_of(out))
+    assert not c["compared"] and c["verdict"] == "inconclusive" and c["diff"] is None
+    assert c["reason"] == "every call failed in both arms"
+    md = written_report(out).read_text()
+    assert "**not compared**: every call failed in both arms" in md
+
+
+def test_calls_never_made_are_left_out_not_failed(tmp_path, server, truth, monkeypatch) -> None:
+    """The cost cap stops dispatch part-way: cases the candidate never reached are left
+    out of the comparison (and counted), not scored as failures."""
+    truth.wrong = {("model-a", f"c{i:02d}") for i in range(0, 40, 2)}  # a: 50%, b: 100%
+    path = spec(
+        tmp_path,
+        server,
+        monkeypatch,
+        n_cases=40,
+        extra="max_cost_usd: 0.55\n",  # each call costs ~0.016-0.022 USD at these prices
+    )
+    path.write_text(path.read_text().replace("concurrency: 4", "concurrency: 1"))
+    out = run_experiment(path, db=tmp_path / "r.duckdb")
+    assert out.status == "budget_exhausted"
+    con = duckdb.connect(str(out.db), read_only=True)
+    made = dict(
+        con.execute(
+            "SELECT arm_id, count(*) FILTER (WHERE attempts > 0) FROM calls GROUP BY 1"
+        ).fetchall()
+    )
+    con.close()
+    report = report_of(out)
+    c = comparison(report)
+    arms = {a["arm_id"]: a for a in report["arms"]}
+    assert arms["arm-b"]["not_made"] > 0 and arms["arm-b"]["n"] == made["arm-b"]
+    assert arms["arm-b"]["pass_rate"] == 1.0  # over the calls made
+    assert c["n_pairs"] == min(made.values()) and sum(c["excluded"].values()) == 40 - c["n_pairs"]
+    assert c["diff"] == pytest.approx(0.5, abs=0.08)  # the true difference, not shrunk
+    assert "left out" in written_report(out).read_text()
+
+
+def test_an_arm_without_calls_does_not_crash_the_report(tmp_path, server, monkeypatch) -> None:
+    out = run_experiment(spec(tmp_path, server, monkeypatch, n_cases=4), db=tmp_path / "r.duckdb")
+    con = duckdb.connect(str(out.db))
+    con.execute("DELETE FROM calls WHERE arm_id = 'arm-b'")
+    con.close()
+    c = comparison(report_of(out))
+    assert not c["compared"] and c["reason"] == "arm-b made no call"
+
+
+def test_a_scorer_error_neither_passes_nor_scores(tmp_path, server, monkeypatch) -> None:
+    write(
+        tmp_path / "fussy.py",
+        "def score(response, case):\n"
+        "    if case['id'] == 'c00':\n"
+        "        raise ValueError('cannot read this one')\n"
+        "    return 1.0\n",
+    )
+    extra = "  - {type: python, function: 'fussy:score'}\n"
+    out = run_experiment(
+        spec(tmp_path, server, monkeypatch, n_cases=4, extra=extra), db=tmp_path / "r.duckdb"
+    )
+    con = duckdb.connect(str(out.db), read_only=True)
+    summary = con.execute(
+        "SELECT arm_id, pass_rate, mean_score, scorer_errors FROM arm_summary ORDER BY 1"
+    ).fetchall()
+    con.close()
+    assert summary == [("arm-a", 0.75, 0.75, 1), ("arm-b", 0.75, 0.75, 1)]
+    arms = {a["arm_id"]: a for a in report_of(out)["arms"]}
+    assert (arms["arm-a"]["pass_rate"], arms["arm-a"]["mean_score"]) == (0.75, 0.75)
+    assert arms["arm-a"]["scorer_errors"] == 1
+
+
+def test_latency_ratio_gets_an_interval_and_a_verdict(tmp_path, server, truth, monkeypatch) -> None:
+    truth.delay_s = {"model-b": 0.04}
+    out = run_experiment(spec(tmp_path, server, monkeypatch, n_cases=12), db=tmp_path / "r.duckdb")
+    report = report_of(out)
+    c = comparison(report, "latency")
+    assert c["verdict"] == "worse" and c["ci_low"] > 1 and c["n_pairs"] == 12
+    assert report["arms"][0]["latency_p99_ms"] is None  # 12 calls: p99 not estimable
+    assert "`arm-b` is **slower** than `arm-a` on latency" in written_report(out).read_text()
+
+
+def test_the_report_is_the_same_at_the_end_of_the_run_and_later(
+    tmp_path, server, truth, monkeypatch
+) -> None:
+    """Rows are read in (arm, case, repeat) order and every resample is seeded, so the
+    report does not depend on the order calls finished in or were written."""
+    truth.wrong = {("model-a", f"c{i:02d}") for i in range(0, 30, 3)}
+    truth.delay_s = {"model-b": 0.002}
+    out = run_experiment(
+        spec(tmp_path, server, monkeypatch, n_cases=30, repeats=2), db=tmp_path / "r.duckdb"
+    )
+    first = written_report(out).read_text()
+    con = duckdb.connect(str(out.db))
+    con.execute("CREATE TABLE shuffled AS SELECT * FROM calls ORDER BY random()")
+    con.execute("DELETE FROM calls")
+    con.execute("INSERT INTO calls SELECT * FROM shuffled")
+    con.close()
+    result = CliRunner().invoke(
+        cli, ["report", out.run_id, "--db", str(out.db), "--reports-dir", str(tmp_path / "again")]
+    )
+    assert result.exit_code == 0, result.output
+    again = next((tmp_path / "again").rglob("*.md")).read_text()
+    database_line = f"- database: `{out.db}` (tables `calls`, `scores`; view `call_facts`)\n"
+    assert again.replace(database_line, "") == first
+
+
+def test_html_highlights_only_the_verdict_and_escapes_whole_entities(
+    tmp_path, server, truth, monkeypatch
+) -> None:
+    truth.wrong = {("model-a", f"c{i:02d}") for i in range(12)}
+    path = spec(tmp_path, server, monkeypatch, n_cases=12, arm_b="better-prompt")
+    out = run_experiment(path, db=tmp_path / "r.duckdb")
+    report = report_of(out)
+    report["examples"]["better-prompt"][0]["arm_response"] = "x" * 196 + " & more"
+    html = render_html(report)
+    assert '<span class="better">better</span>' in html
+    assert '<span class="better">better</span>-prompt' not in html
+    assert "<code>better-prompt</code> is <span" in html
+    assert "&amp;" in html and "&a<" not in html and "&am<" not in html
+
+
+def test_validate_shows_the_smallest_detectable_difference(tmp_path, server, monkeypatch) -> None:
+    path = spec(tmp_path, server, monkeypatch, n_cases=20)
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "detectable" in text and "20 cases" in text
+
+
+def test_report_json_is_json(tmp_path, server, monkeypatch) -> None:
+    out = run_experiment(spec(tmp_path, server, monkeypatch, n_cases=3), db=tmp_path / "r.duckdb")
+    result = CliRunner().invoke(
+        cli, ["report", out.run_id, "--format", "json", "--db", str(out.db)]
+    )
+    data = json.loads(result.output)
+    assert {c["metric"] for c in data["comparisons"]} == {
+        "pass_rate",
+        "mean_score",
+        "latency",
+        "cost",
+    }
