@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ def spec(
     repeats: int = 1,
     extra: str = "",
     arm_b: str = "arm-b",
+    case_fields: Callable[[int], str] = lambda i: "",
 ) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FAKE_KEY", "k")
@@ -67,7 +68,7 @@ def spec(
         tmp_path / "prompts/q/v1.j2",
         "{% block prompt %}What is the answer for case {{ id }}?{% endblock %}\n",
     )
-    cases = "\n".join(f"  - {{id: c{i:02d}}}" for i in range(n_cases))
+    cases = "\n".join(f"  - {{id: c{i:02d}{case_fields(i)}}}" for i in range(n_cases))
     return write(
         tmp_path / "spec.yaml",
         f"""
@@ -265,3 +266,35 @@ def test_report_json_is_json(tmp_path, server, monkeypatch) -> None:
         "latency",
         "cost",
     }
+
+
+def test_clusters_are_the_unit_when_the_spec_names_one(
+    tmp_path, server, truth, monkeypatch
+) -> None:
+    truth.wrong = {("model-a", f"c{i:02d}") for i in range(0, 12, 2)}
+    path = spec(
+        tmp_path,
+        server,
+        monkeypatch,
+        n_cases=12,
+        extra="cluster: topic\n",
+        case_fields=lambda i: f", topic: t{i // 3}",
+    )
+    out = run_experiment(path, db=tmp_path / "r.duckdb")
+    report = report_of(out)
+    c = comparison(report)
+    assert (report["cluster"], report["n_clusters"], c["n_pairs"], c["n_units"]) == (
+        "topic",
+        4,
+        12,
+        4,
+    )
+    assert "over 12 cases in 4 clusters" in written_report(out).read_text()
+
+
+def test_a_case_without_the_cluster_field_is_a_clear_error(tmp_path, server, monkeypatch) -> None:
+    path = spec(tmp_path, server, monkeypatch, n_cases=3, extra="cluster: topic\n")
+    result = CliRunner().invoke(cli, ["run", str(path), "--db", str(tmp_path / "r.duckdb")])
+    assert result.exit_code == 1
+    assert "has no 'topic'" in result.output and "cluster" in result.output
+    assert not (tmp_path / "r.duckdb").exists()

@@ -54,6 +54,7 @@ def load_old(ref: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location("old_stats", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["old_stats"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -73,7 +74,7 @@ def evaluate(cell: Cell, rules: dict[str, tuple[Rule, Any]], runs: int) -> dict[
     """Per rule: A/A claims, coverage, no_difference on 10 points, per-arm coverage."""
     metric = "pass_rate" if cell.kind == "pass" else "mean_score"
     out = {name: [0.0, 0.0, 0.0, 0.0] for name in rules}
-    rng = np.random.default_rng(abs(hash(str(cell))) % (1 << 32))
+    rng = np.random.default_rng(int.from_bytes(str(cell).encode()[-8:], "little"))
     effect = toward_middle(cell, 0.10)
     for _ in range(runs):
         aa = draw(rng, cell)
@@ -98,7 +99,9 @@ def main() -> None:
     if args.old:
         rules = {"before": old_rules(load_old(args.old)), **rules}
     head = " | ".join(
-        f"{what} {name}" for what in ("A/A claims", "coverage", "no-diff on 10 pts", "arm coverage") for name in rules
+        f"{what} {name}"
+        for what in ("A/A claims", "coverage", "no-diff on 10 pts", "arm coverage")
+        for name in rules
     )
     print(f"| cell | {head} |")
     print("|---|" + "--:|" * (4 * len(rules)))
@@ -114,20 +117,29 @@ def main() -> None:
             w, r = worst[name], result[name]
             worst[name] = [max(w[0], r[0]), min(w[1], r[1]), max(w[2], r[2]), min(w[3], r[3])]
         t = "t=0" if cell.temperature0 else "t>0"
-        print(f"| {cell.kind} n={cell.n} p={cell.p} R={cell.repeats} {t} | " + " | ".join(cols) + " |")
+        print(
+            f"| {cell.kind} n={cell.n} p={cell.p} R={cell.repeats} {t} | " + " | ".join(cols) + " |"
+        )
         sys.stdout.flush()
     cols = []
     for i in range(4):
         cols += [f"**{worst[name][i] * 100:.1f}%**" for name in rules]
     print("| worst cell | " + " | ".join(cols) + " |")
     print()
-    print("| 20-point effect, 100 cases, p 0.5 → 0.7 | " + " | ".join(f"called better ({n})" for n in rules) + " |")
+    print(
+        "| 20-point effect, 100 cases, p 0.5 → 0.7 | "
+        + " | ".join(f"called better ({n})" for n in rules)
+        + " |"
+    )
     print("|---|" + "--:|" * len(rules))
     for repeats, t0 in ((1, True), (5, True), (5, False)):
         cell = Cell(100, 0.5, repeats, t0, "pass", 0.20)
         rng = np.random.default_rng(4)
         draws = [draw(rng, cell) for _ in range(args.runs)]
-        called = [np.mean([rule(a, b, "pass_rate")[0] == "better" for a, b in draws]) for rule, _ in rules.values()]
+        called = [
+            np.mean([rule(a, b, "pass_rate")[0] == "better" for a, b in draws])
+            for rule, _ in rules.values()
+        ]
         t = "t=0" if t0 else "t>0"
         print(f"| R={repeats} {t} | " + " | ".join(f"{x * 100:.1f}%" for x in called) + " |")
 

@@ -318,8 +318,9 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
             )
             for x in examples:
                 vars_ = ", ".join(f"{k}={v!r}" for k, v in x["vars"].items())
+                vars_ = f" ({vars_})" if vars_ else ""
                 out.append(
-                    f"<li>case <code>{e(x['case_id'])}</code> ({e(vars_)}): <b>{e(arm_id)}</b> "
+                    f"<li>case <code>{e(x['case_id'])}</code>{e(vars_)}: <b>{e(arm_id)}</b> "
                     f"{'passed' if x['arm_passed'] else 'failed'} with <code>{e(str(x['arm_response'])[:200])}</code>; "
                     f"<b>{e(str(base))}</b> {'passed' if x['baseline_passed'] else 'failed'} with "
                     f"<code>{e(str(x['baseline_response'])[:200])}</code></li>"

@@ -207,8 +207,9 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
         lines += ["", f"### Where `{arm_id}` and `{r['baseline']}` differ", ""]
         for e in examples:
             vars_ = ", ".join(f"{k}={v!r}" for k, v in e["vars"].items())
+            vars_ = f" ({vars_})" if vars_ else ""
             lines += [
-                f"- case `{e['case_id']}` ({vars_}): {arm_id} {'passed' if e['arm_passed'] else 'failed'} "
+                f"- case `{e['case_id']}`{vars_}: {arm_id} {'passed' if e['arm_passed'] else 'failed'} "
                 f"with {_quote(e['arm_response'])}; {r['baseline']} {'passed' if e['baseline_passed'] else 'failed'} "
                 f"with {_quote(e['baseline_response'])}"
             ]
