@@ -187,6 +187,51 @@ def m005_summaries(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_SUMMARY.format(name="judge_summary", role="judge"))
 
 
+@migration(6, "nightly_and_analysts")
+def m006_nightly_and_analysts(con: duckdb.DuckDBPyConnection) -> None:
+    """``runs.kind`` (``run`` or ``nightly``); ``call_facts`` with each call's role,
+    whether it was made, passed and its score; ``nightly_trend``, one row per nightly
+    run and arm."""
+    con.execute("ALTER TABLE runs ADD COLUMN kind VARCHAR DEFAULT 'run'")
+    con.execute("""
+        CREATE OR REPLACE VIEW call_facts AS
+        WITH call_scores AS (
+            SELECT call_id, avg(value) AS score, bool_and(coalesce(passed, FALSE)) AS passed,
+                   count(*) FILTER (WHERE passed IS NULL) AS scorer_errors
+            FROM scores GROUP BY call_id
+        )
+        SELECT c.*, coalesce(a.role, 'arm') AS role,
+               c.attempts > 0 OR c.cache_hit OR c.error_type = 'context_length' AS made,
+               c.status = 'ok' AND coalesce(s.passed, FALSE) AS passed,
+               CASE WHEN c.status = 'ok' AND coalesce(s.scorer_errors, 0) = 0
+                    THEN coalesce(s.score, 0.0) ELSE 0.0 END AS score,
+               a.provider, a.endpoint, a.model, a.tier, a.prompt_name,
+               a.prompt_version, a.prompt_hash, a.params_json, a.is_baseline,
+               r.experiment, r.kind AS run_kind, r.started_at AS run_started_at,
+               r.status AS run_status
+        FROM calls c
+        JOIN arms a ON a.run_id = c.run_id AND a.arm_id = c.arm_id
+        JOIN runs r ON r.run_id = c.run_id
+        LEFT JOIN call_scores s ON s.call_id = c.call_id""")
+    con.execute("""
+        CREATE OR REPLACE VIEW nightly_trend AS
+        WITH per_case AS (
+            SELECT run_id, arm_id, case_id, avg(passed::DOUBLE) AS passed
+            FROM call_facts WHERE role = 'arm' AND made GROUP BY ALL
+        ), rates AS (
+            SELECT run_id, arm_id, count(*) AS cases, avg(passed) AS pass_rate
+            FROM per_case GROUP BY ALL
+        )
+        SELECT r.experiment, s.arm_id, CAST(r.started_at AS DATE) AS night, r.run_id,
+               r.started_at, r.status, k.cases, k.pass_rate,
+               s.latency_p50_ms,
+               s.cost_usd / nullif(k.cases, 0) * 1000 AS cost_per_1k_cases_usd
+        FROM runs r
+        JOIN arm_summary s ON s.run_id = r.run_id
+        JOIN rates k ON k.run_id = s.run_id AND k.arm_id = s.arm_id
+        WHERE r.kind = 'nightly'""")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply pending migrations in order; return the numbers applied."""
     con.execute("""

@@ -8,6 +8,7 @@ abharness, not yet migrated, is read as it is: columns added later read as null.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,16 @@ class RunNotFound(LookupError):
     pass
 
 
+def busy_message(path: Path, exc: Exception) -> str:
+    """One line for a database another process holds: who holds it, what to do."""
+    holder = re.search(r"held in (\S+) \(PID (\d+)\)", str(exc))
+    who = f" ({Path(holder[1]).name}, PID {holder[2]})" if holder else ""
+    return (
+        f"{path} is open for writing in another process{who}: close it there (or open it "
+        "read-only) and try again"
+    )
+
+
 class Results:
     """A read-only connection to one results database (or a run's staging file)."""
 
@@ -37,7 +48,7 @@ class Results:
         try:
             self.con = duckdb.connect(str(self.path), read_only=True)
         except duckdb.IOException as exc:  # another process holds it read-write
-            raise DatabaseBusy(f"{self.path} is locked by another process ({exc})") from exc
+            raise DatabaseBusy(busy_message(self.path, exc)) from exc
 
     def __enter__(self) -> Results:
         return self
@@ -59,7 +70,20 @@ class Results:
     # -- runs ----------------------------------------------------------------------
 
     def run_id(self, ref: str | None) -> str:
-        """`ref` itself if recorded, or the latest run when `ref` is None or 'last'."""
+        """`ref` itself if recorded; the latest run when `ref` is None or 'last';
+        with 'previous', the run before the latest of the same experiment."""
+        if ref == "previous":
+            last = self.run_id("last")
+            row = self.con.execute(
+                "SELECT p.run_id FROM runs p JOIN runs l ON l.run_id = ? "
+                "WHERE p.experiment = l.experiment AND p.run_id <> l.run_id "
+                "AND (p.started_at, p.run_id) < (l.started_at, l.run_id) "
+                "ORDER BY p.started_at DESC, p.run_id DESC LIMIT 1",
+                [last],
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"the latest run {last} is its experiment's first: no 'previous'")
+            return str(row[0])
         if ref in (None, "last", "--last"):
             row = self.con.execute(
                 "SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1"
@@ -71,6 +95,38 @@ class Results:
         if row is None:
             raise RunNotFound(f"no run {ref!r} in the database")
         return str(row[0])
+
+    def previous_nightly(self, experiment: str, case_ids: list[str]) -> str | None:
+        """The latest finished nightly run of `experiment` over exactly these cases."""
+        if not self.has_column("runs", "kind"):
+            return None
+        row = self.con.execute(
+            """
+            SELECT r.run_id FROM runs r
+            JOIN (SELECT run_id, list_sort(list(case_id)) AS ids FROM cases GROUP BY run_id) k
+              ON k.run_id = r.run_id
+            WHERE r.experiment = ? AND r.kind = 'nightly' AND r.status <> 'running'
+              AND k.ids = list_sort(?::VARCHAR[])
+            ORDER BY r.started_at DESC, r.run_id DESC LIMIT 1
+            """,
+            [experiment, case_ids],
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def trend(self, experiments: list[str], nights: int = 30) -> pd.DataFrame:
+        """`nightly_trend` rows of the last `nights` nights of each experiment."""
+        if not self.has_column("runs", "kind"):
+            return pd.DataFrame()
+        return self.con.execute(
+            """
+            SELECT * FROM nightly_trend t
+            WHERE experiment IN (SELECT unnest(?::VARCHAR[]))
+              AND night >= (SELECT max(night) FROM nightly_trend u
+                            WHERE u.experiment = t.experiment) - ?::INTEGER + 1
+            ORDER BY experiment, started_at, run_id, arm_id
+            """,
+            [experiments, nights],
+        ).df()
 
     def run_ids(self) -> set[str]:
         return {r[0] for r in self.con.execute("SELECT run_id FROM runs").fetchall()}
