@@ -1,30 +1,43 @@
-"""Compare two runs of one experiment and apply its gates (``abharness compare A B``).
+"""Compare two runs of one experiment and apply its gates (``abharness compare A B``,
+and each experiment of ``abharness nightly`` against its previous night).
 
-Run A is the reference (say, last night's), run B the candidate. Each arm present in
-both is paired by (case, repeat) across the runs. Gates come from B's spec:
+Run A is the reference, run B the candidate; each arm present in both is paired by
+case (a case's repeats averaged, as in the report). A gate fails only when its paired
+interval lies beyond its threshold, so noise between two clean runs does not fail it:
 
-- ``score_drop: significant`` fails when B's pass rate is worse than A's by the paired
-  test and interval (Holm across arms); a number (e.g. 0.05) fails when the pass rate
-  dropped by more than that fraction;
-- ``latency_p50_increase_pct`` fails when B's median latency (cache hits excluded) is
-  more than that percentage above A's;
-- ``cost_increase_pct`` likewise for the arm's total cost.
-A gate whose figure is missing in either run (no latency measured, no price) is
-reported as not evaluated and does not fail.
+- ``score_drop: significant`` fails when B's pass rate is lower by the permutation
+  test at `GATE_ALPHA` (Holm across arms) and the `GATE_LEVEL` interval lies below 0;
+  a number (e.g. ``0.05``) fails when the interval's upper end lies below −0.05;
+- ``latency_p50_increase_pct: 25`` fails when the lower end of the interval of the
+  per-case latency ratio B ÷ A (median over repeats, geometric mean over cases) lies
+  above 1.25; ``cost_increase_pct`` likewise for the cost per call.
+
+A gate that cannot be evaluated says why, and is never a pass: an arm of B answered
+from the response cache (its calls measure nothing new), a figure missing in either
+run (no latency measured, no price). `NIGHTLY_DEFAULT_GATES` apply to nightly specs
+that set none. Expected false alarms: README "Nightly runs".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from ..errors import InvalidInput
 from ..spec.models import Gates
 from ..store.queries import Results, RunNotFound
 from .build import case_level
-from .stats import compare_arms, compare_paired
+from .stats import Comparison, compare_arms, compare_paired, compare_ratio
+
+GATE_ALPHA = 0.01  # two-sided: a drop is called at 0.5%
+GATE_LEVEL = 0.99
+NIGHTLY_DEFAULT_GATES = Gates(
+    score_drop="significant", latency_p50_increase_pct=25, cost_increase_pct=10
+)
 
 
 @dataclass
@@ -40,113 +53,234 @@ class GateResult:
         return "not evaluated" if self.passed is None else ("pass" if self.passed else "FAIL")
 
 
-def _run(db: Results, run_id: str) -> dict[str, Any]:
-    try:
-        return db.run(run_id)
-    except RunNotFound as exc:
-        raise InvalidInput(str(exc)) from exc
+@dataclass
+class RunData:
+    """What a comparison needs of one run, read once (the run may live in a staging
+    file, and the main database may be busy later)."""
 
+    run_id: str
+    experiment: str
+    spec_yaml: str
+    spec_hash: str
+    arms: list[str]  # spec order
+    calls: pd.DataFrame
 
-def compare_runs(db: Results, run_a: str, run_b: str) -> list[GateResult]:
-    a, b = _run(db, run_a), _run(db, run_b)
-    if a["experiment"] != b["experiment"]:
-        raise InvalidInput(
-            f"{run_a} is experiment {a['experiment']!r} but {run_b} is {b['experiment']!r}"
+    @classmethod
+    def read(cls, db: Results, run_id: str) -> RunData:
+        try:
+            run = db.run(run_id)
+        except RunNotFound as exc:
+            raise InvalidInput(str(exc)) from exc
+        return cls(
+            run_id,
+            run["experiment"],
+            run["spec_yaml"] or "",
+            run["spec_hash"] or "",
+            [str(a) for a in db.arms(run_id)["arm_id"]],
+            db.call_table(run_id),
         )
-    gates = Gates.model_validate((yaml.safe_load(b["spec_yaml"] or "") or {}).get("gates") or {})
-    calls_a, calls_b = db.call_table(run_a), db.call_table(run_b)
-    cases_a, cases_b = set(calls_a["case_id"]), set(calls_b["case_id"])
+
+    @property
+    def gates(self) -> Gates:
+        spec = yaml.safe_load(self.spec_yaml) or {}
+        return Gates.model_validate(spec.get("gates") or {})
+
+
+@dataclass
+class RunComparison:
+    reference: str
+    candidate: str
+    gates: list[GateResult]
+    regressed: dict[str, list[str]] = field(default_factory=dict)  # arm → "case (1/1 → 0/1)"
+    notes: list[str] = field(default_factory=list)  # spec changes, arms in one run only
+
+    @property
+    def failed(self) -> list[GateResult]:
+        return [g for g in self.gates if g.passed is False]
+
+    @property
+    def not_evaluated(self) -> list[GateResult]:
+        return [g for g in self.gates if g.passed is None]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_a": self.reference,
+            "run_b": self.candidate,
+            "regression": bool(self.failed),
+            "gates": [
+                {
+                    "arm_id": g.arm_id,
+                    "gate": g.gate,
+                    "threshold": g.threshold,
+                    "value": g.value,
+                    "status": g.status,
+                }
+                for g in self.gates
+            ],
+            "regressed_cases": self.regressed,
+            "notes": self.notes,
+        }
+
+
+def compare_runs(db: Results, run_a: str, run_b: str) -> RunComparison:
+    return compare(RunData.read(db, run_a), RunData.read(db, run_b))
+
+
+def compare(a: RunData, b: RunData, gates: Gates | None = None) -> RunComparison:
+    """Apply `gates` (default: B's spec's) to candidate `b` against reference `a`."""
+    if a.experiment != b.experiment:
+        raise InvalidInput(
+            f"{a.run_id} is experiment {a.experiment!r} but {b.run_id} is {b.experiment!r}"
+        )
+    cases_a, cases_b = set(a.calls["case_id"]), set(b.calls["case_id"])
     if cases_a != cases_b:
         raise InvalidInput(
-            f"the runs cover different cases ({len(cases_a - cases_b)} only in {run_a}, "
-            f"{len(cases_b - cases_a)} only in {run_b}): compare needs the same dataset"
+            f"the runs cover different cases ({len(cases_a - cases_b)} only in {a.run_id}, "
+            f"{len(cases_b - cases_a)} only in {b.run_id}): compare needs the same dataset"
         )
-    arms = [arm for arm in dict.fromkeys(calls_b["arm_id"]) if arm in set(calls_a["arm_id"])]
-    by_a, by_b = case_level(calls_a), case_level(calls_b)
-    pairs = {}
+    gates = gates if gates is not None else b.gates
+    out = RunComparison(a.run_id, b.run_id, [], notes=_spec_changes(a, b))
+    arms = [arm for arm in b.arms if arm in a.arms]
+    out.notes += [
+        f"arm {arm!r} is only in {b.run_id}: not compared" for arm in b.arms if arm not in a.arms
+    ]
+    out.notes += [
+        f"arm {arm!r} is only in {a.run_id}: not compared" for arm in a.arms if arm not in b.arms
+    ]
+    by_a, by_b = case_level(a.calls), case_level(b.calls)
+    drops: dict[str, Comparison] = {}
+    ratios: dict[str, dict[str, Comparison]] = {"latency": {}, "cost": {}}
+    cached: dict[str, str] = {}
     for arm in arms:
-        mine, base = by_b.loc[arm], by_a.loc[arm]
+        mine, base = _rows(by_b, arm), _rows(by_a, arm)
         common = mine.index.intersection(base.index)
-        pairs[arm] = compare_paired(
-            mine.loc[common, "passed"], base.loc[common, "passed"], "pass_rate"
-        )
-    tests = compare_arms(pairs)
-    results = []
+        mine, base = mine.loc[common], base.loc[common]
+        drops[arm] = compare_paired(mine["passed"], base["passed"], "pass_rate", level=GATE_LEVEL)
+        for metric in ratios:
+            ratios[metric][arm] = compare_ratio(
+                mine[metric], base[metric], metric, level=GATE_LEVEL
+            )
+        hits = b.calls[(b.calls["arm_id"] == arm) & b.calls["made"]]["cache_hit"].astype(bool)
+        if hits.any():
+            cached[arm] = (
+                f"{int(hits.sum())} of {len(hits)} calls of {b.run_id} answered from the cache: "
+                "they measure nothing new (run with --no-cache)"
+            )
+        out.regressed[arm] = _regressed(mine, base)
+    compare_arms(drops, alpha=GATE_ALPHA)
     for arm in arms:
-        t = tests[arm]
-        if gates.score_drop is not None and not t.compared:
-            results.append(
-                GateResult(arm, "score_drop", str(gates.score_drop), str(t.reason), None)
+        out.gates += _arm_gates(
+            arm,
+            gates,
+            drops[arm],
+            ratios["latency"][arm],
+            ratios["cost"][arm],
+            cached.get(arm),
+            a,
+            b,
+        )
+    return out
+
+
+def _rows(by_case: pd.DataFrame, arm: str) -> pd.DataFrame:
+    if arm in by_case.index.get_level_values(0):
+        return by_case.loc[arm]
+    return by_case.iloc[:0].droplevel(0)
+
+
+def _arm_gates(
+    arm: str,
+    gates: Gates,
+    drop: Comparison,
+    latency: Comparison,
+    cost: Comparison,
+    cached: str | None,
+    a: RunData,
+    b: RunData,
+) -> list[GateResult]:
+    out: list[GateResult] = []
+    level = f"{GATE_LEVEL * 100:.0f}% CI"
+    if gates.score_drop is not None:
+        threshold = (
+            "significant"
+            if gates.score_drop == "significant"
+            else f"{gates.score_drop * 100:.1f} pts"
+        )
+        if cached:
+            out.append(GateResult(arm, "score_drop", threshold, cached, None))
+        elif not drop.compared:
+            out.append(GateResult(arm, "score_drop", threshold, str(drop.reason), None))
+        else:
+            assert drop.diff is not None and drop.ci_low is not None and drop.ci_high is not None
+            value = (
+                f"{drop.diff * 100:+.1f} pts ({level} {drop.ci_low * 100:+.1f} to "
+                f"{drop.ci_high * 100:+.1f}, p {drop.p_adjusted:.2g}, {drop.n_pairs} cases)"
             )
-        elif gates.score_drop == "significant":
-            assert t.diff is not None and t.ci_low is not None and t.ci_high is not None
-            results.append(
+            if gates.score_drop == "significant":
+                passed = drop.verdict != "worse"
+            else:
+                passed = not drop.ci_high < -float(gates.score_drop)
+            out.append(GateResult(arm, "score_drop", threshold, value, passed))
+    for gate, pct, comp in (
+        ("latency_p50_increase_pct", gates.latency_p50_increase_pct, latency),
+        ("cost_increase_pct", gates.cost_increase_pct, cost),
+    ):
+        if pct is None:
+            continue
+        threshold = f"+{pct:g}%"
+        if cached:
+            out.append(GateResult(arm, gate, threshold, cached, None))
+        elif not comp.compared:
+            out.append(
                 GateResult(
-                    arm,
-                    "score_drop",
-                    "significant",
-                    f"{t.diff * 100:+.1f} pts "
-                    f"(CI {t.ci_low * 100:+.1f} to {t.ci_high * 100:+.1f}, p {t.p_adjusted:.2g})",
-                    t.verdict != "worse",
+                    arm, gate, threshold, _unmeasured(comp, a, b, arm), _free(comp, a, b, arm)
                 )
             )
-        elif gates.score_drop is not None:
-            assert t.diff is not None
-            results.append(
-                GateResult(
-                    arm,
-                    "score_drop",
-                    f"{gates.score_drop * 100:.1f} pts",
-                    f"{t.diff * 100:+.1f} pts",
-                    t.diff >= -gates.score_drop,
-                )
+        else:
+            assert comp.diff is not None and comp.ci_low is not None and comp.ci_high is not None
+            value = (
+                f"×{comp.diff:.2f} ({level} {comp.ci_low:.2f} to {comp.ci_high:.2f}, "
+                f"{comp.n_pairs} cases)"
             )
-        a_arm, b_arm = calls_a[calls_a["arm_id"] == arm], calls_b[calls_b["arm_id"] == arm]
-        if gates.latency_p50_increase_pct is not None:
-            results.append(
-                _increase(
-                    arm,
-                    "latency_p50_increase_pct",
-                    gates.latency_p50_increase_pct,
-                    _p50(a_arm),
-                    _p50(b_arm),
-                    "ms",
-                )
-            )
-        if gates.cost_increase_pct is not None:
-            results.append(
-                _increase(
-                    arm,
-                    "cost_increase_pct",
-                    gates.cost_increase_pct,
-                    _sum(a_arm["cost_usd"]),
-                    _sum(b_arm["cost_usd"]),
-                    "USD",
-                )
-            )
-    return results
+            out.append(GateResult(arm, gate, threshold, value, not comp.ci_low > 1 + pct / 100))
+    return out
 
 
-def _p50(calls: Any) -> float | None:
-    timed = calls[(calls["status"] == "ok") & ~calls["cache_hit"].astype(bool)][
-        "latency_ms"
-    ].dropna()
-    return float(timed.median()) if len(timed) else None
+def _free(comp: Comparison, a: RunData, b: RunData, arm: str) -> bool | None:
+    """A cost gate on an arm that cost nothing in both runs passes; otherwise the
+    missing figure leaves the gate not evaluated."""
+    if comp.metric != "cost":
+        return None
+    costs = [r.calls.loc[r.calls["arm_id"] == arm, "cost_usd"] for r in (a, b)]
+    return True if all(c.notna().any() and c.fillna(0).sum() == 0 for c in costs) else None
 
 
-def _sum(column: Any) -> float | None:
-    total = column.sum(min_count=1)
-    return None if total != total else float(total)  # NaN: nothing priced
+def _unmeasured(comp: Comparison, a: RunData, b: RunData, arm: str) -> str:
+    if _free(comp, a, b, arm):
+        return "0 USD in both runs"
+    return f"not measured in both runs ({comp.reason})"
 
 
-def _increase(
-    arm: str, gate: str, limit: float, before: float | None, after: float | None, unit: str
-) -> GateResult:
-    if before is None or after is None:
-        return GateResult(arm, gate, f"{limit:g}%", "not measured in both runs", None)
-    if before == 0:
-        value, passed = f"{before:g} → {after:g} {unit}", after == 0
-    else:
-        change = (after / before - 1) * 100
-        value, passed = f"{change:+.1f}% ({before:.4g} → {after:.4g} {unit})", change <= limit
-    return GateResult(arm, gate, f"{limit:g}%", value, passed)
+def _regressed(mine: pd.DataFrame, base: pd.DataFrame) -> list[str]:
+    """Cases whose pass rate fell, largest fall first: 'c07 (1/1 → 0/1)'."""
+    fell = (base["passed"] - mine["passed"]).where(lambda d: d > 1e-12).dropna()
+    order = sorted(fell.index, key=lambda case: (-fell[case], str(case)))
+
+    def frac(rows: pd.DataFrame, case: Any) -> str:
+        calls = int(rows.at[case, "calls"])
+        return f"{round(rows.at[case, 'passed'] * calls)}/{calls}"
+
+    return [f"{case} ({frac(base, case)} → {frac(mine, case)})" for case in order]
+
+
+def _spec_changes(a: RunData, b: RunData, limit: int = 30) -> list[str]:
+    if a.spec_hash == b.spec_hash:
+        return []
+    diff = list(
+        difflib.unified_diff(
+            a.spec_yaml.splitlines(), b.spec_yaml.splitlines(), a.run_id, b.run_id, lineterm="", n=0
+        )
+    )
+    lines = [d for d in diff if d[:1] in "+-" and not d.startswith(("---", "+++"))]
+    more = f" (and {len(lines) - limit} more lines)" if len(lines) > limit else ""
+    return [f"the runs' specs differ{more}:"] + lines[:limit]

@@ -249,10 +249,12 @@ def compare_paired(
     *,
     clusters: Sequence[object] | None = None,
     bound: float = 1.0,
+    level: float = 0.95,
     seed: int = SEED,
 ) -> Comparison:
     """Compare case-level values (a case's mean over its repeats) of an arm and the
-    baseline, aligned by case; `bound` is the largest possible |difference|."""
+    baseline, aligned by case; `bound` is the largest possible |difference|. The
+    interval is at `level` (gates use a stricter one than reports)."""
     a = np.asarray(arm, dtype=float)
     b = np.asarray(base, dtype=float)
     if a.size == 0:
@@ -260,7 +262,7 @@ def compare_paired(
     d = a - b
     wins, losses = int((d > 1e-12).sum()), int((d < -1e-12).sum())
     totals, sizes = _units(d, clusters)
-    lo, hi, se = adjusted_interval(totals, sizes, bound)
+    lo, hi, se = adjusted_interval(totals, sizes, bound, level=level)
     lo90, hi90, _ = adjusted_interval(totals, sizes, bound, level=0.90)
     return Comparison(
         metric,
@@ -285,10 +287,12 @@ def compare_ratio(
     base: Sequence[float] | np.ndarray,
     metric: str,
     *,
+    level: float = 0.95,
     seed: int = SEED,
 ) -> Comparison:
     """Compare positive per-case values (latency, cost) as arm ÷ baseline: geometric
-    mean of the per-case ratios, bootstrap interval over cases, sign-flip test on logs."""
+    mean of the per-case ratios, bootstrap interval over cases at `level`, sign-flip
+    test on logs."""
     a = np.asarray(arm, dtype=float)
     b = np.asarray(base, dtype=float)
     keep = (a > 0) & (b > 0) & np.isfinite(a) & np.isfinite(b)
@@ -296,7 +300,7 @@ def compare_ratio(
     if a.size < 2:
         return not_compared(metric, "fewer than 2 cases measured in both arms")
     logs = np.log(a) - np.log(b)
-    lo, hi = bootstrap_mean_ci(logs, seed=seed)
+    lo, hi = bootstrap_mean_ci(logs, level=level, seed=seed)
     lo90, hi90 = bootstrap_mean_ci(logs, level=0.90, seed=seed)
     wins, losses = int((logs < 0).sum()), int((logs > 0).sum())  # lower is better
     return Comparison(
