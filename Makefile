@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXPERIMENT ?= experiments/default.yaml
 RUN ?= --last
+NIGHTLY ?= experiments/nightly
 # llama-cpp-python is built here, once, without -march=native: a native build uses AMX
 # where the CPU has it, and crashed (SIGSEGV at the first decode) on a machine whose
 # sandbox does not grant AMX. pip's own wheel cache ignores CMAKE_ARGS, so our wheel
@@ -13,7 +14,7 @@ RUN ?= --last
 WHEELS ?= $(HOME)/.cache/abharness/wheels/llama-native-off
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: experiment test report lint bench setup clean
+.PHONY: experiment nightly test report lint bench setup clean
 
 setup: $(STAMP)
 
@@ -28,6 +29,10 @@ $(STAMP): pyproject.toml
 
 experiment: $(STAMP)
 	$(BIN)/abharness run $(EXPERIMENT)
+
+# cron: `cd /path/to/project && make nightly` (NIGHTLY=dir for another folder); exit 3 = regression
+nightly: $(STAMP)
+	$(BIN)/abharness nightly $(NIGHTLY)
 
 report: $(STAMP)
 	$(BIN)/abharness report $(RUN)

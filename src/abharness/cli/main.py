@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from . import compare, merge, prompts, report, run, sql, validate
+from . import compare, export, merge, nightly, prompts, report, run, sql, validate
 from .common import EXIT_INVALID
 
 
@@ -46,7 +46,7 @@ def cli(verbose: bool) -> None:
     )
 
 
-for module in (run, validate, report, compare, prompts, sql, merge):
+for module in (run, validate, report, compare, nightly, prompts, sql, export, merge):
     cli.add_command(module.command)
 
 

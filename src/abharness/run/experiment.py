@@ -51,6 +51,12 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     resumed_skipped: int = 0
+    staging: Path | None = None  # the run's own file, until it is merged
+
+    @property
+    def results_path(self) -> Path:
+        """Where the run's rows are now: the main database, or its staging file."""
+        return self.db if self.merge.merged or self.staging is None else self.staging
 
     @property
     def error_rate_exceeded(self) -> bool:
@@ -83,7 +89,7 @@ def _git_sha(where: Path) -> str | None:
 
 
 def _record_start(
-    store: Store, plan: Plan, run_id: str, not_run: list[tuple[ArmPlan, str]]
+    store: Store, plan: Plan, run_id: str, not_run: list[tuple[ArmPlan, str]], kind: str
 ) -> None:
     spec = plan.spec
     x = spec.experiment
@@ -103,6 +109,7 @@ def _record_start(
                 "harness_version": __version__,
                 "host": socket.gethostname(),
                 "total_calls": plan.n_calls,
+                "kind": kind,
             }
         ],
     )
@@ -147,8 +154,10 @@ def run_experiment(
     concurrency: int | None = None,
     policy: RetryPolicy | None = None,
     merge_attempts: int = 10,
+    kind: str = "run",
 ) -> Outcome:
     """Run `spec_path`, or with `resume` (a run id or 'last') finish an earlier run.
+    `kind` is recorded in ``runs.kind`` (``nightly`` for `abharness nightly`).
 
     Raises `InvalidInput` (nothing written) for a bad spec, and for arms that cannot
     run here (an API key unset) unless `skip_unavailable` leaves them out."""
@@ -177,7 +186,7 @@ def run_experiment(
         not_run = plan.drop_unavailable(skip_unavailable)
         run_id = new_run_id()
         store = Store(staging_dir(db) / f"{run_id}.duckdb")
-        _record_start(store, plan, run_id, not_run)
+        _record_start(store, plan, run_id, not_run, kind)
     if on_start:
         on_start(plan.n_calls - len(skip))
     cache: ResponseCache | None = None
@@ -226,6 +235,7 @@ def run_experiment(
         warnings,
         runner.failures(),
         len(skip),
+        staging,
     )
 
 

@@ -1,0 +1,242 @@
+"""`abharness nightly [DIR]`: run every spec in DIR with the cache off, compare each
+with its previous nightly run of the same experiment and cases, write
+``reports/nightly/<date>/index.html`` and exit 3 when a gate fails.
+
+Exit: 3 when any gate failed; else 2 when a run's errors exceed its max_error_rate;
+else 1 when a spec was invalid (the others still ran); else 0. The last lines printed
+name each failing gate with its figures. One nightly at a time: a second one exits at
+once (the lock file sits beside the database).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from .common import (
+    EXIT_ERRORS,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_REGRESSION,
+    console,
+    db_option,
+    err_console,
+    invalid_input_exits,
+    reports_dir_option,
+)
+
+if TYPE_CHECKING:
+    from ..report.compare import RunData
+    from ..report.nightly import NightEntry
+
+DEFAULT_DIR = Path("experiments/nightly")
+MERGE_ATTEMPTS = 10  # a second apart: a busy database leaves the run in staging
+
+
+@click.command("nightly")
+@click.argument(
+    "folder", type=click.Path(file_okay=False, path_type=Path), default=str(DEFAULT_DIR)
+)
+@db_option
+@reports_dir_option
+@invalid_input_exits
+def command(folder: Path, db: Path, reports_dir: Path) -> None:
+    """Run every spec in FOLDER (default experiments/nightly) against its previous night."""
+    from ..errors import InvalidInput
+    from ..report.nightly import summary_lines
+
+    specs = sorted(p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    if not specs:
+        raise InvalidInput(f"no *.yaml specs in {folder}", file=folder)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with _nightly_lock(db.parent / "nightly.lock"):
+        started = datetime.now(UTC)
+        entries = [_one(spec, db, reports_dir) for spec in specs]
+        page = _write_index(started, entries, db, reports_dir)
+    console.print(f"nightly index: {page}")
+    for line in summary_lines(entries):
+        (err_console if line.startswith(("FAIL", "NOT")) else console).print(line, markup=False)
+    failed = any(x.comparison and x.comparison.failed for x in entries)
+    errors = any(any("max_error_rate" in p for p in x.problems) for x in entries)
+    invalid = any(x.run_id is None for x in entries)
+    code = (
+        EXIT_REGRESSION
+        if failed
+        else EXIT_ERRORS
+        if errors
+        else EXIT_INVALID
+        if invalid
+        else EXIT_OK
+    )
+    console.print(
+        {
+            EXIT_REGRESSION: "[bold red]regression:[/] a gate failed (above)",
+            EXIT_ERRORS: "[red]a run's errors exceed its max_error_rate[/]",
+            EXIT_INVALID: "[red]a spec could not run (above)[/]",
+            EXIT_OK: "[green]no regression[/]",
+        }[code]
+    )
+    sys.exit(code)
+
+
+@contextmanager
+def _nightly_lock(path: Path) -> Iterator[None]:
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        err_console.print(
+            f"[bold red]error:[/] another nightly is running ({holder}); lock file {path}. "
+            "Nothing was run."
+        )
+        sys.exit(EXIT_INVALID)
+    try:
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}, started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+        handle.flush()
+        yield
+    finally:
+        handle.truncate(0)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
+    """Run one spec as tonight's nightly and compare it with its previous night."""
+    from ..errors import InvalidInput
+    from ..report.build import write_report
+    from ..report.compare import NIGHTLY_DEFAULT_GATES, RunData, compare
+    from ..report.nightly import NightEntry
+    from ..run.experiment import prepare, run_experiment
+    from ..store.queries import Results
+    from .compare import print_comparison
+
+    entry = NightEntry(spec=str(spec))
+    try:
+        plan, _ = prepare(spec, db)
+    except InvalidInput as exc:
+        entry.problems.append(f"invalid spec, not run: {exc}")
+        err_console.print(f"[bold red]error:[/] {exc}")
+        return entry
+    entry.experiment = plan.spec.experiment.name
+    previous, why = _previous(entry.experiment, [c.id for c in plan.cases()], db)
+    console.print(f"[bold]{entry.experiment}[/] ({spec})")
+    try:
+        outcome = run_experiment(
+            spec, db=db, use_cache=False, kind="nightly", merge_attempts=MERGE_ATTEMPTS
+        )
+    except InvalidInput as exc:
+        entry.problems.append(f"invalid spec, not run: {exc}")
+        err_console.print(f"[bold red]error:[/] {exc}")
+        return entry
+    entry.run_id = outcome.run_id
+    s = outcome.stats
+    console.print(
+        f"  run {outcome.run_id}: {outcome.status}, {s.calls} calls, {s.error_count} errors, "
+        f"{s.cost_usd:.4f} USD, {s.wall_time_s:.1f} s"
+    )
+    if not outcome.merge.merged:
+        entry.problems.append(
+            f"not merged into {db} yet ({outcome.merge.message}); `abharness merge` finishes it"
+        )
+    if outcome.error_rate_exceeded:
+        entry.problems.append(
+            f"error rate {outcome.errors}/{outcome.calls} is above max_error_rate "
+            f"{outcome.max_error_rate:g}"
+        )
+    with Results(outcome.results_path) as results:
+        report = write_report(results, outcome.run_id, reports_dir, str(db))
+        current = RunData.read(results, outcome.run_id)
+    # the index lives in reports/nightly/<date>/: two levels below the reports folder
+    entry.report_href = os.path.relpath(report.with_suffix(".html"), reports_dir / "nightly" / "d")
+    if previous is None:
+        if why.startswith("NOT EVALUATED"):
+            entry.problems.append(why)
+        else:
+            entry.note = why
+        console.print(f"  {why}")
+        return entry
+    entry.previous = previous.run_id
+    gates = plan.spec.experiment.gates
+    if gates == type(gates)():
+        gates = NIGHTLY_DEFAULT_GATES
+        entry.note = "the spec sets no gates: the nightly defaults apply"
+    entry.comparison = compare(previous, current, gates)
+    print_comparison(
+        entry.comparison, f"{entry.experiment}: {current.run_id} against {previous.run_id}"
+    )
+    return entry
+
+
+def _previous(experiment: str, case_ids: list[str], db: Path) -> tuple[RunData | None, str]:
+    """The previous nightly run, read now (the database may be busy later), or why not."""
+    from ..report.compare import RunData
+    from ..store.queries import DatabaseBusy, NoDatabase, Results
+
+    try:
+        with Results(db) as results:
+            run_id = results.previous_nightly(experiment, case_ids)
+            if run_id is None:
+                return None, "first night for these cases: nothing to compare with (pass)"
+            return RunData.read(results, run_id), ""
+    except NoDatabase:
+        return None, "first night: no database yet, nothing to compare with (pass)"
+    except DatabaseBusy as exc:
+        return None, f"NOT EVALUATED: the previous night could not be read ({exc})"
+
+
+def _write_index(started: datetime, entries: list[NightEntry], db: Path, reports_dir: Path) -> Path:
+    import pandas as pd
+
+    from ..report.nightly import render_index
+    from ..store.queries import Results
+
+    night = f"{started:%Y-%m-%d}"
+    experiments = [x.experiment for x in entries if x.experiment]
+    frames = []
+    sources = [db] + [
+        p for x in entries for p in _staging_of(x, db) if p.exists()
+    ]  # tonight's unmerged runs too
+    for source in dict.fromkeys(sources):
+        try:
+            with Results(source) as results:
+                frames.append(results.trend(experiments))
+        except Exception as exc:  # a trend chart is not worth failing a nightly over
+            err_console.print(f"[yellow]warning:[/] trend from {source} not read: {exc}")
+    trend = (
+        pd.concat([f for f in frames if len(f)], ignore_index=True)
+        if any(len(f) for f in frames)
+        else pd.DataFrame()
+    )
+    if len(trend):
+        trend = trend.drop_duplicates(["experiment", "arm_id", "run_id"]).sort_values(
+            ["experiment", "night", "run_id"]
+        )
+        keep = trend.groupby("experiment")["run_id"].transform(
+            lambda r: r.isin(list(dict.fromkeys(r))[-30:])
+        )
+        trend = trend[keep]
+    folder = reports_dir / "nightly" / night
+    folder.mkdir(parents=True, exist_ok=True)
+    html = render_index(night, entries, trend)
+    page = folder / f"{started:%H%M%S}.html"
+    page.write_text(html, encoding="utf-8")
+    (folder / "index.html").write_text(html, encoding="utf-8")
+    return folder / "index.html"
+
+
+def _staging_of(entry: NightEntry, db: Path) -> list[Path]:
+    from ..store.db import staging_dir
+
+    return [staging_dir(db) / f"{entry.run_id}.duckdb"] if entry.run_id else []

@@ -1,0 +1,255 @@
+"""`abharness nightly`: runs against the loopback server, gates that do not cry wolf,
+the index page, the lock, and a busy database.
+
+The server answers each (model, case, night) correctly with a probability fixed per
+case, drawn from a seeded hash, so a "clean night" is a fresh draw at temperature > 0
+and the figures do not depend on request order.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from abharness.cli import nightly
+from abharness.cli.main import cli
+from abharness.report.compare import NIGHTLY_DEFAULT_GATES, RunData, compare
+from abharness.report.stats import compare_arms, compare_paired, compare_ratio
+from abharness.run.experiment import run_experiment
+from abharness.store.queries import Results
+
+from .conftest import write
+from .fake_server import FakeServer, prompt_text
+
+
+def _u(*key: object) -> float:
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+class Nights:
+    """Per case a pass probability q (arcsine-distributed, mean 0.5: most cases are
+    easy or hard, some are coin flips); `night` changes the draw; `drop` scales q so
+    the mean pass rate falls by exactly that much."""
+
+    def __init__(self) -> None:
+        self.night = 0
+        self.drop: dict[str, float] = {}
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        model, text = body["model"], prompt_text(body)
+        case = text.rsplit("case ", 1)[1].split("?")[0].strip()
+        q = math.sin(math.pi / 2 * _u("difficulty", case)) ** 2
+        p = q * (1 - self.drop.get(model, 0.0) / 0.5)
+        return f"answer-{case}" if _u(self.night, model, case) < p else "no idea"
+
+
+@pytest.fixture
+def nights() -> Nights:
+    return Nights()
+
+
+@pytest.fixture
+def server(nights: Nights) -> Iterator[FakeServer]:
+    with FakeServer(nights, latency_s=0.005) as s:
+        yield s
+
+
+def nightly_folder(tmp_path: Path, server: FakeServer, monkeypatch, n_cases: int = 60) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAKE_KEY", "k")
+    write(
+        tmp_path / "prompts/q/v1.j2", "{% block prompt %}Answer for case {{ id }}?{% endblock %}\n"
+    )
+    cases = "\n".join(f"  - {{id: c{i:03d}}}" for i in range(n_cases))
+    write(
+        tmp_path / "nightly/watch.yaml",
+        f"""
+name: watch
+prompts_dir: ../prompts
+prompt: q@1
+baseline: arm-a
+defaults: {{temperature: 0.8, max_tokens: 8}}
+cases:
+{cases}
+providers:
+  fake: {{type: openai, base_url: "{server.url}/v1", api_key_env: FAKE_KEY, concurrency: 16,
+          rpm: 600000, price: {{input_per_mtok: 1000, output_per_mtok: 1000}}}}
+arms:
+  - {{id: arm-a, provider: fake, model: model-a}}
+  - {{id: arm-b, provider: fake, model: model-b}}
+scorers:
+  - {{type: contains, expected: "answer-{{{{ case.id }}}}"}}
+gates: {{score_drop: significant, latency_p50_increase_pct: 25, cost_increase_pct: 10}}
+""",
+    )
+    return tmp_path / "nightly"
+
+
+def run_nightly(folder: Path, db: Path) -> Any:
+    return CliRunner().invoke(
+        cli,
+        ["nightly", str(folder), "--db", str(db), "--reports-dir", str(folder.parent / "reports")],
+    )
+
+
+def test_two_clean_nights_pass_and_a_worse_arm_fails_naming_the_gate(
+    tmp_path, server, nights, monkeypatch
+) -> None:
+    folder = nightly_folder(tmp_path, server, monkeypatch)
+    db = tmp_path / "r.duckdb"
+    first = run_nightly(folder, db)
+    assert first.exit_code == 0, first.output
+    assert "first night" in first.output
+    nights.night = 1
+    second = run_nightly(folder, db)
+    assert second.exit_code == 0, second.output
+    assert "no regression" in second.output
+    pages = list((tmp_path / "reports/nightly").rglob("*.html"))
+    assert len([p for p in pages if p.name != "index.html"]) == 2  # both nights' pages
+    index = next(p for p in pages if p.name == "index.html").read_text()
+    assert "score_drop" in index and 'href="../../watch/' in index and "<svg" in index
+    assert "http" not in index.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    nights.night, nights.drop = 2, {"model-b": 0.3}
+    third = run_nightly(folder, db)
+    assert third.exit_code == 3, third.output
+    last = third.output.strip().splitlines()[-3:]
+    fail = next(line for line in last if line.startswith("FAIL"))
+    assert "watch arm-b score_drop significant" in fail and "pts (99% CI" in fail
+    assert not any("arm-a score_drop" in line for line in last)
+    with Results(db) as results:
+        kinds = results.query("SELECT DISTINCT kind FROM runs")[1]
+        trend = results.query("SELECT count(*) FROM nightly_trend")[1]
+    assert kinds == [("nightly",)] and trend == [(6,)]
+
+
+def test_a_month_of_clean_nights_raises_at_most_one_false_alarm(
+    tmp_path, server, nights, monkeypatch
+) -> None:
+    """30 clean nights at temperature > 0 through the real run path, each compared
+    with the night before under the default gates; then a true 15-point drop."""
+    folder = nightly_folder(tmp_path, server, monkeypatch, n_cases=200)
+    spec, db = folder / "watch.yaml", tmp_path / "r.duckdb"
+    previous = None
+    alarms = []
+    for night in range(31):
+        nights.night = night
+        out = run_experiment(spec, db=db, use_cache=False, kind="nightly")
+        with Results(db) as results:
+            current = RunData.read(results, out.run_id)
+        if previous is not None:
+            alarms += compare(previous, current, NIGHTLY_DEFAULT_GATES).failed
+        previous = current
+    print(f"30 clean nights: {len(alarms)} false alarm(s)")  # quoted in the README (-s)
+    assert len(alarms) <= 1, [(g.arm_id, g.gate, g.value) for g in alarms]
+    nights.night, nights.drop = 99, {"model-a": 0.15}
+    out = run_experiment(spec, db=db, use_cache=False, kind="nightly")
+    with Results(db) as results:
+        dropped = compare(previous, RunData.read(results, out.run_id), NIGHTLY_DEFAULT_GATES)
+    assert [(g.arm_id, g.gate) for g in dropped.failed] == [("arm-a", "score_drop")]
+
+
+def test_default_gates_false_alarm_rate_per_night_by_simulation() -> None:
+    """1,000 simulated clean nights of 100 cases (temperature > 0: every call a fresh
+    draw; latency log-normal per case and call; cost from output tokens): the default
+    gates together fail at most 1% of nights."""
+    rng = np.random.default_rng(10)
+    nights = 1000
+    alarms = {"score_drop": 0, "latency": 0, "cost": 0, "any": 0}
+    for _ in range(nights):
+        q = rng.beta(1, 1, 100)
+        before, after = (rng.random(100) < q).astype(float), (rng.random(100) < q).astype(float)
+        drop = compare_arms(
+            {"a": compare_paired(after, before, "pass_rate", level=0.99)}, alpha=0.01
+        )["a"]
+        length = rng.lognormal(6, 0.5, 100)
+        lat = compare_ratio(
+            length * rng.lognormal(0, 0.2, 100),
+            length * rng.lognormal(0, 0.2, 100),
+            "latency",
+            level=0.99,
+        )
+        cost = compare_ratio(
+            50 + 10 * after + rng.integers(0, 5, 100),
+            50 + 10 * before + rng.integers(0, 5, 100),
+            "cost",
+            level=0.99,
+        )
+        fired = {
+            "score_drop": drop.verdict == "worse",
+            "latency": lat.ci_low is not None and lat.ci_low > 1.25,
+            "cost": cost.ci_low is not None and cost.ci_low > 1.10,
+        }
+        for k, v in fired.items():
+            alarms[k] += v
+        alarms["any"] += any(fired.values())
+    print(f"{nights} simulated clean nights: {alarms}")  # quoted in the README (-s)
+    assert alarms["any"] / nights <= 0.01, alarms
+
+
+def test_a_second_nightly_exits_at_once(tmp_path, server, monkeypatch) -> None:
+    folder = nightly_folder(tmp_path, server, monkeypatch, n_cases=3)
+    (tmp_path / "results").mkdir()
+    lock = (tmp_path / "results/nightly.lock").open("a+")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write("pid 4242, started earlier")
+    lock.flush()
+    try:
+        result = CliRunner().invoke(cli, ["nightly", str(folder)])
+    finally:
+        lock.close()
+    assert result.exit_code == 1 and "another nightly is running (pid 4242" in result.output
+    assert server.log == []
+
+
+def test_an_analyst_holding_the_database_does_not_stop_the_nightly(
+    tmp_path, server, nights, monkeypatch
+) -> None:
+    folder = nightly_folder(tmp_path, server, monkeypatch, n_cases=10)
+    db = tmp_path / "r.duckdb"
+    assert run_nightly(folder, db).exit_code == 0
+    monkeypatch.setattr(nightly, "MERGE_ATTEMPTS", 2)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('open', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        nights.night = 1
+        result = run_nightly(folder, db)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 0, result.output
+    assert "NOT EVALUATED" in result.output and "abharness merge" in result.output
+    assert (tmp_path / "reports/nightly").exists()
+    merged = CliRunner().invoke(cli, ["merge", "--db", str(db)])
+    assert merged.exit_code == 0 and "merged" in merged.output
+    with Results(db) as results:
+        assert results.query("SELECT count(*) FROM runs WHERE kind = 'nightly'")[1] == [(2,)]
+
+
+def test_an_invalid_spec_is_reported_and_the_others_still_run(
+    tmp_path, server, monkeypatch
+) -> None:
+    folder = nightly_folder(tmp_path, server, monkeypatch, n_cases=3)
+    write(folder / "broken.yaml", "name: broken\narms: []\n")
+    result = run_nightly(folder, tmp_path / "r.duckdb")
+    assert result.exit_code == 1, result.output
+    assert "broken" in result.output and "invalid spec" in result.output
+    assert any("watch" in p.name or "watch" in str(p) for p in (tmp_path / "reports").rglob("*.md"))
