@@ -30,9 +30,11 @@ $(STAMP): pyproject.toml
 experiment: $(STAMP)
 	$(BIN)/abharness run $(EXPERIMENT)
 
-# cron: `cd /path/to/project && make nightly` (NIGHTLY=dir for another folder); exit 3 = regression
+# cron: `cd /path/to/project && make nightly` (NIGHTLY=dir for another folder). make
+# itself exits 2 whenever a recipe fails; the recipe says which code abharness gave.
 nightly: $(STAMP)
-	$(BIN)/abharness nightly $(NIGHTLY)
+	@$(BIN)/abharness nightly $(NIGHTLY); code=$$?; [ $$code -eq 0 ] || echo "abharness nightly \
+	exited $$code (3: a gate failed, 2: errors above max_error_rate, 1: a spec was invalid)"; exit $$code
 
 report: $(STAMP)
 	$(BIN)/abharness report $(RUN)

@@ -99,6 +99,8 @@ class FakeServer:
         self.faults: deque[Fault] = deque()
         self.fault_fn: Callable[[Logged], Fault | None] | None = None
         self.served_model: str | None = None  # answer as this model, whatever was asked
+        # headers added to every response (e.g. rate-limit headers), made per response
+        self.extra_headers: Callable[[], dict[str, str]] | None = None
         self.log: list[Logged] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -364,7 +366,8 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(raw)))
-            for k, v in (headers or {}).items():
+            extra = server.extra_headers() if server.extra_headers else {}
+            for k, v in {**(headers or {}), **extra}.items():
                 self.send_header(k, v)
             self.end_headers()
             self.wfile.write(raw)
@@ -375,7 +378,8 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(200)
             self.send_header("content-type", content_type)
             self.send_header("transfer-encoding", "chunked")
-            for k, v in (headers or {}).items():
+            extra = server.extra_headers() if server.extra_headers else {}
+            for k, v in {**(headers or {}), **extra}.items():
                 self.send_header(k, v)
             self.end_headers()
             for i, piece in enumerate(chunks):

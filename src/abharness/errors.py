@@ -26,6 +26,8 @@ with ``raise ... from exc``; the runner only ever sees this tree.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 ERROR_TYPES = (
@@ -101,6 +103,7 @@ class CallError(AbharnessError):
 
     error_type = "other"
     retryable = False
+    rate_limits: Any = None  # the server's rate-limit headers on this error, if it sent them
 
     def __init__(
         self,

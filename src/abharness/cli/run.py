@@ -133,6 +133,8 @@ def command(
     )
     for etype, n in sorted(s.errors.items()):
         console.print(f"  {n} × {etype}")
+    for endpoint, limits in outcome.limits.items():
+        console.print(f"limits:   {endpoint}: {limits}", markup=False)
     for failure in outcome.failures:
         err_console.print(f"[red]not run:[/] {failure}")
     console.print(f"database: {outcome.db}")

@@ -8,8 +8,11 @@ once, with ``raise ... from exc``.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from ..errors import (
@@ -71,6 +74,91 @@ def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = Non
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
+@dataclass(frozen=True)
+class RateLimits:
+    """What a server said of its rate limits on one response: per-minute limits,
+    what is left, and seconds until each resets. Any field may be missing."""
+
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset_s: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset_s: float | None = None
+
+    def as_json(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(value: str | None, now: float | None = None) -> float | None:
+    """OpenAI's "6m0s", "20ms", "1s"; Anthropic's RFC 3339 instant; or plain seconds."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        return sum(float(n) * _UNIT_S[u] for n, u in parts)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def parse_rate_limits(headers: Mapping[str, str] | None) -> RateLimits | None:
+    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` or Anthropic's
+    ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``; None if neither."""
+    if not headers:
+        return None
+    h = {k.lower(): v for k, v in headers.items()}
+
+    def pick(*names: str) -> str | None:
+        return next((h[n] for n in names if n in h), None)
+
+    out = RateLimits(
+        _int(pick("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit")),
+        _int(pick("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining")),
+        _seconds(pick("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset")),
+        _int(
+            pick(
+                "x-ratelimit-limit-tokens",
+                "anthropic-ratelimit-tokens-limit",
+                "anthropic-ratelimit-input-tokens-limit",
+            )
+        ),
+        _int(
+            pick(
+                "x-ratelimit-remaining-tokens",
+                "anthropic-ratelimit-tokens-remaining",
+                "anthropic-ratelimit-input-tokens-remaining",
+            )
+        ),
+        _seconds(
+            pick(
+                "x-ratelimit-reset-tokens",
+                "anthropic-ratelimit-tokens-reset",
+                "anthropic-ratelimit-input-tokens-reset",
+            )
+        ),
+    )
+    return out if out.as_json() else None
+
+
 def error_from_status(
     status: int | None,
     message: str,
@@ -98,12 +186,14 @@ def error_from_status(
         cls = BadRequestError
     else:
         cls = OtherCallError
-    return cls(
+    error = cls(
         f"HTTP {status}: {message}" if status else message,
         status_code=status,
         retry_after_s=parse_retry_after(headers),
         request_id=request_id,
     )
+    error.rate_limits = parse_rate_limits(headers)
+    return error
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

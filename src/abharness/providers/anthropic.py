@@ -23,7 +23,13 @@ import time
 from typing import Any
 
 from ..errors import CallError
-from ._http import map_stainless_error, require_key, stream_cut, transport_error
+from ._http import (
+    map_stainless_error,
+    parse_rate_limits,
+    require_key,
+    stream_cut,
+    transport_error,
+)
 from .base import Provider, ProviderRequest, ProviderResponse, Usage
 
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens
@@ -54,6 +60,7 @@ class AnthropicProvider(Provider):
     unsupported_params = ("temperature", "top_p", "top_k", "seed")
     default_rpm = 50  # Anthropic usage tier 1
     default_tpm = 50_000
+    base_url_env = "ANTHROPIC_BASE_URL"
 
     def __init__(
         self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
@@ -124,6 +131,7 @@ class AnthropicProvider(Provider):
             finish_reason=message.stop_reason,
             request_id=raw.headers.get("request-id"),
             served_model=message.model,
+            rate_limits=parse_rate_limits(raw.headers),
         )
 
     async def _stream(self, kwargs: dict[str, Any]) -> ProviderResponse:
@@ -136,6 +144,7 @@ class AnthropicProvider(Provider):
         n_in = cache_read = cache_write = n_out = thinking = None
         events = 0
         request_id = stream.response.headers.get("request-id")
+        limits = parse_rate_limits(stream.response.headers)
         try:
             async with stream:
                 async for event in stream:
@@ -175,6 +184,7 @@ class AnthropicProvider(Provider):
             ttft_ms=ttft,
             request_id=request_id,
             served_model=served,
+            rate_limits=limits,
         )
 
     async def aclose(self) -> None:

@@ -83,6 +83,7 @@ class ProviderResponse:
     request_id: str | None = None
     served_model: str | None = None  # the model the server says answered
     metrics: dict[str, Any] = field(default_factory=dict)  # -> provider_metrics_json
+    rate_limits: Any = None  # `RateLimits` from the response's headers, if it had any
 
 
 class Provider(ABC):
@@ -95,6 +96,7 @@ class Provider(ABC):
     # a provider that holds a model itself (llama.cpp) sets this and gets one per model.
     per_model: ClassVar[bool] = False
     default_rpm: ClassVar[int | None] = None
+    base_url_env: ClassVar[str | None] = None  # the SDK's own base-URL variable
     default_tpm: ClassVar[int | None] = None
     unsupported_params: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -131,10 +133,24 @@ class Provider(ABC):
         return f"{self.type_name}:{self.options.get('base_url') or self.endpoint}:{identity}"
 
     def rate_limits(self) -> tuple[int | None, int | None]:
+        """(rpm, tpm) to start from: the spec's, else the provider's published new-account
+        tier on its own URL, else none (a self-hosted server or gateway: concurrency
+        only, until its headers or a 429 say otherwise)."""
+        official = self.official_url()
         return (
-            self.options.get("rpm") or self.default_rpm,
-            self.options.get("tpm") or self.default_tpm,
+            self.options.get("rpm") or (self.default_rpm if official else None),
+            self.options.get("tpm") or (self.default_tpm if official else None),
         )
+
+    def spec_limits(self) -> tuple[int | None, int | None]:
+        """The spec's own rpm/tpm: learned limits never go above them."""
+        return self.options.get("rpm"), self.options.get("tpm")
+
+    def official_url(self) -> bool:
+        """Whether calls go to the provider's own API (no base_url in the spec or the
+        SDK's environment variable)."""
+        env = self.base_url_env
+        return self.options.get("base_url") is None and not (env and os.environ.get(env))
 
     def max_concurrency(self) -> int:
         return int(self.options.get("concurrency") or self.default_concurrency)

@@ -33,7 +33,13 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import CallError
 from ..prompts.tokenizers import TiktokenTokenizer, Tokenizer
-from ._http import map_stainless_error, require_key, stream_cut, transport_error
+from ._http import (
+    map_stainless_error,
+    parse_rate_limits,
+    require_key,
+    stream_cut,
+    transport_error,
+)
 from .base import Provider, ProviderRequest, ProviderResponse, Usage
 
 # Hosted APIs that answer chat only; a raw prompt goes there as one user message.
@@ -65,6 +71,7 @@ class OpenAIProvider(Provider):
     default_concurrency = 16
     unsupported_params = ("top_k",)
     default_rpm = 500  # OpenAI usage tier 1 for the gpt-4.1 family
+    base_url_env = "OPENAI_BASE_URL"
     default_tpm = 200_000
     Options = OpenAIOptions
 
@@ -157,6 +164,7 @@ class OpenAIProvider(Provider):
             request_id=raw.headers.get("x-request-id"),
             served_model=completion.model,
             metrics=_missing(completion.usage),
+            rate_limits=parse_rate_limits(raw.headers),
         )
 
     async def _stream(
@@ -175,6 +183,7 @@ class OpenAIProvider(Provider):
         ttft = finish = usage = served = None
         chunks = 0
         request_id = stream.response.headers.get("x-request-id")
+        limits = parse_rate_limits(stream.response.headers)
         try:
             async with stream:
                 async for chunk in stream:
@@ -211,6 +220,7 @@ class OpenAIProvider(Provider):
             request_id=request_id,
             served_model=served,
             metrics=_missing(usage),
+            rate_limits=limits,
         )
 
     async def aclose(self) -> None:

@@ -75,10 +75,12 @@ class Endpoints:
             if self.concurrency_cap:
                 slots = min(slots, self.concurrency_cap)
             rpm, tpm = provider.rate_limits()
+            ceiling = provider.spec_limits()
+            source = "spec" if any(ceiling) else "tier"
             endpoint = self._by_key[key] = Endpoint(
                 key,
                 slots,
-                EndpointLimits(rpm, tpm),
+                EndpointLimits(rpm, tpm, ceiling=ceiling, source=source),
                 CircuitBreaker(self.policy.circuit_threshold, self.policy.circuit_cooldown_s),
                 asyncio.Semaphore(slots),
                 asyncio.Semaphore(slots * PENDING_PER_SLOT),

@@ -178,6 +178,8 @@ class Executor:
         record.served_model = response.served_model
         ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
         metrics = {**response.metrics, "ignored_params": ignored} if ignored else response.metrics
+        if response.rate_limits is not None:
+            metrics = {**metrics, "rate_limits": response.rate_limits.as_json()}
         record.provider_metrics_json = json.dumps(metrics) if metrics else None
         return response
 
@@ -206,11 +208,12 @@ class Executor:
             async with endpoint.slots:
                 if record.attempts == 0 and self.stopping():
                     raise NotStarted
-                await endpoint.limits.acquire(est_tokens + (arm.params.max_tokens or 0))
                 gated = not endpoint.proven
                 if gated:
                     await endpoint.gate.acquire()
                 try:
+                    # after the gate: the first answer's headers may have set the limits
+                    await endpoint.limits.acquire(est_tokens + (arm.params.max_tokens or 0))
                     if endpoint.stopped is not None:
                         if record.attempts == 0:
                             endpoint.not_called += 1
@@ -268,7 +271,11 @@ class Executor:
         else:
             endpoint.proven = True
             endpoint.breaker.record(None)
+            if response.rate_limits is not None:
+                endpoint.limits.observe(response.rate_limits)
             return response, None
+        if error.rate_limits is not None:
+            endpoint.limits.observe(error.rate_limits)
         if not isinstance(error, AuthError) and error.status_code is not None:
             endpoint.proven = True  # it answered, and not with an auth error
         endpoint.breaker.record(error, record.call_id)

@@ -52,6 +52,7 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
     resumed_skipped: int = 0
     staging: Path | None = None  # the run's own file, until it is merged
+    limits: dict[str, str] = field(default_factory=dict)  # per endpoint, at the end
 
     @property
     def results_path(self) -> Path:
@@ -236,6 +237,7 @@ def run_experiment(
         runner.failures(),
         len(skip),
         staging,
+        runner.limits(),
     )
 
 

@@ -147,6 +147,15 @@ class Runner:
         self.stats.wall_time_s = time.perf_counter() - started
         return self.stats
 
+    def limits(self) -> dict[str, str]:
+        """Per endpoint with a rate limit (set, or learned from its headers): the limits
+        in force at the end, and where they came from."""
+        return {  # the key without its last part, a hash of the API key
+            e.key.rsplit(":", 1)[0]: e.limits.describe()
+            for e in self.endpoints
+            if e.limits.rpm or e.limits.tpm
+        }
+
     def failures(self) -> list[str]:
         """One line per endpoint that could not start, or stopped (credentials, down)."""
         lines = []
