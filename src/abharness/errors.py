@@ -26,9 +26,8 @@ with ``raise ... from exc``; the runner only ever sees this tree.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 ERROR_TYPES = (
     "rate_limit",

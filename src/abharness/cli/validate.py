@@ -48,7 +48,7 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
             a.template.ref,
             a.template.hash,
             a.api(),
-            a.provider.tokenizer(a.arm.model).method,
+            a.tokenizer().method,
             str(a.budget() if a.budget() is not None else "unlimited"),
         )
     console.print(table)

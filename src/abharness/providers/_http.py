@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
@@ -87,9 +87,10 @@ class RateLimits:
     tokens_reset_s: float | None = None
 
     def as_json(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {f: v for f in _FIELDS if (v := getattr(self, f)) is not None}
 
 
+_FIELDS = tuple(f.name for f in fields(RateLimits))
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -125,7 +126,9 @@ def parse_rate_limits(headers: Mapping[str, str] | None) -> RateLimits | None:
     ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``; None if neither."""
     if not headers:
         return None
-    h = {k.lower(): v for k, v in headers.items()}
+    h = {k.lower(): v for k, v in headers.items() if "ratelimit" in k.lower()}
+    if not h:
+        return None
 
     def pick(*names: str) -> str | None:
         return next((h[n] for n in names if n in h), None)

@@ -211,27 +211,35 @@ class Executor:
                 gated = not endpoint.proven
                 if gated:
                     await endpoint.gate.acquire()
+                blocked = False
                 try:
                     # after the gate: the first answer's headers may have set the limits
                     await endpoint.limits.acquire(est_tokens + (arm.params.max_tokens or 0))
-                    if endpoint.stopped is not None:
+                    # the circuit may have opened while this call waited for its slot
+                    blocked = endpoint.breaker.state == "open" or endpoint.breaker.down is not None
+                    if blocked:
+                        response = error = None
+                    elif endpoint.stopped is not None:
                         if record.attempts == 0:
                             endpoint.not_called += 1
                         raise _not_called(endpoint.stopped)
-                    record.attempts += 1
-                    sent = time.perf_counter()
-                    if record.queue_ms is None:
-                        record.queue_ms = (sent - job.enqueued_at) * 1000
-                    endpoint.in_flight += 1
-                    endpoint.peak_in_flight = max(endpoint.peak_in_flight, endpoint.in_flight)
-                    try:
-                        response, error = await self._attempt(arm, request, endpoint, record)
-                    finally:
-                        endpoint.in_flight -= 1
-                    record.latency_ms = (time.perf_counter() - sent) * 1000
+                    else:
+                        record.attempts += 1
+                        sent = time.perf_counter()
+                        if record.queue_ms is None:
+                            record.queue_ms = (sent - job.enqueued_at) * 1000
+                        endpoint.in_flight += 1
+                        endpoint.peak_in_flight = max(endpoint.peak_in_flight, endpoint.in_flight)
+                        try:
+                            response, error = await self._attempt(arm, request, endpoint, record)
+                        finally:
+                            endpoint.in_flight -= 1
+                        record.latency_ms = (time.perf_counter() - sent) * 1000
                 finally:
                     if gated:
                         endpoint.gate.release()
+            if blocked:
+                continue  # back to the breaker: wait for the probe, or fail as down
             if response is not None:
                 return response
             assert error is not None
@@ -256,7 +264,8 @@ class Executor:
     ) -> tuple[ProviderResponse | None, CallError | None]:
         """One attempt: the response, or the error it ended with (never raised)."""
         try:
-            response = await asyncio.wait_for(arm.provider.generate(request), arm.params.timeout_s)
+            async with asyncio.timeout(arm.params.timeout_s):  # no extra task, unlike wait_for
+                response = await arm.provider.generate(request)
         except asyncio.CancelledError:
             endpoint.breaker.abandon()
             raise

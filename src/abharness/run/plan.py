@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..prompts.budget import FittedPrompt, fit_to_budget, input_budget
 from ..prompts.templates import PromptLibrary, PromptTemplate
+from ..prompts.tokenizers import Tokenizer
 from ..providers import Provider, provider_class
 from ..providers.base import ProviderRequest, Usage
 from ..providers.pricing import call_cost
@@ -52,6 +53,7 @@ class ArmPlan:
     max_input_tokens: int | None
     _budget: int | None = field(default=None, repr=False)
     _budget_known: bool = field(default=False, repr=False)
+    _tokenizer: Tokenizer | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -71,10 +73,14 @@ class ArmPlan:
             self._budget_known = True
         return self._budget
 
+    def tokenizer(self) -> Tokenizer:
+        """The arm's tokenizer, made once (not per call)."""
+        if self._tokenizer is None:
+            self._tokenizer = self.provider.tokenizer(self.arm.model)
+        return self._tokenizer
+
     def fit_vars(self, variables: dict[str, Any]) -> FittedPrompt:
-        return fit_to_budget(
-            self.template, variables, self.provider.tokenizer(self.arm.model), self.budget()
-        )
+        return fit_to_budget(self.template, variables, self.tokenizer(), self.budget())
 
     def fit(self, case: Case) -> FittedPrompt:
         return self.fit_vars(case.template_vars())
