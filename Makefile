@@ -47,6 +47,8 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.startup
 	$(BIN)/python -m tests.benchmarks.transport
 	$(BIN)/python -m tests.benchmarks.faults
+	$(BIN)/python -m tests.benchmarks.runloop
+	$(BIN)/python -m tests.benchmarks.verdicts --runs 100
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

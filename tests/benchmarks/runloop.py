@@ -103,8 +103,17 @@ def main() -> None:
     os.environ["BENCH_KEY"] = "k"
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_server", "--port", str(port), "--seconds", "3600",
-         "--latency-ms", str(args.latency_ms)],
+        [
+            sys.executable,
+            "-m",
+            "tests.fake_server",
+            "--port",
+            str(port),
+            "--seconds",
+            "3600",
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -147,7 +156,9 @@ def main() -> None:
         f"{args.calls} streamed calls per round, {args.rounds} rounds alternating, fake server "
         f"({args.latency_ms:g} ms) in its own process on 127.0.0.1"
     )
-    print("| concurrency | SDK loop calls/s | abharness calls/s | ratio | SDK CPU ms/call | abharness CPU ms/call | ratio |")
+    print(
+        "| concurrency | SDK loop calls/s | abharness calls/s | ratio | SDK CPU ms/call | abharness CPU ms/call | ratio |"
+    )
     print("|--:|--:|--:|--:|--:|--:|--:|")
     for concurrency, med in rows:
         (s_rate, s_cpu), (a_rate, a_cpu) = med["sdk"], med["abharness"]

@@ -177,6 +177,8 @@ class PromptLibrary:
             undefined=StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
+            # a run renders the templates it hashed at its start: no stat() per render
+            auto_reload=False,
         )
         self._cache: dict[str, PromptTemplate] = {}
 

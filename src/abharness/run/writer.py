@@ -47,11 +47,14 @@ class Writer:
         done = False
         while not done:
             try:
-                item = await asyncio.wait_for(
-                    self.queue.get(), max(deadline - time.monotonic(), 0.01)
-                )
-            except TimeoutError:
-                item = {}
+                item = self.queue.get_nowait()  # no timer task per item while busy
+            except asyncio.QueueEmpty:
+                try:
+                    item = await asyncio.wait_for(
+                        self.queue.get(), max(deadline - time.monotonic(), 0.01)
+                    )
+                except TimeoutError:
+                    item = {}
             if item is None:
                 done = True
             elif isinstance(item, tuple):
