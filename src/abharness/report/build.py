@@ -61,7 +61,14 @@ def case_level(calls: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _arm_figures(calls: pd.DataFrame, cases: pd.DataFrame, n_cases: int) -> dict[str, Any]:
+def arm_rows(by_case: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """One arm's rows of `case_level` (none if it made no call), indexed by case."""
+    if arm in by_case.index.get_level_values(0):
+        return by_case.loc[arm]
+    return by_case.iloc[:0].droplevel(0)
+
+
+def _arm_figures(calls: pd.DataFrame, cases: pd.DataFrame) -> dict[str, Any]:
     made = calls[calls["made"]]
     n = len(made)
     ok = int((made["status"] == "ok").sum())
@@ -124,9 +131,7 @@ def _pair(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """The two arms' case rows on the cases both made a call for, and the cases left
     out, by reason."""
-    arms = by_case.index.get_level_values(0)
-    mine = by_case.loc[arm] if arm in arms else by_case.iloc[:0].droplevel(0)
-    base = by_case.loc[baseline] if baseline in arms else by_case.iloc[:0].droplevel(0)
+    mine, base = arm_rows(by_case, arm), arm_rows(by_case, baseline)
     common = mine.index.intersection(base.index)
     excluded: dict[str, int] = {}
     if len(mine.index.difference(common)):
@@ -229,11 +234,9 @@ def build_report(db: Results, run_id: str) -> dict[str, Any]:
     baseline = str(baseline_rows.iloc[0]["arm_id"]) if len(baseline_rows) else None
 
     arm_list = []
-    empty_cases = by_case.iloc[:0].droplevel(0)
     for _, a in arms.iterrows():
         arm_id = a["arm_id"]
-        mine = by_case.loc[arm_id] if arm_id in by_case.index.get_level_values(0) else empty_cases
-        figures = _arm_figures(calls[calls["arm_id"] == arm_id], mine, n_cases)
+        figures = _arm_figures(calls[calls["arm_id"] == arm_id], arm_rows(by_case, arm_id))
         arm_list.append(
             {
                 "arm_id": arm_id,

@@ -30,7 +30,7 @@ import yaml
 from ..errors import InvalidInput
 from ..spec.models import Gates
 from ..store.queries import Results, RunNotFound
-from .build import case_level
+from .build import arm_rows, case_level
 from .stats import Comparison, compare_arms, compare_paired, compare_ratio
 
 GATE_ALPHA = 0.01  # two-sided: a drop is called at 0.5%
@@ -152,7 +152,7 @@ def compare(a: RunData, b: RunData, gates: Gates | None = None) -> RunComparison
     ratios: dict[str, dict[str, Comparison]] = {"latency": {}, "cost": {}}
     cached: dict[str, str] = {}
     for arm in arms:
-        mine, base = _rows(by_b, arm), _rows(by_a, arm)
+        mine, base = arm_rows(by_b, arm), arm_rows(by_a, arm)
         common = mine.index.intersection(base.index)
         mine, base = mine.loc[common], base.loc[common]
         drops[arm] = compare_paired(mine["passed"], base["passed"], "pass_rate", level=GATE_LEVEL)
@@ -180,12 +180,6 @@ def compare(a: RunData, b: RunData, gates: Gates | None = None) -> RunComparison
             b,
         )
     return out
-
-
-def _rows(by_case: pd.DataFrame, arm: str) -> pd.DataFrame:
-    if arm in by_case.index.get_level_values(0):
-        return by_case.loc[arm]
-    return by_case.iloc[:0].droplevel(0)
 
 
 def _arm_gates(
