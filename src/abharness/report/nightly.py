@@ -29,7 +29,7 @@ class NightEntry:
     note: str | None = None  # e.g. "first night: nothing to compare with"
 
 
-def wilson_band(pass_rate: float, cases: int) -> tuple[float, float]:
+def pass_rate_band(pass_rate: float, cases: int) -> tuple[float, float]:
     """An approximate 95% band for a night's pass rate from its case count alone (the
     trend view stores no per-case values): the per-arm interval of a report whose
     cases each passed or failed."""
@@ -130,7 +130,7 @@ def render_index(night: str, entries: list[NightEntry], trend: pd.DataFrame) -> 
     for experiment, rows in trend.groupby("experiment", sort=True) if len(trend) else []:
         rows = rows.copy()
         bands = [
-            wilson_band(p, int(c)) for p, c in zip(rows["pass_rate"], rows["cases"], strict=True)
+            pass_rate_band(p, int(c)) for p, c in zip(rows["pass_rate"], rows["cases"], strict=True)
         ]
         rows["band_low"] = [b[0] for b in bands]
         rows["band_high"] = [b[1] for b in bands]
