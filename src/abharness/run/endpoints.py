@@ -11,8 +11,9 @@ its credentials, or one loaded model. Arms and judges on it share:
 - request and token limits, a circuit breaker, and ``stopped``: set when its
   credentials fail or it is down (the circuit opened and the probe after the cool-down
   failed too). Later calls are then not made, each recorded with the reason, at once;
-- ``proven``: until it has answered once, one call at a time, so a wrong key or a dead
-  server costs one call, not one per slot.
+- ``proven``: until it has answered once with anything but an auth or server error,
+  one call at a time, so a wrong key or a dead server costs one call, not one per
+  slot. Calls that queued for that first answer go out together once it comes.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from ..errors import (
     BudgetError,
     CallError,
     OtherCallError,
+    ServerError,
     TimeoutError_,
     error_type_of,
 )
@@ -211,6 +212,9 @@ class Executor:
                 gated = not endpoint.proven
                 if gated:
                     await endpoint.gate.acquire()
+                    if endpoint.proven:  # it answered while this call waited: no need to go alone
+                        endpoint.gate.release()
+                        gated = False
                 blocked = False
                 try:
                     # after the gate: the first answer's headers may have set the limits
@@ -285,8 +289,10 @@ class Executor:
             return response, None
         if error.rate_limits is not None:
             endpoint.limits.observe(error.rate_limits)
-        if not isinstance(error, AuthError) and error.status_code is not None:
-            endpoint.proven = True  # it answered, and not with an auth error
+        if error.status_code is not None and not isinstance(error, AuthError | ServerError):
+            # it answered, and neither "who are you" nor "I am broken": the floodgates
+            # open; a server error keeps the calls one at a time until the breaker decides
+            endpoint.proven = True
         endpoint.breaker.record(error, record.call_id)
         return None, error
 
