@@ -144,21 +144,6 @@ def m004_what_the_server_said(con: duckdb.DuckDBPyConnection) -> None:
 
 _SUMMARY = """
     CREATE OR REPLACE VIEW {name} AS
-    WITH call_scores AS (
-        SELECT call_id, avg(value) AS score, bool_and(coalesce(passed, FALSE)) AS passed,
-               count(*) FILTER (WHERE passed IS NULL) AS scorer_errors
-        FROM scores GROUP BY call_id
-    ), c AS (
-        SELECT c.*, c.attempts > 0 OR c.cache_hit OR c.error_type = 'context_length' AS made,
-               c.status = 'ok' AND coalesce(s.passed, FALSE) AS call_passed,
-               CASE WHEN c.status = 'ok' AND coalesce(s.scorer_errors, 0) = 0
-                    THEN coalesce(s.score, 0.0) ELSE 0.0 END AS call_score,
-               coalesce(s.scorer_errors, 0) AS scorer_errors
-        FROM calls c
-        JOIN arms a ON a.run_id = c.run_id AND a.arm_id = c.arm_id
-        LEFT JOIN call_scores s ON s.call_id = c.call_id
-        WHERE coalesce(a.role, 'arm') = '{role}'
-    )
     SELECT run_id, arm_id,
            count(*) FILTER (WHERE made) AS n,
            count(*) FILTER (WHERE NOT made) AS not_made,
@@ -166,8 +151,8 @@ _SUMMARY = """
            count(*) FILTER (WHERE made AND status = 'error') AS errors,
            sum(scorer_errors) AS scorer_errors,
            count(*) FILTER (WHERE cache_hit) AS cache_hits,
-           avg(CASE WHEN call_passed THEN 1.0 ELSE 0.0 END) FILTER (WHERE made) AS pass_rate,
-           avg(call_score) FILTER (WHERE made) AS mean_score,
+           avg(CASE WHEN passed THEN 1.0 ELSE 0.0 END) FILTER (WHERE made) AS pass_rate,
+           avg(score) FILTER (WHERE made) AS mean_score,
            quantile_cont(latency_ms, 0.5) FILTER (WHERE status = 'ok' AND NOT cache_hit) AS latency_p50_ms,
            quantile_cont(latency_ms, 0.9) FILTER (WHERE status = 'ok' AND NOT cache_hit) AS latency_p90_ms,
            quantile_cont(ttft_ms, 0.5) FILTER (WHERE status = 'ok' AND NOT cache_hit) AS ttft_p50_ms,
@@ -175,23 +160,16 @@ _SUMMARY = """
            sum(output_tokens) AS output_tokens,
            sum(cost_usd) AS cost_usd,
            avg(est_input_tokens - input_tokens) AS est_error_mean_tokens
-    FROM c GROUP BY run_id, arm_id"""
+    FROM call_facts WHERE role = '{role}' GROUP BY run_id, arm_id"""
 
 
-@migration(5, "summaries_without_judges_or_unmade_calls")
-def m005_summaries(con: duckdb.DuckDBPyConnection) -> None:
-    """``arm_summary`` leaves judge pseudo-arms out (``judge_summary`` has them) and
-    calls never made (cost cap, endpoint stopped) out of its rates, as the report does;
-    a scorer error scores 0, as it does not pass."""
-    con.execute(_SUMMARY.format(name="arm_summary", role="arm"))
-    con.execute(_SUMMARY.format(name="judge_summary", role="judge"))
-
-
-@migration(6, "nightly_and_analysts")
-def m006_nightly_and_analysts(con: duckdb.DuckDBPyConnection) -> None:
-    """``runs.kind`` (``run`` or ``nightly``); ``call_facts`` with each call's role,
-    whether it was made, passed and its score; ``nightly_trend``, one row per nightly
-    run and arm."""
+@migration(5, "views_for_analysts_and_nightly")
+def m005_views(con: duckdb.DuckDBPyConnection) -> None:
+    """``runs.kind`` (``run`` or ``nightly``). ``call_facts`` gains each call's role,
+    whether it was made, passed and its score, counted as the report counts them (a
+    call never made is missing data; a failed call or a scorer error neither passes
+    nor scores). ``arm_summary`` is built on it and leaves judges out; ``judge_summary``
+    has them; ``nightly_trend`` has one row per nightly run and arm."""
     con.execute("ALTER TABLE runs ADD COLUMN kind VARCHAR DEFAULT 'run'")
     con.execute("""
         CREATE OR REPLACE VIEW call_facts AS
@@ -205,6 +183,7 @@ def m006_nightly_and_analysts(con: duckdb.DuckDBPyConnection) -> None:
                c.status = 'ok' AND coalesce(s.passed, FALSE) AS passed,
                CASE WHEN c.status = 'ok' AND coalesce(s.scorer_errors, 0) = 0
                     THEN coalesce(s.score, 0.0) ELSE 0.0 END AS score,
+               coalesce(s.scorer_errors, 0) AS scorer_errors,
                a.provider, a.endpoint, a.model, a.tier, a.prompt_name,
                a.prompt_version, a.prompt_hash, a.params_json, a.is_baseline,
                r.experiment, r.kind AS run_kind, r.started_at AS run_started_at,
@@ -213,6 +192,8 @@ def m006_nightly_and_analysts(con: duckdb.DuckDBPyConnection) -> None:
         JOIN arms a ON a.run_id = c.run_id AND a.arm_id = c.arm_id
         JOIN runs r ON r.run_id = c.run_id
         LEFT JOIN call_scores s ON s.call_id = c.call_id""")
+    con.execute(_SUMMARY.format(name="arm_summary", role="arm"))
+    con.execute(_SUMMARY.format(name="judge_summary", role="judge"))
     con.execute("""
         CREATE OR REPLACE VIEW nightly_trend AS
         WITH per_case AS (
