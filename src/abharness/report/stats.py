@@ -157,11 +157,15 @@ def _units(values: np.ndarray, clusters: Sequence[object] | None) -> tuple[np.nd
 
 
 def bootstrap_mean_ci(
-    values: np.ndarray, level: float = 0.95, n_boot: int = N_BOOT, seed: int = SEED
-) -> tuple[float, float]:
-    """Expanded percentile bootstrap interval of the mean (Hesterberg 2015): the tail
-    is Φ(−√(n/(n−1))·t_{n−1}) rather than α/2, which corrects the percentile interval's
-    narrowness at small n. Resampled `CHUNK` at a time."""
+    values: np.ndarray,
+    levels: Sequence[float] = (0.95,),
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> list[tuple[float, float]]:
+    """Expanded percentile bootstrap intervals of the mean (Hesterberg 2015), one per
+    level, from one set of resamples: the tail is Φ(−√(n/(n−1))·t_{n−1}) rather than
+    α/2, which corrects the percentile interval's narrowness at small n. Resampled
+    `CHUNK` at a time."""
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     for start in range(0, n_boot, CHUNK):
@@ -169,10 +173,13 @@ def bootstrap_mean_ci(
         idx = rng.integers(0, values.size, size=(rows, values.size))
         means[start : start + rows] = values[idx].mean(axis=1)
     n = values.size
-    t = float(sps.t.ppf(0.5 + level / 2, max(n - 1, 1)))
-    tail = float(sps.norm.cdf(-math.sqrt(n / max(n - 1, 1)) * t))
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    out = []
+    for level in levels:
+        t = float(sps.t.ppf(0.5 + level / 2, max(n - 1, 1)))
+        tail = float(sps.norm.cdf(-math.sqrt(n / max(n - 1, 1)) * t))
+        low, high = np.quantile(means, [tail, 1 - tail])
+        out.append((float(low), float(high)))
+    return out
 
 
 def quantile_ci(
@@ -300,8 +307,7 @@ def compare_ratio(
     if a.size < 2:
         return not_compared(metric, "fewer than 2 cases measured in both arms")
     logs = np.log(a) - np.log(b)
-    lo, hi = bootstrap_mean_ci(logs, level=level, seed=seed)
-    lo90, hi90 = bootstrap_mean_ci(logs, level=0.90, seed=seed)
+    (lo, hi), (lo90, hi90) = bootstrap_mean_ci(logs, (level, 0.90), seed=seed)
     wins, losses = int((logs < 0).sum()), int((logs > 0).sum())  # lower is better
     return Comparison(
         metric,
