@@ -124,19 +124,19 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
 
     entry = NightEntry(spec=str(spec))
     try:
-        plan, _ = prepare(spec, db)
-    except InvalidInput as exc:
-        entry.problems.append(f"invalid spec, not run: {exc}")
-        err_console.print(f"[bold red]error:[/] {exc}")
-        return entry
-    entry.experiment = plan.spec.experiment.name
-    previous, why = _previous(entry.experiment, [c.id for c in plan.cases()], db)
-    console.print(f"[bold]{entry.experiment}[/] ({spec})")
-    try:
+        plan, warnings = prepare(spec, db)
+        entry.experiment = plan.spec.experiment.name
+        previous, why = _previous(entry.experiment, [c.id for c in plan.cases()], db)
+        console.print(f"[bold]{entry.experiment}[/] ({spec})")
         outcome = run_experiment(
-            spec, db=db, use_cache=False, kind="nightly", merge_attempts=MERGE_ATTEMPTS
+            spec,
+            db=db,
+            use_cache=False,
+            kind="nightly",
+            merge_attempts=MERGE_ATTEMPTS,
+            prepared=(plan, warnings),  # checked once, above
         )
-    except InvalidInput as exc:
+    except InvalidInput as exc:  # the spec, or an arm that cannot run here
         entry.problems.append(f"invalid spec, not run: {exc}")
         err_console.print(f"[bold red]error:[/] {exc}")
         return entry

@@ -225,11 +225,7 @@ def _arm_gates(
         if cached:
             out.append(GateResult(arm, gate, threshold, cached, None))
         elif not comp.compared:
-            out.append(
-                GateResult(
-                    arm, gate, threshold, _unmeasured(comp, a, b, arm), _free(comp, a, b, arm)
-                )
-            )
+            out.append(_unmeasured(arm, gate, threshold, comp, a, b))
         else:
             assert comp.diff is not None and comp.ci_low is not None and comp.ci_high is not None
             value = (
@@ -240,19 +236,16 @@ def _arm_gates(
     return out
 
 
-def _free(comp: Comparison, a: RunData, b: RunData, arm: str) -> bool | None:
-    """A cost gate on an arm that cost nothing in both runs passes; otherwise the
-    missing figure leaves the gate not evaluated."""
-    if comp.metric != "cost":
-        return None
-    costs = [r.calls.loc[r.calls["arm_id"] == arm, "cost_usd"] for r in (a, b)]
-    return True if all(c.notna().any() and c.fillna(0).sum() == 0 for c in costs) else None
-
-
-def _unmeasured(comp: Comparison, a: RunData, b: RunData, arm: str) -> str:
-    if _free(comp, a, b, arm):
-        return "0 USD in both runs"
-    return f"not measured in both runs ({comp.reason})"
+def _unmeasured(
+    arm: str, gate: str, threshold: str, comp: Comparison, a: RunData, b: RunData
+) -> GateResult:
+    """A ratio gate without a ratio: a cost gate on an arm that cost nothing in both
+    runs passes; any other missing figure leaves the gate not evaluated."""
+    if comp.metric == "cost":
+        costs = [r.calls.loc[r.calls["arm_id"] == arm, "cost_usd"] for r in (a, b)]
+        if all(c.notna().any() and c.fillna(0).sum() == 0 for c in costs):
+            return GateResult(arm, gate, threshold, "0 USD in both runs", True)
+    return GateResult(arm, gate, threshold, f"not measured in both runs ({comp.reason})", None)
 
 
 def _regressed(mine: pd.DataFrame, base: pd.DataFrame) -> list[str]:

@@ -156,9 +156,11 @@ def run_experiment(
     policy: RetryPolicy | None = None,
     merge_attempts: int = 10,
     kind: str = "run",
+    prepared: tuple[Plan, list[str]] | None = None,
 ) -> Outcome:
     """Run `spec_path`, or with `resume` (a run id or 'last') finish an earlier run.
-    `kind` is recorded in ``runs.kind`` (``nightly`` for `abharness nightly`).
+    `kind` is recorded in ``runs.kind`` (``nightly`` for `abharness nightly`);
+    `prepared` is `prepare`'s result when the caller has already checked the spec.
 
     Raises `InvalidInput` (nothing written) for a bad spec, and for arms that cannot
     run here (an API key unset) unless `skip_unavailable` leaves them out."""
@@ -183,7 +185,9 @@ def run_experiment(
         store.update_run(run_id, status="running")
     else:
         assert spec_path is not None
-        plan, warnings = prepare(spec_path, db, allow_changed_prompts=allow_changed_prompts)
+        plan, warnings = prepared or prepare(
+            spec_path, db, allow_changed_prompts=allow_changed_prompts
+        )
         not_run = plan.drop_unavailable(skip_unavailable)
         run_id = new_run_id()
         store = Store(staging_dir(db) / f"{run_id}.duckdb")
