@@ -29,6 +29,19 @@ def test_the_cli_and_the_package_import_nothing_heavy() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_a_run_sends_its_first_request_before_pandas_and_scipy_load() -> None:
+    """`abharness run` imports pandas with the first batch of calls it stores and scipy
+    with the report, both after its first request (BENCHMARKS.md: time to first call)."""
+    code = (
+        "import sys, abharness.cli.run, abharness.run.experiment; "
+        "print(','.join(m for m in ('pandas', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == ""
+
+
 def test_lazy_exports_resolve() -> None:
     import abharness
 

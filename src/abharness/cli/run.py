@@ -72,9 +72,7 @@ def command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..errors import InvalidInput
-    from ..report.build import write_report
     from ..run.experiment import run_experiment
-    from ..store.queries import Results
 
     if (spec is None) == (resume is None):
         raise InvalidInput(
@@ -139,6 +137,9 @@ def command(
         err_console.print(f"[red]not run:[/] {failure}")
     console.print(f"database: {outcome.db}")
     if outcome.merge.merged:
+        from ..report.build import write_report  # scipy: imported after the run, not before
+        from ..store.queries import Results
+
         with Results(outcome.db) as results:
             console.print(
                 f"report:   {write_report(results, outcome.run_id, reports_dir, str(db))}"

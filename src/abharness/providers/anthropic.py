@@ -56,6 +56,7 @@ def _usage(
 
 class AnthropicProvider(Provider):
     type_name = "anthropic"
+    sdk = "anthropic"
     default_concurrency = 8
     unsupported_params = ("temperature", "top_p", "top_k", "seed")
     default_rpm = 50  # Anthropic usage tier 1

@@ -97,6 +97,7 @@ class Provider(ABC):
     per_model: ClassVar[bool] = False
     default_rpm: ClassVar[int | None] = None
     base_url_env: ClassVar[str | None] = None  # the SDK's own base-URL variable
+    sdk: ClassVar[str | None] = None  # the module the first call imports (see `Plan.warm_up`)
     default_tpm: ClassVar[int | None] = None
     unsupported_params: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions

@@ -36,6 +36,7 @@ class OllamaOptions(BaseModel):
 
 class OllamaProvider(Provider):
     type_name = "ollama"
+    sdk = "ollama"
     default_concurrency = 4  # per host; Ollama's OLLAMA_NUM_PARALLEL default is 1-4
     Options = OllamaOptions
 

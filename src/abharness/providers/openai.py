@@ -82,6 +82,7 @@ def httpx_response() -> Any:
 
 class OpenAIProvider(Provider):
     type_name = "openai"
+    sdk = "openai"
     default_concurrency = 16
     unsupported_params = ("top_k",)
     default_rpm = 500  # OpenAI usage tier 1 for the gpt-4.1 family

@@ -10,6 +10,8 @@ arm's own tokenizer and fits every prompt to its budget.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -188,6 +190,18 @@ class Plan:
             p for p in self.providers if any(a.provider is p for a in self.all_arms())
         ]
         return missing
+
+    def warm_up(self) -> None:
+        """Import the providers' SDKs and make the arms' tokenizers, the work the first
+        calls would do (~0.5 s), so that it runs in a thread while the run's store is set
+        up. Anything that fails here fails again in the call that needs it, and is
+        recorded there."""
+        for module in {p.sdk for p in self.providers if p.sdk}:
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
+        for arm in self.all_arms():
+            with contextlib.suppress(Exception):
+                arm.tokenizer()  # made once, kept on the arm
 
     def all_arms(self) -> list[ArmPlan]:
         """The arms, then the judges: everything that makes calls."""
