@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 
 from abharness.store.db import Store, merge
-from abharness.store.migrations import MIGRATIONS
+from abharness.store.migrations import KEYS, MIGRATIONS
 from abharness.store.queries import recorded_prompt_hashes
 
 CONTRACT = {
@@ -103,6 +103,61 @@ def test_merge_is_one_upsert_and_idempotent(tmp_path: Path) -> None:
     assert con.execute("SELECT n, ok, pass_rate FROM arm_summary").fetchone() == (3, 3, 1.0)
     con.close()
     assert recorded_prompt_hashes(main) == {("q", 1): {"h1"}}
+
+
+def test_a_later_merge_replaces_rows_by_key_and_recounts_the_run(tmp_path: Path) -> None:
+    """A resumed run's second session re-makes calls that were never made: its rows
+    replace the first session's, and the run's totals cover both sessions."""
+    main = tmp_path / "main.duckdb"
+    assert merge(_stage(tmp_path / "staging/s1.duckdb", calls=3), main).merged
+    again = Store(tmp_path / "staging/s2.duckdb")
+    again.insert("runs", [{"run_id": "r1", "experiment": "e", "status": "completed"}])
+    again.insert(
+        "calls",
+        [
+            {
+                "call_id": "r1-1",
+                "run_id": "r1",
+                "arm_id": "a",
+                "case_id": "1",
+                "repeat": 0,
+                "status": "error",
+                "error_type": "budget",
+                "attempts": 0,
+            }
+        ],
+    )
+    again.close()
+    assert merge(tmp_path / "staging/s2.duckdb", main).merged
+    con = duckdb.connect(str(main), read_only=True)
+    rows = con.execute("SELECT call_id, status FROM calls ORDER BY call_id").fetchall()
+    assert rows == [("r1-0", "ok"), ("r1-1", "error"), ("r1-2", "ok")]
+    assert con.execute("SELECT error_calls FROM runs").fetchone() == (1,)
+    con.close()
+
+
+def test_keys_are_the_tables_primary_keys(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.duckdb")
+    found = store.con.execute(
+        "SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+        "WHERE constraint_type = 'PRIMARY KEY' AND table_name IN (SELECT unnest(?::VARCHAR[]))",
+        [list(KEYS)],
+    ).fetchall()
+    store.close()
+    assert {t: tuple(cols) for t, cols in found} == KEYS
+
+
+def test_insert_refuses_rows_with_different_keys(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.duckdb")
+    rows = [{"run_id": "r", "case_id": "1"}, {"run_id": "r", "case_id": "2", "vars_json": "{}"}]
+    try:
+        store.insert("cases", rows)
+    except ValueError as exc:
+        assert "differ in their keys" in str(exc)
+    else:
+        raise AssertionError("rows with different keys were inserted")
+    assert store.con.execute("SELECT count(*) FROM cases").fetchone() == (0,)
+    store.close()
 
 
 def test_merge_waits_for_a_lock_then_keeps_the_staging_file(tmp_path: Path) -> None:

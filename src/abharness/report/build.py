@@ -105,7 +105,7 @@ def _arm_figures(calls: pd.DataFrame, cases: pd.DataFrame) -> dict[str, Any]:
         est, lo, hi = quantile_ci(latency, q)
         out[f"latency_{name}_ms"], out[f"latency_{name}_ci"] = est, [lo, hi]
     out["ttft_p50_ms"] = quantile_ci(ttft, 0.5)[0]
-    out["latency_ms"] = latency.tolist()  # for charts; dropped from JSON
+    out["latency_ms"] = latency  # for charts (an array, not a list); dropped from JSON
     for col in ("input_tokens", "output_tokens"):
         total = made[col].sum(min_count=1)
         out[col] = int(total) if pd.notna(total) else None

@@ -48,7 +48,7 @@ def _color(i: int) -> str:
 
 def latency_chart(arms: list[dict[str, Any]]) -> str:
     """Horizontal box plots: whiskers p5–p95, box p25–p75, line at the median."""
-    data = [(a["arm_id"], np.asarray(a.get("latency_ms") or [], dtype=float)) for a in arms]
+    data = [(a["arm_id"], np.asarray(a.get("latency_ms", ()), dtype=float)) for a in arms]
     measured = [d for _, d in data if d.size]
     if not measured:
         return '<p class="note">No latency measured (every call failed or came from the cache).</p>'

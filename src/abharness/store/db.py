@@ -17,10 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pandas as pd
 
-from .migrations import TABLES, migrate
+from .migrations import KEYS, TABLES, migrate
 from .records import CALL_COLUMNS, SCORE_COLUMNS, CallRecord, ScoreRecord, as_rows
+
+# The staging file is written by this process alone, a batch at a time: DuckDB need not
+# keep its pages in memory (by default it may use 80% of RAM), and a smaller WAL between
+# checkpoints bounds what a checkpoint holds. Measured by `tests.benchmarks.memory`.
+STAGING_CONFIG: dict[str, Any] = {"memory_limit": "64MB", "checkpoint_threshold": "4MB"}
+
+# Rows per row group when merging into the main file (DuckDB's default is 122,880): a
+# transaction writes each full row group out before its commit, so a merge's memory
+# stops growing with the run's size (BENCHMARKS.md, "Memory").
+MERGE_ROW_GROUP_SIZE = 8192
 
 FINISHED_SQL = "SELECT call_id FROM {calls} WHERE run_id = ? AND (attempts > 0 OR cache_hit)"
 
@@ -36,24 +45,45 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path))
+        self.con = duckdb.connect(str(self.path), config=STAGING_CONFIG)
         migrate(self.con)
 
     def insert(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
-        """Upsert a batch of rows in one statement; columns matched by name."""
-        return self._upsert(table, pd.DataFrame(list(rows)))
-
-    def insert_calls(self, records: list[CallRecord]) -> int:
-        return self._upsert("calls", pd.DataFrame(as_rows(records), columns=CALL_COLUMNS))
-
-    def insert_scores(self, records: list[ScoreRecord]) -> int:
-        return self._upsert("scores", pd.DataFrame(as_rows(records), columns=SCORE_COLUMNS))
-
-    def _upsert(self, table: str, frame: pd.DataFrame) -> int:
+        """Upsert rows of a few columns (runs, arms, cases) in one parameterised
+        statement; every row has the same keys, and columns left out take their default."""
+        batch = list(rows)
         if table not in TABLES:
             raise ValueError(table)
-        if frame.empty:
+        if not batch:
             return 0
+        columns = list(batch[0])
+        if any(row.keys() != batch[0].keys() for row in batch):
+            raise ValueError(f"rows for {table} differ in their keys")
+        one = "(" + ", ".join("?" * len(columns)) + ")"
+        self.con.execute(
+            f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
+            f"VALUES {', '.join([one] * len(batch))}",
+            [row[c] for row in batch for c in columns],
+        )
+        return len(batch)
+
+    def insert_calls(self, records: list[CallRecord]) -> int:
+        return self._upsert("calls", records, CALL_COLUMNS)
+
+    def insert_scores(self, records: list[ScoreRecord]) -> int:
+        return self._upsert("scores", records, SCORE_COLUMNS)
+
+    def _upsert(
+        self, table: str, records: list[CallRecord] | list[ScoreRecord], columns: tuple[str, ...]
+    ) -> int:
+        """Records in one statement through a DataFrame, DuckDB's fastest way in for many
+        columns. pandas is imported here, not with the module: `abharness run` sends its
+        first request before it."""
+        if not records:
+            return 0
+        import pandas as pd
+
+        frame = pd.DataFrame(as_rows(records), columns=columns)
         self.con.register("_batch", frame)
         try:
             self.con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM _batch")
@@ -105,41 +135,61 @@ def _is_lock_error(exc: Exception) -> bool:
 def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0) -> MergeResult:
     """Upsert every table of `staging` into `main` in one transaction.
 
-    On success the staging file is removed. If `main` is locked by another process
-    after `attempts` tries, the staging file is kept and the result says so.
+    Staged rows replace the rows of `main` with the same key (a resumed run's retried
+    calls; a merge made twice). `main` is attached with small row groups, so DuckDB
+    writes the transaction's new rows out as they come instead of holding them all
+    until the commit (`MERGE_ROW_GROUP_SIZE`). On success the staging file is removed.
+    If `main` is locked by another process after `attempts` tries, the staging file is
+    kept and the result says so.
     """
     last: Exception | None = None
     for attempt in range(attempts):
+        con = duckdb.connect()
         try:
-            con = duckdb.connect(str(main))
+            con.execute(
+                f"ATTACH {sql_string(main)} AS results (ROW_GROUP_SIZE {MERGE_ROW_GROUP_SIZE})"
+            )
         except duckdb.Error as exc:
+            con.close()
             if not _is_lock_error(exc):
                 raise
             last = exc
             time.sleep(wait_s * (attempt + 1))
             continue
         try:
+            con.execute("USE results")
             migrate(con)
             con.execute(f"ATTACH {sql_string(staging)} AS staging (READ_ONLY)")
             rows: dict[str, int] = {}
             con.execute("BEGIN TRANSACTION")
             try:
-                for table in TABLES:
-                    con.execute(
-                        f"INSERT OR REPLACE INTO main.{table} BY NAME SELECT * FROM staging.{table}"
-                    )
+                # Every key holds its run's id (a call id is a hash of it): the rows of a
+                # run `main` has never seen cannot collide, and need no DELETE.
+                seen = con.execute(
+                    "SELECT count(*) FROM runs WHERE run_id IN (SELECT run_id FROM staging.runs)"
+                ).fetchone()
+                for table, key in KEYS.items():
+                    # DELETE then INSERT, not INSERT OR REPLACE: the same rows, and the
+                    # upsert holds twice the memory for a large run (BENCHMARKS.md)
+                    cols = ", ".join(key)
+                    if seen and seen[0]:
+                        con.execute(
+                            f"DELETE FROM {table} WHERE ({cols}) IN "
+                            f"(SELECT ({cols}) FROM staging.{table})"
+                        )
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM staging.{table}")
                     rows[table] = con.execute(f"SELECT count(*) FROM staging.{table}").fetchone()[0]  # type: ignore[index]
                 # a resumed run's totals cover its earlier sessions too
                 con.execute("""
-                    UPDATE main.runs SET
+                    UPDATE runs SET
                         total_cost_usd = coalesce(t.cost, 0), error_calls = t.errors,
                         cached_calls = t.cached
                     FROM (SELECT run_id, sum(cost_usd) AS cost,
                                  count(*) FILTER (WHERE status = 'error') AS errors,
                                  count(*) FILTER (WHERE cache_hit) AS cached
-                          FROM main.calls GROUP BY run_id) t
-                    WHERE t.run_id = runs.run_id
-                      AND runs.run_id IN (SELECT run_id FROM staging.runs)""")
+                          FROM calls WHERE run_id IN (SELECT run_id FROM staging.runs)
+                          GROUP BY run_id) t
+                    WHERE t.run_id = runs.run_id""")
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")

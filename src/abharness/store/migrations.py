@@ -9,7 +9,15 @@ from collections.abc import Callable
 
 import duckdb
 
-TABLES = ("runs", "arms", "cases", "calls", "scores")
+# Each table's primary key (migration 1); a merge replaces staged rows by it.
+KEYS = {
+    "runs": ("run_id",),
+    "arms": ("run_id", "arm_id"),
+    "cases": ("run_id", "case_id"),
+    "calls": ("call_id",),
+    "scores": ("call_id", "scorer"),
+}
+TABLES = tuple(KEYS)
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 MIGRATIONS: list[tuple[int, str, Migration]] = []

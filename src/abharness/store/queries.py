@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported by DuckDB's .df() when a frame is asked for
+    import pandas as pd
 
 
 class DatabaseBusy(RuntimeError):
@@ -116,6 +118,8 @@ class Results:
     def trend(self, experiments: list[str], nights: int = 30) -> pd.DataFrame:
         """`nightly_trend` rows of the last `nights` nights of each experiment."""
         if not self.has_column("runs", "kind"):
+            import pandas as pd
+
             return pd.DataFrame()
         return self.con.execute(
             """
@@ -169,22 +173,25 @@ class Results:
         )
         return self.con.execute(
             f"""
+            WITH s AS (
+                SELECT call_id, count(*) FILTER (WHERE passed IS NULL) AS scorer_errors,
+                       coalesce(bool_and(coalesce(passed, FALSE)), FALSE) AS passed,
+                       avg(value) AS score
+                FROM scores WHERE run_id = ? GROUP BY call_id
+            )
             SELECT c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit,
                    c.attempts > 0 OR c.cache_hit OR c.error_type = 'context_length' AS made,
                    c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
                    c.est_input_tokens - c.input_tokens AS est_error,
-                   count(s.call_id) FILTER (WHERE s.passed IS NULL) AS scorer_errors,
-                   c.status = 'ok' AND coalesce(bool_and(coalesce(s.passed, FALSE)), FALSE) AS passed,
-                   CASE WHEN c.status = 'ok' AND count(s.call_id) FILTER (WHERE s.passed IS NULL) = 0
-                        THEN coalesce(avg(s.value), 0) ELSE 0 END AS score
-            FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
+                   coalesce(s.scorer_errors, 0) AS scorer_errors,
+                   c.status = 'ok' AND coalesce(s.passed, FALSE) AS passed,
+                   CASE WHEN c.status = 'ok' AND coalesce(s.scorer_errors, 0) = 0
+                        THEN coalesce(s.score, 0) ELSE 0 END AS score
+            FROM calls c LEFT JOIN s ON s.call_id = c.call_id
             WHERE c.run_id = ? {judges}
-            GROUP BY c.call_id, c.arm_id, c.case_id, c.repeat, c.status, c.error_type,
-                     c.cache_hit, c.attempts, c.latency_ms, c.ttft_ms, c.input_tokens,
-                     c.output_tokens, c.cost_usd, c.est_input_tokens
             ORDER BY c.arm_id, c.case_id, c.repeat
             """,
-            [run_id],
+            [run_id, run_id],
         ).df()
 
     def case_field(self, run_id: str, name: str) -> dict[str, str]:
@@ -213,20 +220,28 @@ class Results:
         """A few cases where `arm_id`'s outcome differs from the baseline's."""
         rows = self.con.execute(
             """
-            WITH p AS (
-                SELECT c.arm_id, c.case_id, c.repeat, c.response_text, c.error_type,
-                       c.status = 'ok' AND coalesce(bool_and(coalesce(s.passed, FALSE)), FALSE) AS passed
-                FROM calls c LEFT JOIN scores s ON s.call_id = c.call_id
+            WITH s AS (
+                SELECT call_id, coalesce(bool_and(coalesce(passed, FALSE)), FALSE) AS passed
+                FROM scores WHERE run_id = ? GROUP BY call_id
+            ), p AS (
+                SELECT c.call_id, c.arm_id, c.case_id, c.repeat,
+                       c.status = 'ok' AND coalesce(s.passed, FALSE) AS passed
+                FROM calls c LEFT JOIN s ON s.call_id = c.call_id
                 WHERE c.run_id = ? AND c.arm_id IN (?, ?)
-                GROUP BY c.arm_id, c.case_id, c.repeat, c.response_text, c.error_type, c.status
+            ), d AS (  -- the few differing pairs first; their texts are read for them only
+                SELECT a.case_id, a.repeat, a.passed, a.call_id AS a_call, b.passed AS b_passed,
+                       b.call_id AS b_call
+                FROM p a JOIN p b ON a.case_id = b.case_id AND a.repeat = b.repeat
+                WHERE a.arm_id = ? AND b.arm_id = ? AND a.passed <> b.passed
+                ORDER BY a.passed DESC, a.case_id, a.repeat LIMIT ?
             )
-            SELECT a.case_id, k.vars_json, a.passed, a.response_text, b.passed, b.response_text
-            FROM p a JOIN p b ON a.case_id = b.case_id AND a.repeat = b.repeat
-            JOIN cases k ON k.run_id = ? AND k.case_id = a.case_id
-            WHERE a.arm_id = ? AND b.arm_id = ? AND a.passed <> b.passed
-            ORDER BY a.passed DESC, a.case_id LIMIT ?
+            SELECT d.case_id, k.vars_json, d.passed, ca.response_text, d.b_passed,
+                   cb.response_text
+            FROM d JOIN calls ca ON ca.call_id = d.a_call JOIN calls cb ON cb.call_id = d.b_call
+            JOIN cases k ON k.run_id = ? AND k.case_id = d.case_id
+            ORDER BY d.passed DESC, d.case_id, d.repeat
             """,
-            [run_id, arm_id, baseline, run_id, arm_id, baseline, limit],
+            [run_id, run_id, arm_id, baseline, arm_id, baseline, limit, run_id],
         ).fetchall()
         return [
             {
