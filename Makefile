@@ -43,11 +43,13 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 # Benchmarks print Markdown tables; BENCHMARKS.md quotes them with their command.
+# LITELLM_PYTHON=path/to/python adds LiteLLM's column (promptfoo's: on PATH).
+LITELLM_PYTHON ?=
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.startup
 	$(BIN)/python -m tests.benchmarks.transport
 	$(BIN)/python -m tests.benchmarks.faults
-	$(BIN)/python -m tests.benchmarks.runloop
+	$(BIN)/python -m tests.benchmarks.runloop $(if $(LITELLM_PYTHON),--litellm-python $(LITELLM_PYTHON))
 	$(BIN)/python -m tests.benchmarks.verdicts --runs 100
 
 lint: $(STAMP)

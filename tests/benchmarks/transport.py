@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,11 +21,7 @@ import time
 from abharness.providers.base import ProviderRequest
 from abharness.providers.openai import OpenAIProvider
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .common import free_port
 
 
 async def one_round(url: str, transport: str, calls: int, concurrency: int) -> dict[str, float]:

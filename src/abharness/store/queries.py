@@ -171,7 +171,7 @@ class Results:
         judges = (
             "AND c.judged_call_id IS NULL" if self.has_column("calls", "judged_call_id") else ""
         )
-        return self.con.execute(
+        frame = self.con.execute(
             f"""
             WITH s AS (
                 SELECT call_id, count(*) FILTER (WHERE passed IS NULL) AS scorer_errors,
@@ -189,10 +189,11 @@ class Results:
                         THEN coalesce(s.score, 0) ELSE 0 END AS score
             FROM calls c LEFT JOIN s ON s.call_id = c.call_id
             WHERE c.run_id = ? {judges}
-            ORDER BY c.arm_id, c.case_id, c.repeat
             """,
             [run_id, run_id],
         ).df()
+        # sorted here rather than in SQL: DuckDB's sort of 100k rows held ~20 MB more
+        return frame.sort_values(["arm_id", "case_id", "repeat"], ignore_index=True)
 
     def case_field(self, run_id: str, name: str) -> dict[str, str]:
         """Case id → the value of one of its fields (e.g. the spec's cluster field)."""

@@ -1,0 +1,137 @@
+"""What the benchmarks share: the fake server in its own process, the plain SDK loop,
+a spec of N cases, and a child process measured from outside. Imports nothing of
+abharness, so a child running the SDK loop holds only the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPT = "What is the capital of Land{i}?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def sdk_loop(url: str, calls: int, concurrency: int) -> None:
+    import openai
+
+    client = openai.AsyncOpenAI(
+        base_url=url + "/v1", api_key="k", http_client=openai.DefaultAioHttpClient(), max_retries=0
+    )
+    gate = asyncio.Semaphore(concurrency)
+
+    async def call(i: int) -> None:
+        async with gate:
+            stream = await client.chat.completions.create(
+                model="gpt-4.1-mini",
+                messages=[{"role": "user", "content": PROMPT.format(i=i)}],
+                max_tokens=8,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for _ in stream:
+                pass
+
+    await asyncio.gather(*(call(i) for i in range(calls)))
+    await client.close()
+
+
+def write_spec(folder: Path, url: str, calls: int, concurrency: int) -> Path:
+    (folder / "prompts/q").mkdir(parents=True, exist_ok=True)
+    (folder / "prompts/q/v1.j2").write_text(
+        "{% block user %}What is the capital of {{ country }}?{% endblock %}\n"
+    )
+    with (folder / "cases.jsonl").open("w") as f:
+        for i in range(calls):
+            f.write(f'{{"id": "c{i}", "country": "Land{i}"}}\n')
+    spec = folder / "spec.yaml"
+    spec.write_text(
+        f"""name: runloop
+dataset: cases.jsonl
+prompts_dir: prompts
+prompt: q@1
+defaults: {{max_tokens: 8, temperature: 0}}
+providers:
+  fake: {{type: openai, base_url: "{url}/v1", api_key_env: BENCH_KEY, concurrency: {concurrency}}}
+arms:
+  - {{id: a, provider: fake, model: gpt-4.1-mini}}
+scorers:
+  - {{type: contains, expected: "Paris"}}
+max_error_rate: 1
+"""
+    )
+    return spec
+
+
+@dataclass
+class Child:
+    wall_s: float
+    peak_mb: float
+    cpu_s: float
+    stdout: str
+
+
+def run_child(cmd: list[str], cwd: Path | None = None) -> Child:
+    """Run `cmd` to its end; its own peak RSS and CPU time from the kernel."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{out[-2000:]}")
+    return Child(wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, out)
+
+
+class Server:
+    """The fake server in its own process; it prints the time of its first request."""
+
+    def __init__(self, latency_ms: float) -> None:
+        code = (
+            "import sys, time\n"
+            "from tests.fake_server import FakeServer\n"
+            "s = FakeServer(port=int(sys.argv[1]), latency_s=float(sys.argv[2]) / 1000)\n"
+            "first = []\n"
+            "def seen(entry):\n"
+            "    if not first:\n"
+            "        first.append(entry.at)\n"
+            "        print('first', entry.at, flush=True)\n"
+            "s.fault_fn = seen\n"
+            "s.start()\n"
+            "print(s.url, flush=True)\n"
+            "time.sleep(3600)\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(free_port()), str(latency_ms)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # connection resets as a run closes its pool
+            text=True,
+            cwd=REPO,
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+
+    def first_request_at(self) -> float:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        assert line and line[0] == "first", line
+        return float(line[1])
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
