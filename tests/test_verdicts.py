@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from abharness.cli.main import cli
 from abharness.report.build import build_report
-from abharness.report.html import render_html
+from abharness.report.html import OUTCOME_CELLS, outcomes_chart, render_html
 from abharness.run.experiment import run_experiment
 from abharness.store.queries import Results
 
@@ -298,3 +298,15 @@ def test_a_case_without_the_cluster_field_is_a_clear_error(tmp_path, server, mon
     assert result.exit_code == 1
     assert "has no 'topic'" in result.output and "cluster" in result.output
     assert not (tmp_path / "r.duckdb").exists()
+
+
+def test_the_outcomes_strip_bins_many_cases_and_says_what_a_cell_holds() -> None:
+    """2,000 cases give at most `OUTCOME_CELLS` cells (a page of bounded size), each
+    titled with its wins, losses and ties; a few cases keep a cell each."""
+    outcomes = [[f"c{i:04d}", "win" if i % 10 == 0 else "tie"] for i in range(2000)]
+    svg = outcomes_chart([{"arm_id": "b", "case_outcomes": outcomes}], "a")
+    assert svg.count("<rect") == OUTCOME_CELLS
+    assert "cases c0000 … c0003: 1 wins, 0 losses, 3 ties against a" in svg
+    assert "each cell is 4 cases" in svg
+    few = outcomes_chart([{"arm_id": "b", "case_outcomes": outcomes[:3]}], "a")
+    assert few.count("<rect") == 3 and "case c0001: tie against a" in few

@@ -5,11 +5,11 @@ abharness, so a child running the SDK loop holds only the SDK."""
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,20 +82,34 @@ class Child:
     stdout: str
 
 
+# Started first, small: it starts the measured command and reports the command's own
+# rusage. A child forked straight from a large parent reports the parent's RSS as its
+# peak (ru_maxrss counts the pages it held before exec), which would hide its own.
+MEASURE = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump([os.waitstatus_to_exitcode(status), time.perf_counter() - start,
+               usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime], f)
+"""
+
+
 def run_child(cmd: list[str], cwd: Path | None = None) -> Child:
-    """Run `cmd` to its end; its own peak RSS and CPU time from the kernel."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{out[-2000:]}")
-    return Child(wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, out)
+    """Run `cmd` to its end; its own wall time, peak RSS and CPU time."""
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as report:
+        proc = subprocess.run(
+            [sys.executable, "-c", MEASURE, report.name, *cmd],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        code, wall, peak_mb, cpu_s = json.loads(report.read() or "[1, 0, 0, 0]")
+    if proc.returncode != 0 or code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {code}:\n{proc.stdout[-2000:]}")
+    return Child(wall, peak_mb, cpu_s, proc.stdout)
 
 
 class Server:

@@ -7,6 +7,7 @@ the baseline.
 
 from __future__ import annotations
 
+import math
 import re
 from html import escape
 from typing import Any
@@ -144,13 +145,18 @@ def score_cost_chart(arms: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+OUTCOME_CELLS = 500  # past this many cases, a cell holds several (the page stays small)
+
+
 def outcomes_chart(arms: list[dict[str, Any]], baseline: str) -> str:
     rows = [a for a in arms if a.get("case_outcomes")]
     if not rows:
         return ""
     n = max(len(a["case_outcomes"]) for a in rows)
-    cell, left = max(4, min(14, 1000 // max(n, 1))), 130
-    width, height = left + cell * n + 10, 26 * len(rows) + 24
+    per = math.ceil(n / OUTCOME_CELLS)  # cases per cell
+    cells = math.ceil(n / per)
+    cell, left = max(4, min(14, 1000 // max(cells, 1))), 130
+    width, height = left + cell * cells + 10, 26 * len(rows) + 24
     colors = {"win": "#2da44e", "tie": "#d0d7de", "loss": "#cf222e"}
     parts = [
         f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="per-case outcomes">'
@@ -160,14 +166,28 @@ def outcomes_chart(arms: list[dict[str, Any]], baseline: str) -> str:
         parts.append(
             f'<text x="{left - 8}" y="{yy + 13}" font-size="12" text-anchor="end">{escape(a["arm_id"])}</text>'
         )
-        for i, (case, outcome) in enumerate(a["case_outcomes"]):
+        outcomes = a["case_outcomes"]
+        for i in range(0, len(outcomes), per):
+            group = outcomes[i : i + per]
+            counts = {k: sum(o == k for _, o in group) for k in colors}
+            if per == 1:
+                outcome, title = group[0][1], f"case {group[0][0]}: {group[0][1]}"
+            else:
+                net = counts["win"] - counts["loss"]
+                outcome = "win" if net > 0 else "loss" if net < 0 else "tie"
+                title = (
+                    f"cases {group[0][0]} … {group[-1][0]}: {counts['win']} wins, "
+                    f"{counts['loss']} losses, {counts['tie']} ties"
+                )
             parts.append(
-                f'<rect x="{left + i * cell}" y="{yy}" width="{cell - 1}" height="18" fill="{colors[outcome]}">'
-                f"<title>case {escape(case)}: {outcome} against {escape(baseline)}</title></rect>"
+                f'<rect x="{left + i // per * cell}" y="{yy}" width="{cell - 1}" height="18" '
+                f'fill="{colors[outcome]}"><title>{escape(title)} against {escape(baseline)}'
+                "</title></rect>"
             )
+    what = "one case" if per == 1 else f"{per} cases in id order (coloured by wins minus losses)"
     parts.append(
-        f'<text x="{left}" y="{height - 4}" font-size="11" fill="#57606a">each cell is one case '
-        "(hover for its id): green win, grey tie, red loss against the baseline, repeats averaged</text></svg>"
+        f'<text x="{left}" y="{height - 4}" font-size="11" fill="#57606a">each cell is {what} '
+        "(hover for ids): green win, grey tie, red loss against the baseline, repeats averaged</text></svg>"
     )
     return "".join(parts)
 

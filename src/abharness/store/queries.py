@@ -171,7 +171,7 @@ class Results:
         judges = (
             "AND c.judged_call_id IS NULL" if self.has_column("calls", "judged_call_id") else ""
         )
-        frame = self.con.execute(
+        result = self.con.execute(
             f"""
             WITH s AS (
                 SELECT call_id, count(*) FILTER (WHERE passed IS NULL) AS scorer_errors,
@@ -191,9 +191,12 @@ class Results:
             WHERE c.run_id = ? {judges}
             """,
             [run_id, run_id],
-        ).df()
-        # sorted here rather than in SQL: DuckDB's sort of 100k rows held ~20 MB more
-        return frame.sort_values(["arm_id", "case_id", "repeat"], ignore_index=True)
+        )
+        # Sorted here, not in SQL, and fetched in chunks: for 100k calls DuckDB's sort
+        # and its whole result beside the frame held ~45 MB more (BENCHMARKS.md).
+        return _frame_in_chunks(result).sort_values(
+            ["arm_id", "case_id", "repeat"], ignore_index=True
+        )
 
     def case_field(self, run_id: str, name: str) -> dict[str, str]:
         """Case id → the value of one of its fields (e.g. the spec's cluster field)."""
@@ -286,3 +289,15 @@ def recorded_prompt_hashes(main: Path) -> dict[tuple[str, int], set[str]]:
         return {}
     with Results(main) as results:
         return results.prompt_hashes()
+
+
+def _frame_in_chunks(result: duckdb.DuckDBPyConnection, vectors: int = 8) -> pd.DataFrame:
+    """A query's result as one DataFrame, fetched `vectors` × 2,048 rows at a time."""
+    import pandas as pd
+
+    chunks = [result.fetch_df_chunk(vectors)]
+    while len(chunks[-1]):
+        chunks.append(result.fetch_df_chunk(vectors))
+    if len(chunks) <= 2:  # one chunk and the empty one that ends it, or only that
+        return chunks[0]
+    return pd.concat(chunks[:-1], ignore_index=True)
