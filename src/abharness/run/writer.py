@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..spec.dataset import Case
@@ -22,6 +23,9 @@ class Writer:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=4 * WRITE_BATCH)
+        # One thread for every insert, not the loop's shared pool: DuckDB's allocator
+        # keeps a cache per thread, and inserts spread over six threads held more memory.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abharness-writer")
 
     async def put(self, record: CallRecord, scores: list[ScoreRecord]) -> None:
         await self.queue.put((record, scores))
@@ -40,6 +44,12 @@ class Writer:
         await self.queue.put(None)
 
     async def run(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self._thread.shutdown(wait=False)  # after `None` nothing runs there any more
+
+    async def _drain(self) -> None:
         cases: list[dict[str, Any]] = []
         calls: list[CallRecord] = []
         scores: list[ScoreRecord] = []
@@ -65,7 +75,9 @@ class Writer:
             count = len(cases) + len(calls)
             if done or count >= WRITE_BATCH or time.monotonic() >= deadline:
                 if count:
-                    await asyncio.to_thread(self._flush, cases, calls, scores)
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self._flush, cases, calls, scores
+                    )
                     cases, calls, scores = [], [], []
                 deadline = time.monotonic() + WRITE_INTERVAL_S
 
