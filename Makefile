@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.transport
 	$(BIN)/python -m tests.benchmarks.faults
 	$(BIN)/python -m tests.benchmarks.runloop $(if $(LITELLM_PYTHON),--litellm-python $(LITELLM_PYTHON))
+	$(BIN)/python -m tests.benchmarks.phases
 	$(BIN)/python -m tests.benchmarks.verdicts --runs 100
 
 lint: $(STAMP)
