@@ -193,7 +193,7 @@ class Results:
             [run_id, run_id],
         )
         # Sorted here, not in SQL, and fetched in chunks: for 100k calls DuckDB's sort
-        # and its whole result beside the frame held ~45 MB more (BENCHMARKS.md).
+        # and its whole result beside the frame held ~25 MB more (BENCHMARKS.md).
         return _frame_in_chunks(result).sort_values(
             ["arm_id", "case_id", "repeat"], ignore_index=True
         )
