@@ -47,14 +47,23 @@ async def sdk_loop(url: str, calls: int, concurrency: int) -> None:
     await client.close()
 
 
-def write_spec(folder: Path, url: str, calls: int, concurrency: int) -> Path:
+TWO_ARMS = ("gpt-4.1-mini", "gpt-4.1-nano")
+
+
+def write_spec(
+    folder: Path, url: str, cases: int, concurrency: int, models: tuple[str, ...] = TWO_ARMS[:1]
+) -> Path:
+    """A spec of `cases` cases on the fake server, one arm per model (ids a, b, ...)."""
     (folder / "prompts/q").mkdir(parents=True, exist_ok=True)
     (folder / "prompts/q/v1.j2").write_text(
         "{% block user %}What is the capital of {{ country }}?{% endblock %}\n"
     )
     with (folder / "cases.jsonl").open("w") as f:
-        for i in range(calls):
+        for i in range(cases):
             f.write(f'{{"id": "c{i}", "country": "Land{i}"}}\n')
+    arms = "\n".join(
+        f"  - {{id: {chr(ord('a') + i)}, provider: fake, model: {m}}}" for i, m in enumerate(models)
+    )
     spec = folder / "spec.yaml"
     spec.write_text(
         f"""name: runloop
@@ -65,7 +74,7 @@ defaults: {{max_tokens: 8, temperature: 0}}
 providers:
   fake: {{type: openai, base_url: "{url}/v1", api_key_env: BENCH_KEY, concurrency: {concurrency}}}
 arms:
-  - {{id: a, provider: fake, model: gpt-4.1-mini}}
+{arms}
 scorers:
   - {{type: contains, expected: "Paris"}}
 max_error_rate: 1

@@ -19,8 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import REPO, Server
-from .scale import two_arm_spec
+from .common import REPO, TWO_ARMS, Server, write_spec
 
 PHASES = ("calls", "merge", "report")
 
@@ -39,20 +38,16 @@ async def run(self):
     finally:
         mark("calls")
 runner.Runner.run = run
-merge = experiment.merge
-def merged(*a, **k):
-    try:
-        return merge(*a, **k)
-    finally:
-        mark("merge")
-experiment.merge = merged
-write = build.write_report
-def written(*a, **k):
-    try:
-        return write(*a, **k)
-    finally:
-        mark("report")
-build.write_report = written
+def wrap(module, name, phase):
+    inner = getattr(module, name)
+    def wrapped(*a, **k):
+        try:
+            return inner(*a, **k)
+        finally:
+            mark(phase)
+    setattr(module, name, wrapped)
+wrap(experiment, "merge", "merge")
+wrap(build, "write_report", "report")
 from abharness.cli.main import main
 sys.argv = ["abharness", "run", *sys.argv[1:]]
 try:
@@ -71,7 +66,7 @@ def phases(calls: int, tree: Path | None) -> dict[str, float]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            spec = two_arm_spec(folder, server.url, calls // 2, 256)
+            spec = write_spec(folder, server.url, calls // 2, 256, TWO_ARMS)
             out = subprocess.run(
                 [sys.executable, "-c", CHILD, str(spec), "--no-cache", "--db",
                  str(folder / "r.duckdb"), "--reports-dir", str(folder / "reports")],

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import REPO, Child, Server, run_child, write_spec
+from .common import REPO, TWO_ARMS, Child, Server, run_child, write_spec
 
 ABHARNESS = Path(sys.executable).with_name("abharness")
 SDK_LOOP = """
@@ -31,24 +31,13 @@ asyncio.run(sdk_loop(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
-def two_arm_spec(folder: Path, url: str, cases: int, concurrency: int) -> Path:
-    spec = write_spec(folder, url, cases, concurrency)
-    text = spec.read_text().replace(
-        "  - {id: a, provider: fake, model: gpt-4.1-mini}\n",
-        "  - {id: a, provider: fake, model: gpt-4.1-mini}\n"
-        "  - {id: b, provider: fake, model: gpt-4.1-nano}\n",
-    )
-    spec.write_text(text)
-    return spec
-
-
 def abharness_run(calls: int, latency_ms: float, concurrency: int) -> dict[str, float]:
     """One `abharness run` of `calls` calls (two arms) and one `abharness report`."""
     server = Server(latency_ms)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            spec = two_arm_spec(folder, server.url, calls // 2, concurrency)
+            spec = write_spec(folder, server.url, calls // 2, concurrency, TWO_ARMS)
             db = folder / "results.duckdb"
             started = time.time()
             run = run_child(
