@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from click.testing import CliRunner
 
 from abharness.cli.main import cli
 from abharness.run.experiment import run_experiment
+from abharness.store.db import Store
 
 from .conftest import write
 from .fake_server import FakeServer, Fault, Logged
@@ -252,6 +254,51 @@ def test_ctrl_c_stops_saves_and_resumes(tmp_path: Path) -> None:
         assert len(server.log) - before == 80 - done
         assert query(db, "SELECT count(*), count(DISTINCT call_id) FROM calls") == [(80, 80)]
         assert query(db, "SELECT status FROM runs") == [("completed",)]
+
+
+def test_a_store_that_cannot_be_written_stops_the_run_and_it_resumes(
+    tmp_path: Path, server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1,400 calls and 700 cases: more records than the writer's queue holds, so a
+    # writer that died quietly would leave the run waiting on that queue for ever.
+    spec = make_spec(tmp_path, server, 700, provider="concurrency: 32")
+    db = tmp_path / "r.duckdb"
+    inserts = 0
+    insert_calls = Store.insert_calls
+
+    def disk_full_after_one_batch(self: Store, records: list) -> int:
+        nonlocal inserts
+        inserts += 1
+        if inserts > 1:
+            raise duckdb.IOException("could not write file: No space left on device")
+        return insert_calls(self, records)
+
+    monkeypatch.setattr(Store, "insert_calls", disk_full_after_one_batch)
+    done: list = []
+    thread = threading.Thread(
+        target=lambda: done.append(
+            CliRunner().invoke(cli, ["run", str(spec), "--db", str(db), "--no-cache"])
+        ),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(60)
+    assert done, "the run hung after its store failed"
+    (result,) = done
+    assert result.exit_code == 130, result.output
+    assert "could not write to the run's staging file" in result.output
+    assert "No space left on device" in result.output
+    assert "abharness run --resume" in result.output
+    assert len(server.log) < 1400  # it stopped calling, rather than calling into the void
+    (staging,) = (tmp_path / "staging").glob("*.duckdb")
+    assert query(staging, "SELECT status FROM runs") == [("running",)]
+    kept = query(staging, "SELECT count(*) FROM calls")[0][0]
+    assert 0 < kept < 1400
+
+    monkeypatch.setattr(Store, "insert_calls", insert_calls)  # space freed
+    out = run_experiment(None, db=db, resume="last", use_cache=False)
+    assert out.status == "completed" and out.resumed_skipped == kept
+    assert query(db, "SELECT count(*), count(DISTINCT call_id) FROM calls") == [(1400, 1400)]
 
 
 def test_an_analysts_open_database_does_not_break_the_run(

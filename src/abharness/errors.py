@@ -93,6 +93,13 @@ class SetupError(InvalidInput):
     says what to install or set."""
 
 
+class StoreWriteError(AbharnessError):
+    """The run's staging file could not be written: the run stopped; what was written
+    before the failure is kept and the run can be resumed."""
+
+    resume: str | None = None  # the command that resumes the run
+
+
 class CallError(AbharnessError):
     """One call failed. ``error_type`` is one of `ERROR_TYPES`.
 

@@ -114,7 +114,9 @@ def _nightly_lock(path: Path) -> Iterator[None]:
 
 def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
     """Run one spec as tonight's nightly and compare it with its previous night."""
-    from ..errors import InvalidInput
+    from rich.markup import escape
+
+    from ..errors import InvalidInput, StoreWriteError
     from ..report.build import write_report
     from ..report.compare import NIGHTLY_DEFAULT_GATES, RunData, compare
     from ..report.nightly import NightEntry
@@ -139,6 +141,10 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
     except InvalidInput as exc:  # the spec, or an arm that cannot run here
         entry.problems.append(f"invalid spec, not run: {exc}")
         err_console.print(f"[bold red]error:[/] {exc}")
+        return entry
+    except StoreWriteError as exc:
+        entry.problems.append(f"the run stopped: {exc}; resume with `{exc.resume}`")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return entry
     entry.run_id = outcome.run_id
     s = outcome.stats

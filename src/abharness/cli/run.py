@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.markup import escape
 
+from ..errors import StoreWriteError
 from .common import (
     EXIT_ERRORS,
     EXIT_INTERRUPTED,
@@ -117,6 +119,13 @@ def command(
             resume=resume,
             concurrency=concurrency,
         )
+    except StoreWriteError as exc:
+        progress.stop()
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        err_console.print(
+            f"the run stopped; what was written before is kept. Resume with:\n  {exc.resume}"
+        )
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         progress.stop()
     for w in outcome.warnings:

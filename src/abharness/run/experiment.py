@@ -25,7 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CallError, InvalidInput
+from ..errors import CallError, InvalidInput, StoreWriteError
 from ..providers.base import Usage
 from ..spec.load import load_spec
 from ..store.cache import ResponseCache, open_cache
@@ -240,6 +240,11 @@ def run_experiment(
         status = runner.status
     except KeyboardInterrupt:  # no signal handler (not the main thread): still stop cleanly
         stats, status = runner.stats, "interrupted"
+    except StoreWriteError as exc:  # left 'running' in its staging file: resumable
+        with contextlib.suppress(Exception):
+            store.close()
+        exc.resume = f"abharness run --resume {run_id} --db {db}"
+        raise
     finally:
         if cache is not None:
             cache.close()

@@ -9,7 +9,8 @@ job for the same executor, on the judge's own endpoint, under its own limits.
 
 Records go to one writer task that inserts them in batches into the run's staging
 store. Ctrl-C stops dispatching, gives calls in flight `GRACE_S` to finish, and returns;
-a second Ctrl-C cancels them at once.
+a second Ctrl-C cancels them at once. A failed insert stops the run at once and `run`
+raises `StoreWriteError`.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Runner:
             self.load_errors,
             lambda: self.stopping,
         )
-        self._writer = Writer(store)
+        self._writer = Writer(store, on_failure=self._store_failed)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -117,6 +118,11 @@ class Runner:
             return
         self.stopping = True
         asyncio.get_running_loop().call_later(self.grace_s, self._cancel_all)
+
+    def _store_failed(self) -> None:
+        """The staging file cannot be written: whatever is called now would be lost."""
+        self.stopping = True
+        self._cancel_all()
 
     def _cancel_all(self) -> None:
         for task in list(self._tasks):
@@ -139,11 +145,13 @@ class Runner:
         finally:
             self._cancel_all()
             await self._writer.close()
-            await writer
-            for provider in self.plan.providers:
-                await provider.aclose()
-            if handles_sigint:
-                loop.remove_signal_handler(signal.SIGINT)
+            try:
+                await writer  # raises StoreWriteError if an insert failed
+            finally:
+                for provider in self.plan.providers:
+                    await provider.aclose()
+                if handles_sigint:
+                    loop.remove_signal_handler(signal.SIGINT)
         self.stats.wall_time_s = time.perf_counter() - started
         return self.stats
 

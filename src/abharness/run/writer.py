@@ -1,14 +1,21 @@
 """One task owns the run's staging store: it batches records and inserts them off the
-event loop, parents before children, so a reader never sees a score without its call."""
+event loop, parents before children, so a reader never sees a score without its call.
+
+If an insert fails (disk full, the file gone, DuckDB out of memory), the writer keeps
+taking records so that no call waits on a full queue, drops them, tells the runner to
+stop dispatching, and raises `StoreWriteError` once it is closed: the run stops with
+what was written before, resumable, instead of hanging."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..errors import StoreWriteError
 from ..spec.dataset import Case
 from ..store.db import Store
 from ..store.records import CallRecord, ScoreRecord
@@ -20,8 +27,10 @@ _Item = tuple[CallRecord, list[ScoreRecord]] | dict[str, Any]
 
 
 class Writer:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, on_failure: Callable[[], None] = lambda: None) -> None:
         self.store = store
+        self.on_failure = on_failure
+        self.failure: Exception | None = None
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=4 * WRITE_BATCH)
         # One thread for every insert, not the loop's shared pool: DuckDB's allocator
         # keeps a cache per thread, and inserts spread over six threads held more memory.
@@ -48,6 +57,11 @@ class Writer:
             await self._drain()
         finally:
             self._thread.shutdown(wait=False)  # after `None` nothing runs there any more
+        if self.failure is not None:
+            raise StoreWriteError(
+                f"could not write to the run's staging file {self.store.path}: "
+                f"{type(self.failure).__name__}: {self.failure}"
+            ) from self.failure
 
     async def _drain(self) -> None:
         cases: list[dict[str, Any]] = []
@@ -74,11 +88,15 @@ class Writer:
                 cases.append(item)
             count = len(cases) + len(calls)
             if done or count >= WRITE_BATCH or time.monotonic() >= deadline:
-                if count:
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self._flush, cases, calls, scores
-                    )
-                    cases, calls, scores = [], [], []
+                if count and self.failure is None:
+                    try:
+                        await asyncio.get_running_loop().run_in_executor(
+                            self._thread, self._flush, cases, calls, scores
+                        )
+                    except Exception as exc:
+                        self.failure = exc
+                        self.on_failure()
+                cases, calls, scores = [], [], []
                 deadline = time.monotonic() + WRITE_INTERVAL_S
 
     def _flush(
