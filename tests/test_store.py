@@ -7,9 +7,10 @@ from pathlib import Path
 
 import duckdb
 
-from abharness.store.db import Store, merge
-from abharness.store.migrations import KEYS, MIGRATIONS
+from abharness.store.db import LOGS, Store, merge
+from abharness.store.migrations import KEYS, MIGRATIONS, migrate
 from abharness.store.queries import recorded_prompt_hashes
+from abharness.store.records import CallRecord, ScoreRecord
 
 CONTRACT = {
     "runs": "run_id experiment description status started_at finished_at spec_hash spec_yaml git_sha "
@@ -136,15 +137,71 @@ def test_a_later_merge_replaces_rows_by_key_and_recounts_the_run(tmp_path: Path)
     con.close()
 
 
-def test_keys_are_the_tables_primary_keys(tmp_path: Path) -> None:
-    store = Store(tmp_path / "a.duckdb")
-    found = store.con.execute(
+def _primary_keys(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, ...]]:
+    found = con.execute(
         "SELECT table_name, constraint_column_names FROM duckdb_constraints() "
         "WHERE constraint_type = 'PRIMARY KEY' AND table_name IN (SELECT unnest(?::VARCHAR[]))",
         [list(KEYS)],
     ).fetchall()
+    return {t: tuple(cols) for t, cols in found}
+
+
+def test_keys_are_the_main_files_primary_keys_and_staging_logs_have_none(
+    tmp_path: Path,
+) -> None:
+    main = tmp_path / "main.duckdb"
+    assert merge(_stage(tmp_path / "staging/r1.duckdb"), main).merged
+    con = duckdb.connect(str(main), read_only=True)
+    assert _primary_keys(con) == KEYS
+    con.close()
+    store = Store(tmp_path / "staging/r2.duckdb")
+    assert _primary_keys(store.con) == {t: KEYS[t] for t in KEYS if t not in LOGS}
+    # the same columns, defaults and NOT NULLs as the main file's tables
+    store.insert_calls([CallRecord("c1", "r2", "a", "k", 0, status="ok")])
+    assert store.con.execute("SELECT cache_hit FROM calls").fetchone() == (False,)
+    try:
+        store.con.execute("INSERT INTO calls (call_id, run_id) VALUES ('c2', 'r2')")
+    except duckdb.ConstraintException as exc:
+        assert "NOT NULL" in str(exc)
+    else:
+        raise AssertionError("a call without an arm was staged")
     store.close()
-    assert {t: tuple(cols) for t, cols in found} == KEYS
+
+
+def test_reopen_keeps_finished_calls_and_deletes_what_the_resume_writes_again(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "staging/r1.duckdb")
+    store.insert("cases", [{"run_id": "r1", "case_id": "k"}])
+    store.insert_calls(
+        [
+            CallRecord("done", "r1", "a", "k", 0, status="ok", attempts=1),
+            CallRecord("budget", "r1", "a", "k", 1, status="error", error_type="budget"),
+            CallRecord(
+                "judge", "r1", "j", "k", 1, status="ok", attempts=1, judged_call_id="budget"
+            ),
+            CallRecord(
+                "judge2",
+                "r1",
+                "j",
+                "k",
+                0,
+                status="error",
+                error_type="budget",
+                judged_call_id="done",
+            ),
+        ]
+    )
+    store.insert_scores(
+        [ScoreRecord(c, "r1", "contains", 1.0, True, "") for c in ("done", "budget", "judge")]
+    )
+    assert store.reopen("r1") == {"done", "judge"}
+    calls = store.con.execute("SELECT call_id FROM calls ORDER BY 1").fetchall()
+    # the judge of a finished call is not made again: its row stays
+    assert calls == [("done",), ("judge2",)]
+    assert store.con.execute("SELECT call_id FROM scores").fetchall() == [("done",)]
+    assert store.con.execute("SELECT count(*) FROM cases").fetchone() == (0,)
+    store.close()
 
 
 def test_insert_refuses_rows_with_different_keys(tmp_path: Path) -> None:
@@ -162,7 +219,8 @@ def test_insert_refuses_rows_with_different_keys(tmp_path: Path) -> None:
 
 def test_merge_waits_for_a_lock_then_keeps_the_staging_file(tmp_path: Path) -> None:
     main = tmp_path / "main.duckdb"
-    Store(main).close()
+    with duckdb.connect(str(main)) as con:
+        migrate(con)
     staging = _stage(tmp_path / "staging/r2.duckdb", "r2")
     holder = subprocess.Popen(
         [
@@ -230,8 +288,6 @@ def test_records_are_the_calls_and_scores_columns(tmp_path: Path) -> None:
 
 
 def test_a_path_with_a_quote_merges(tmp_path: Path) -> None:
-    from abharness.store.records import CallRecord
-
     folder = tmp_path / "it's here"
     staging = Store(folder / "staging" / "r1.duckdb")
     staging.insert("runs", [{"run_id": "r1", "experiment": "x", "status": "completed"}])

@@ -202,7 +202,7 @@ def run_experiment(
         warm = _warm_up(plan)
         if leftover is not None:
             store = Store(leftover)
-            skip = store.finished_call_ids(run_id)
+            skip = store.reopen(run_id)
         else:
             store = Store(staging_dir(db) / f"{run_id}.duckdb")
             skip = store.copy_run_from(db, run_id)

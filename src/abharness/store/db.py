@@ -5,7 +5,14 @@ A run never writes the main database while it runs. It writes its own staging fi
 into the main file in one transaction, so an analyst holding the main file open
 neither blocks nor breaks the run: a merge that cannot get the lock is retried, and
 otherwise the staging file stays for ``abharness merge``. Merging is idempotent:
-every table has a primary key and rows are upserted.
+every table of the main file has a primary key, and staged rows replace the rows with
+their key.
+
+In a staging file the tables with a row per case, call or score (`LOGS`) have no key:
+a key is an ART index that DuckDB holds in memory and cannot evict (about 70 bytes a
+row for random call ids), so a staging file capped at 64 MB ran out of memory near
+400k calls. A run writes each of those rows once; a resume first deletes the rows it
+will write again (`Store.reopen`); the main file's keys check it at the merge.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ MERGE_ROW_GROUP_SIZE = 8192
 
 FINISHED_SQL = "SELECT call_id FROM {calls} WHERE run_id = ? AND (attempts > 0 OR cache_hit)"
 
+LOGS = ("cases", "calls", "scores")  # unkeyed in a staging file
+
 
 def sql_string(value: str | Path) -> str:
     """`value` as a SQL string literal (for ATTACH, which takes no parameters)."""
@@ -48,10 +57,13 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path), config=STAGING_CONFIG)
         migrate(self.con)
+        for table in LOGS:
+            _drop_key(self.con, table)
 
     def insert(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
-        """Upsert rows of a few columns (runs, arms, cases) in one parameterised
-        statement; every row has the same keys, and columns left out take their default."""
+        """Insert rows of a few columns (runs, arms, cases) in one parameterised
+        statement, replacing a run's or arm's row with the same key; every row has the
+        same keys, and columns left out take their default."""
         batch = list(rows)
         if table not in TABLES:
             raise ValueError(table)
@@ -61,20 +73,20 @@ class Store:
         if any(row.keys() != batch[0].keys() for row in batch):
             raise ValueError(f"rows for {table} differ in their keys")
         one = "(" + ", ".join("?" * len(columns)) + ")"
+        verb = "INSERT" if table in LOGS else "INSERT OR REPLACE"
         self.con.execute(
-            f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
-            f"VALUES {', '.join([one] * len(batch))}",
+            f"{verb} INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * len(batch))}",
             [row[c] for row in batch for c in columns],
         )
         return len(batch)
 
     def insert_calls(self, records: list[CallRecord]) -> int:
-        return self._upsert("calls", records, CALL_COLUMNS)
+        return self._append("calls", records, CALL_COLUMNS)
 
     def insert_scores(self, records: list[ScoreRecord]) -> int:
-        return self._upsert("scores", records, SCORE_COLUMNS)
+        return self._append("scores", records, SCORE_COLUMNS)
 
-    def _upsert(
+    def _append(
         self, table: str, records: list[CallRecord] | list[ScoreRecord], columns: tuple[str, ...]
     ) -> int:
         """Records in one statement through a DataFrame, DuckDB's fastest way in for many
@@ -87,16 +99,42 @@ class Store:
         frame = pd.DataFrame(as_rows(records), columns=columns)
         self.con.register("_batch", frame)
         try:
-            self.con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM _batch")
+            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _batch")
         finally:
             self.con.unregister("_batch")
         return len(frame)
 
-    def finished_call_ids(self, run_id: str) -> set[str]:
-        """Calls of `run_id` that were attempted or answered from the cache: resume skips
-        them. Calls never made (budget, credentials, endpoint down) are made again."""
-        rows = self.con.execute(FINISHED_SQL.format(calls="calls"), [run_id]).fetchall()
-        return {r[0] for r in rows}
+    def reopen(self, run_id: str) -> set[str]:
+        """Resume `run_id` in this staging file: return the calls that were attempted or
+        answered from the cache, which the resumed run skips, and delete what it writes
+        again: its cases, the calls never made (budget, credentials, endpoint down),
+        the judges' calls on those, and their scores."""
+        finished = {
+            r[0] for r in self.con.execute(FINISHED_SQL.format(calls="calls"), [run_id]).fetchall()
+        }
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute(
+                f"""
+                CREATE TEMP TABLE redo AS
+                WITH arm AS (
+                    SELECT call_id FROM calls WHERE run_id = $run AND judged_call_id IS NULL
+                    EXCEPT ({FINISHED_SQL.format(calls="calls").replace("?", "$run")})
+                )
+                SELECT call_id FROM arm
+                UNION ALL SELECT call_id FROM calls WHERE judged_call_id IN (FROM arm)
+                """,
+                {"run": run_id},
+            )
+            for table in ("scores", "calls"):
+                self.con.execute(f"DELETE FROM {table} WHERE call_id IN (FROM redo)")
+            self.con.execute("DELETE FROM cases WHERE run_id = ?", [run_id])
+            self.con.execute("DROP TABLE redo")
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+        return finished
 
     def copy_run_from(self, main: Path, run_id: str) -> set[str]:
         """Copy a merged run's ``runs`` and ``arms`` rows from `main` into this staging
@@ -207,6 +245,34 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
         f"{main} is locked by another process ({last}); results kept in {staging}; "
         "run `abharness merge` when it is free",
     )
+
+
+def _drop_key(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Make an empty keyed `table` a log: the same columns, defaults and NOT NULLs, no
+    primary key (DuckDB cannot drop a constraint, so the table is made again)."""
+    keyed = con.execute(
+        "SELECT count(*) FROM duckdb_constraints() "
+        "WHERE table_name = ? AND constraint_type = 'PRIMARY KEY'",
+        [table],
+    ).fetchone()
+    if not (keyed and keyed[0]) or con.execute(f"FROM {table} LIMIT 1").fetchone():
+        return  # already a log, or a staging file written before logs had no key
+    columns = con.execute(
+        "SELECT column_name, data_type, column_default, is_nullable FROM duckdb_columns() "
+        "WHERE table_name = ? ORDER BY column_index",
+        [table],
+    ).fetchall()
+    spec = ", ".join(
+        f'"{name}" {kind}'
+        + (f" DEFAULT {default}" if default is not None else "")
+        + ("" if nullable else " NOT NULL")
+        for name, kind, default, nullable in columns
+    )
+    con.execute("BEGIN TRANSACTION")
+    con.execute(f"CREATE TABLE _log ({spec})")
+    con.execute(f"DROP TABLE {table}")  # the views name it, and bind when queried
+    con.execute(f"ALTER TABLE _log RENAME TO {table}")
+    con.execute("COMMIT")
 
 
 def staging_dir(main: Path) -> Path:
