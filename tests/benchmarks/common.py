@@ -89,19 +89,21 @@ class Child:
     peak_mb: float
     cpu_s: float
     stdout: str
+    started_at: float  # time.time() as the launcher started the command
 
 
 # Started first, small: it starts the measured command and reports the command's own
-# rusage. A child forked straight from a large parent reports the parent's RSS as its
-# peak (ru_maxrss counts the pages it held before exec), which would hide its own.
+# rusage, and when it started it (the launcher's own start-up is not the command's).
+# A child forked straight from a large parent reports the parent's RSS as its peak
+# (ru_maxrss counts the pages it held before exec), which would hide its own.
 MEASURE = """
 import json, os, subprocess, sys, time
-start = time.perf_counter()
+started_at, start = time.time(), time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(proc.pid, 0)
 with open(sys.argv[1], "w") as f:
     json.dump([os.waitstatus_to_exitcode(status), time.perf_counter() - start,
-               usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime], f)
+               usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, started_at], f)
 """
 
 
@@ -115,10 +117,10 @@ def run_child(cmd: list[str], cwd: Path | None = None) -> Child:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        code, wall, peak_mb, cpu_s = json.loads(report.read() or "[1, 0, 0, 0]")
+        code, wall, peak_mb, cpu_s, started_at = json.loads(report.read() or "[1, 0, 0, 0, 0]")
     if proc.returncode != 0 or code != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {code}:\n{proc.stdout[-2000:]}")
-    return Child(wall, peak_mb, cpu_s, proc.stdout)
+    return Child(wall, peak_mb, cpu_s, proc.stdout, started_at)
 
 
 class Server:

@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from .common import REPO, TWO_ARMS, Child, Server, run_child, write_spec
@@ -39,7 +38,6 @@ def abharness_run(calls: int, latency_ms: float, concurrency: int) -> dict[str, 
             folder = Path(tmp)
             spec = write_spec(folder, server.url, calls // 2, concurrency, TWO_ARMS)
             db = folder / "results.duckdb"
-            started = time.time()
             run = run_child(
                 [
                     str(ABHARNESS),
@@ -52,7 +50,7 @@ def abharness_run(calls: int, latency_ms: float, concurrency: int) -> dict[str, 
                     str(folder / "reports"),
                 ]  # fmt: skip
             )
-            first = server.first_request_at() - started
+            first = server.first_request_at() - run.started_at
             report = run_child(
                 [
                     str(ABHARNESS),
