@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.faults
 	$(BIN)/python -m tests.benchmarks.runloop $(if $(LITELLM_PYTHON),--litellm-python $(LITELLM_PYTHON))
 	$(BIN)/python -m tests.benchmarks.phases
+	$(BIN)/python -m tests.benchmarks.staging
 	$(BIN)/python -m tests.benchmarks.verdicts --runs 100
 
 lint: $(STAMP)

@@ -250,6 +250,7 @@ def build_report(db: Results, run_id: str) -> dict[str, Any]:
             }
         )
     arm_list.sort(key=lambda a: a["arm_id"] != baseline)  # stable: baseline first, then spec order
+    del calls  # a frame of every call: what follows needs only the case-level rows
 
     comparisons: list[dict[str, Any]] = []
     if baseline is not None:

@@ -30,8 +30,9 @@ from .records import CALL_COLUMNS, SCORE_COLUMNS, CallRecord, ScoreRecord, as_ro
 
 # The staging file is written by this process alone, a batch at a time: DuckDB need not
 # keep its pages in memory (by default it may use 80% of RAM), and a smaller WAL between
-# checkpoints bounds what a checkpoint holds. A 1M-call staging file stays under 290 MB
-# of RSS with these (BENCHMARKS.md, "Memory").
+# checkpoints bounds what a checkpoint holds. Staging 1M calls and their scores, DuckDB
+# holds 10-22 MB throughout (`python -m tests.benchmarks.staging`, BENCHMARKS.md). At
+# 16 MB a checkpoint itself ran out of memory.
 STAGING_CONFIG: dict[str, Any] = {"memory_limit": "64MB", "checkpoint_threshold": "4MB"}
 
 # Rows per row group when merging into the main file (DuckDB's default is 122,880): a
@@ -269,10 +270,14 @@ def _drop_key(con: duckdb.DuckDBPyConnection, table: str) -> None:
         for name, kind, default, nullable in columns
     )
     con.execute("BEGIN TRANSACTION")
-    con.execute(f"CREATE TABLE _log ({spec})")
-    con.execute(f"DROP TABLE {table}")  # the views name it, and bind when queried
-    con.execute(f"ALTER TABLE _log RENAME TO {table}")
-    con.execute("COMMIT")
+    try:
+        con.execute(f"CREATE TABLE _log ({spec})")
+        con.execute(f"DROP TABLE {table}")  # the views name it, and bind when queried
+        con.execute(f"ALTER TABLE _log RENAME TO {table}")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
 
 
 def staging_dir(main: Path) -> Path:
