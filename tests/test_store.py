@@ -298,3 +298,28 @@ def test_a_path_with_a_quote_merges(tmp_path: Path) -> None:
     resumed = Store(folder / "staging" / "r1-again.duckdb")
     assert resumed.copy_run_from(folder / "main.duckdb", "r1") == set()  # ATTACH, quoted path
     resumed.close()
+
+
+def test_shed_cache_drops_what_duckdb_keeps_of_the_written_file(tmp_path: Path) -> None:
+    store = Store(tmp_path / "staging/r.duckdb")
+    for start in range(0, 40_000, 256):  # as the writer does, a batch at a time
+        store.insert_calls(
+            [
+                CallRecord(f"{i:024x}", "r", "a", str(i), 0, status="ok", response_text="x" * 200)
+                for i in range(start, start + 256)
+            ]
+        )
+
+    def cached() -> int:
+        sql = "SELECT sum(memory_usage_bytes) FROM duckdb_memory() WHERE tag = 'BASE_TABLE'"
+        return int(store.con.execute(sql).fetchall()[0][0] or 0)
+
+    def limit() -> str:
+        return str(store.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+
+    before, limit_before = cached(), limit()
+    store.shed_cache()
+    assert before > 2**20 and cached() < before / 2, (before, cached())
+    assert limit() == limit_before  # put back
+    assert store.con.execute("SELECT count(*) FROM calls").fetchall() == [(40_192,)]
+    store.close()

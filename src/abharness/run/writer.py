@@ -22,6 +22,9 @@ from ..store.records import CallRecord, ScoreRecord
 
 WRITE_BATCH = 256
 WRITE_INTERVAL_S = 1.0
+# Calls written between two `Store.shed_cache`: DuckDB's cache of the staging file
+# stays that of a few thousand calls, not of the whole run (BENCHMARKS.md, "Memory").
+SHED_EVERY_CALLS = 5_000
 
 _Item = tuple[CallRecord, list[ScoreRecord]] | dict[str, Any]
 
@@ -31,6 +34,7 @@ class Writer:
         self.store = store
         self.on_failure = on_failure
         self.failure: Exception | None = None
+        self._unshed = 0  # calls written since the last shed_cache
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=4 * WRITE_BATCH)
         # One thread for every insert, not the loop's shared pool: DuckDB's allocator
         # keeps a cache per thread, and inserts spread over six threads held more memory.
@@ -105,3 +109,7 @@ class Writer:
         self.store.insert("cases", cases)
         self.store.insert_calls(calls)
         self.store.insert_scores(scores)
+        self._unshed += len(calls)
+        if self._unshed >= SHED_EVERY_CALLS:
+            self.store.shed_cache()
+            self._unshed = 0

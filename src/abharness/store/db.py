@@ -35,6 +35,8 @@ from .records import CALL_COLUMNS, SCORE_COLUMNS, CallRecord, ScoreRecord, as_ro
 # 16 MB a checkpoint itself ran out of memory.
 STAGING_CONFIG: dict[str, Any] = {"memory_limit": "64MB", "checkpoint_threshold": "4MB"}
 
+SHED_TO = "4MB"  # `Store.shed_cache`
+
 # Rows per row group when merging into the main file (DuckDB's default is 122,880): a
 # transaction writes each full row group out before its commit, so a merge holds about
 # half what it did for a 100k-call run (BENCHMARKS.md, "Memory").
@@ -155,6 +157,18 @@ class Store:
     def update_run(self, run_id: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*fields.values(), run_id])
+
+    def shed_cache(self) -> None:
+        """Let DuckDB drop the blocks it keeps cached of what was written. It evicts
+        them only at its memory limit, so what it keeps grows with the run up to the
+        limit; lowering the limit for a moment evicts what is not in use. Not inside a
+        transaction: a limit that cannot be met there aborts it."""
+        try:
+            self.con.execute(f"SET memory_limit = '{SHED_TO}'")
+        except duckdb.Error:
+            pass  # more is in use than that: it stays, and the next call tries again
+        finally:
+            self.con.execute(f"SET memory_limit = '{STAGING_CONFIG['memory_limit']}'")
 
     def close(self) -> None:
         self.con.close()
