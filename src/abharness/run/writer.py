@@ -30,7 +30,7 @@ _Item = tuple[CallRecord, list[ScoreRecord]] | dict[str, Any]
 
 
 class Writer:
-    def __init__(self, store: Store, on_failure: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: Store, on_failure: Callable[[], None]) -> None:
         self.store = store
         self.on_failure = on_failure
         self.failure: Exception | None = None

@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 
-from .migrations import KEYS, TABLES, migrate
+from .migrations import KEYS, TABLES, migrate, transaction
 from .records import CALL_COLUMNS, SCORE_COLUMNS, CallRecord, ScoreRecord, as_rows
 
 # The staging file is written by this process alone, a batch at a time: DuckDB need not
@@ -42,7 +42,8 @@ SHED_TO = "4MB"  # `Store.shed_cache`
 # half what it did for a 100k-call run (BENCHMARKS.md, "Memory").
 MERGE_ROW_GROUP_SIZE = 8192
 
-FINISHED_SQL = "SELECT call_id FROM {calls} WHERE run_id = ? AND (attempts > 0 OR cache_hit)"
+FINISHED = "coalesce(attempts > 0 OR cache_hit, FALSE)"  # attempted, or from the cache
+FINISHED_SQL = f"SELECT call_id FROM {{calls}} WHERE run_id = ? AND {FINISHED}"
 
 LOGS = ("cases", "calls", "scores")  # unkeyed in a staging file
 
@@ -115,28 +116,23 @@ class Store:
         finished = {
             r[0] for r in self.con.execute(FINISHED_SQL.format(calls="calls"), [run_id]).fetchall()
         }
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(self.con):
             self.con.execute(
                 f"""
                 CREATE TEMP TABLE redo AS
                 WITH arm AS (
-                    SELECT call_id FROM calls WHERE run_id = $run AND judged_call_id IS NULL
-                    EXCEPT ({FINISHED_SQL.format(calls="calls").replace("?", "$run")})
+                    SELECT call_id FROM calls
+                    WHERE run_id = ? AND judged_call_id IS NULL AND NOT {FINISHED}
                 )
                 SELECT call_id FROM arm
                 UNION ALL SELECT call_id FROM calls WHERE judged_call_id IN (FROM arm)
                 """,
-                {"run": run_id},
+                [run_id],
             )
             for table in ("scores", "calls"):
                 self.con.execute(f"DELETE FROM {table} WHERE call_id IN (FROM redo)")
             self.con.execute("DELETE FROM cases WHERE run_id = ?", [run_id])
             self.con.execute("DROP TABLE redo")
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
         return finished
 
     def copy_run_from(self, main: Path, run_id: str) -> set[str]:
@@ -215,8 +211,7 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
             migrate(con)
             con.execute(f"ATTACH {sql_string(staging)} AS staging (READ_ONLY)")
             rows: dict[str, int] = {}
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 # Every key holds its run's id (a call id is a hash of it): the rows of a
                 # run `main` has never seen cannot collide, and need no DELETE.
                 seen = con.execute(
@@ -244,10 +239,6 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
                           FROM calls WHERE run_id IN (SELECT run_id FROM staging.runs)
                           GROUP BY run_id) t
                     WHERE t.run_id = runs.run_id""")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
             con.execute("DETACH staging")
         finally:
             con.close()
@@ -283,15 +274,10 @@ def _drop_key(con: duckdb.DuckDBPyConnection, table: str) -> None:
         + ("" if nullable else " NOT NULL")
         for name, kind, default, nullable in columns
     )
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(f"CREATE TABLE _log ({spec})")
         con.execute(f"DROP TABLE {table}")  # the views name it, and bind when queried
         con.execute(f"ALTER TABLE _log RENAME TO {table}")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def staging_dir(main: Path) -> Path:

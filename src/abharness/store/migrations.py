@@ -5,7 +5,8 @@ a change is a new one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import duckdb
 
@@ -221,6 +222,18 @@ def m005_views(con: duckdb.DuckDBPyConnection) -> None:
         WHERE r.kind = 'nightly'""")
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Commit what the block does, or roll all of it back if it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply pending migrations in order; return the numbers applied."""
     con.execute("""
@@ -232,15 +245,10 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     for number, name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
         if number in done:
             continue
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             fn(con)
             con.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [number, name]
             )
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         applied.append(number)
     return applied
