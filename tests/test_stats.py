@@ -16,10 +16,12 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from abharness.report import stats
 from abharness.report.stats import (
     N_FLIPS,
     Comparison,
     adjusted_interval,
+    bootstrap_mean_ci,
     compare_arms,
     compare_paired,
     compare_ratio,
@@ -80,6 +82,18 @@ def test_sign_flip_monte_carlo_is_close_to_enumeration_for_continuous_values() -
     rng = np.random.default_rng(5)
     t = rng.normal(0.3, 1, 14)
     assert sign_flip_p(t) == pytest.approx(_brute_force_p(list(t)), abs=4 / math.sqrt(N_FLIPS))
+
+
+def test_resampling_draws_do_not_depend_on_the_chunk_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resamples and flips are drawn a chunk at a time to bound memory; the figures
+    must not depend on how big a chunk is (int8 sign draws did: numpy buffers them)."""
+    rng = np.random.default_rng(11)
+    values, t = rng.normal(0, 1, 3_001), rng.normal(0.2, 1, 99)
+    seen = []
+    for chunk in (1_000_000, 65_536, 997):
+        monkeypatch.setattr(stats, "CHUNK_VALUES", chunk)
+        seen.append((bootstrap_mean_ci(values, (0.95, 0.9)), sign_flip_p(t)))
+    assert seen[0] == seen[1] == seen[2]
 
 
 def test_adjusted_interval_is_bonett_price_for_one_call_per_case() -> None:
