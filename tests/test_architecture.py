@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,23 @@ def test_a_run_sends_its_first_request_before_pandas_and_scipy_load() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_the_cli_gives_arrow_the_shared_c_heap() -> None:
+    """pandas' Arrow strings are allocated from the C heap DuckDB and numpy reuse, not
+    from Arrow's own mimalloc pool (BENCHMARKS.md, memory); a pool the user names stays."""
+    code = (
+        "import sys; from abharness.cli.main import main; sys.argv = ['abharness', 'validate']; "
+        "exec('try: main()\\nexcept SystemExit: pass'); "
+        "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    )
+    for given, expected in ((None, "system"), ("mimalloc", "mimalloc")):
+        env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+        env |= {"ARROW_DEFAULT_MEMORY_POOL": given} if given else {}
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert out.stdout.split()[-1:] == [expected], out.stdout + out.stderr
 
 
 def test_lazy_exports_resolve() -> None:

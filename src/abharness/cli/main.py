@@ -8,6 +8,7 @@ not Click's 2, which SPEC §11 reserves for runs with too many errors.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import click
@@ -44,6 +45,10 @@ def cli(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # pandas keeps strings in Arrow arrays; Arrow's own allocator (mimalloc) keeps the
+    # pages it frees to itself, where DuckDB and numpy cannot reuse them. The C heap is
+    # shared: a 100k-call run peaks 27 MB lower (BENCHMARKS.md). A user's choice stands.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
 for module in (run, validate, report, compare, nightly, prompts, sql, export, merge):
