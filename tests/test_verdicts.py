@@ -246,6 +246,25 @@ def test_html_highlights_only_the_verdict_and_escapes_whole_entities(
     assert "&amp;" in html and "&a<" not in html and "&am<" not in html
 
 
+def test_examples_are_the_differing_calls_arm_passes_first(
+    tmp_path, server, truth, monkeypatch
+) -> None:
+    """The report's examples: (case, repeat) pairs whose pass differs between the arm and
+    the baseline, the arm's passes first, then by case and repeat; three at most."""
+    truth.wrong = {("model-a", "c02"), ("model-b", "c00"), ("model-a", "c04"), ("model-b", "c04")}
+    path = spec(tmp_path, server, monkeypatch, 6, 2, case_fields=lambda i: f", topic: t{i}")
+    examples = report_of(run_experiment(path, db=tmp_path / "r.duckdb"))["examples"]["arm-b"]
+    assert [
+        (e["case_id"], e["vars"], e["arm_passed"], e["arm_response"], e["baseline_response"])
+        for e in examples
+    ] == [
+        ("c02", {"topic": "t2"}, True, "answer-c02", "no idea"),
+        ("c02", {"topic": "t2"}, True, "answer-c02", "no idea"),
+        ("c00", {"topic": "t0"}, False, "no idea", "answer-c00"),
+    ]
+    assert [e["baseline_passed"] for e in examples] == [False, False, True]
+
+
 def test_validate_shows_the_smallest_detectable_difference(tmp_path, server, monkeypatch) -> None:
     path = spec(tmp_path, server, monkeypatch, n_cases=20)
     result = CliRunner().invoke(cli, ["validate", str(path)])

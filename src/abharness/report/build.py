@@ -184,6 +184,37 @@ def _comparisons(
     return out, outcomes
 
 
+def _examples(
+    db: Results, run_id: str, calls: pd.DataFrame, arm: str, baseline: str, limit: int = 3
+) -> list[dict[str, Any]]:
+    """A few (case, repeat) pairs where the arm's pass differs from the baseline's, the
+    arm's passes first, then by case and repeat, with both responses. Paired here from
+    the call table rather than in SQL: DuckDB's join for it held ~40 MB at 100k calls."""
+    keys = ["case_id", "repeat"]
+    mine = calls.loc[calls["arm_id"] == arm, [*keys, "passed"]]
+    base = calls.loc[calls["arm_id"] == baseline, [*keys, "passed"]]
+    both = mine.merge(base, on=keys, suffixes=("", "_base"))
+    differ = both[both["passed"] != both["passed_base"]].sort_values(
+        ["passed", *keys], ascending=[False, True, True]
+    )
+    out = []
+    for case, repeat, passed, base_passed in differ.head(limit).itertuples(index=False):
+        found = db.example(run_id, str(case), int(repeat), arm, baseline)
+        if found is not None:
+            variables, arm_text, base_text = found
+            out.append(
+                {
+                    "case_id": case,
+                    "vars": variables,
+                    "arm_passed": bool(passed),
+                    "arm_response": arm_text,
+                    "baseline_passed": bool(base_passed),
+                    "baseline_response": base_text,
+                }
+            )
+    return out
+
+
 def _comparison_json(arm: str, baseline: str, c: Comparison) -> dict[str, Any]:
     return {
         "arm_id": arm,
@@ -250,6 +281,11 @@ def build_report(db: Results, run_id: str) -> dict[str, Any]:
             }
         )
     arm_list.sort(key=lambda a: a["arm_id"] != baseline)  # stable: baseline first, then spec order
+    examples = {
+        a["arm_id"]: _examples(db, run_id, calls, a["arm_id"], baseline)
+        for a in arm_list
+        if baseline is not None and a["arm_id"] != baseline
+    }
     del calls  # a frame of every call: what follows needs only the case-level rows
 
     comparisons: list[dict[str, Any]] = []
@@ -282,11 +318,7 @@ def build_report(db: Results, run_id: str) -> dict[str, Any]:
         "arms": arm_list,
         "comparisons": comparisons,
         "not_run": not_run,
-        "examples": {
-            a["arm_id"]: db.differing_cases(run_id, a["arm_id"], baseline)
-            for a in arm_list
-            if baseline is not None and a["arm_id"] != baseline
-        },
+        "examples": examples,
     }
 
 

@@ -218,46 +218,25 @@ class Results:
             ).fetchall()
         )
 
-    def differing_cases(
-        self, run_id: str, arm_id: str, baseline: str, limit: int = 3
-    ) -> list[dict[str, Any]]:
-        """A few cases where `arm_id`'s outcome differs from the baseline's."""
-        rows = self.con.execute(
+    def example(
+        self, run_id: str, case_id: str, repeat: int, arm_id: str, baseline: str
+    ) -> tuple[dict[str, Any], str | None, str | None] | None:
+        """One case's variables and the two arms' responses at one repeat (None if the
+        run has no such case)."""
+        row = self.con.execute(
             """
-            WITH s AS (
-                SELECT call_id, coalesce(bool_and(coalesce(passed, FALSE)), FALSE) AS passed
-                FROM scores WHERE run_id = ? GROUP BY call_id
-            ), p AS (
-                SELECT c.call_id, c.arm_id, c.case_id, c.repeat,
-                       c.status = 'ok' AND coalesce(s.passed, FALSE) AS passed
-                FROM calls c LEFT JOIN s ON s.call_id = c.call_id
-                WHERE c.run_id = ? AND c.arm_id IN (?, ?)
-            ), d AS (  -- the few differing pairs first; their texts are read for them only
-                SELECT a.case_id, a.repeat, a.passed, a.call_id AS a_call, b.passed AS b_passed,
-                       b.call_id AS b_call
-                FROM p a JOIN p b ON a.case_id = b.case_id AND a.repeat = b.repeat
-                WHERE a.arm_id = ? AND b.arm_id = ? AND a.passed <> b.passed
-                ORDER BY a.passed DESC, a.case_id, a.repeat LIMIT ?
-            )
-            SELECT d.case_id, k.vars_json, d.passed, ca.response_text, d.b_passed,
-                   cb.response_text
-            FROM d JOIN calls ca ON ca.call_id = d.a_call JOIN calls cb ON cb.call_id = d.b_call
-            JOIN cases k ON k.run_id = ? AND k.case_id = d.case_id
-            ORDER BY d.passed DESC, d.case_id, d.repeat
+            SELECT k.vars_json,
+                   (SELECT response_text FROM calls
+                    WHERE run_id = $run AND arm_id = $arm AND case_id = $case AND repeat = $repeat),
+                   (SELECT response_text FROM calls
+                    WHERE run_id = $run AND arm_id = $base AND case_id = $case AND repeat = $repeat)
+            FROM cases k WHERE k.run_id = $run AND k.case_id = $case
             """,
-            [run_id, run_id, arm_id, baseline, arm_id, baseline, limit, run_id],
-        ).fetchall()
-        return [
-            {
-                "case_id": r[0],
-                "vars": json.loads(r[1] or "{}"),
-                "arm_passed": r[2],
-                "arm_response": r[3],
-                "baseline_passed": r[4],
-                "baseline_response": r[5],
-            }
-            for r in rows
-        ]
+            {"run": run_id, "case": case_id, "repeat": repeat, "arm": arm_id, "base": baseline},
+        ).fetchone()
+        if row is None:
+            return None
+        return json.loads(row[0] or "{}"), row[1], row[2]
 
     # -- prompts and ad-hoc SQL ----------------------------------------------------
 
