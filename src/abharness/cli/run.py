@@ -74,7 +74,7 @@ def command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..errors import InvalidInput
-    from ..run.experiment import run_experiment
+    from ..run.experiment import resume_command, run_experiment
 
     if (spec is None) == (resume is None):
         raise InvalidInput(
@@ -157,8 +157,8 @@ def command(
         err_console.print(f"[yellow]warning:[/] {outcome.merge.message}")
     if outcome.status == "interrupted":
         err_console.print(
-            f"interrupted: finished calls are saved. Resume with:\n"
-            f"  abharness run --resume {outcome.run_id} --db {outcome.db}"
+            "interrupted: finished calls are saved. Resume with:\n"
+            f"  {resume_command(outcome.run_id, outcome.db)}"
         )
         sys.exit(EXIT_INTERRUPTED)
     if outcome.status == "budget_exhausted":

@@ -69,6 +69,11 @@ class Outcome:
         return bool(self.calls) and self.errors / self.calls > self.max_error_rate
 
 
+def resume_command(run_id: str, db: Path) -> str:
+    """The command that completes `run_id`, for the messages that offer it."""
+    return f"abharness run --resume {run_id} --db {db}"
+
+
 def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
@@ -243,7 +248,7 @@ def run_experiment(
     except StoreWriteError as exc:  # left 'running' in its staging file: resumable
         with contextlib.suppress(Exception):
             store.close()
-        exc.resume = f"abharness run --resume {run_id} --db {db}"
+        exc.resume = resume_command(run_id, db)
         raise
     finally:
         if cache is not None:
