@@ -14,7 +14,7 @@ NIGHTLY ?= experiments/nightly
 WHEELS ?= $(HOME)/.cache/abharness/wheels/llama-native-off
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: experiment nightly test report lint bench setup clean
+.PHONY: experiment nightly test test-fast report lint bench setup clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The edit-test loop: everything but the tests marked slow (and the real model), in
+# under a minute. CI runs the whole suite (`make test`).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not e2e"
 
 # Benchmarks print Markdown tables; BENCHMARKS.md quotes them with their command.
 # LITELLM_PYTHON=path/to/python adds LiteLLM's column (promptfoo's: on PATH).
