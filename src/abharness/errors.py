@@ -6,8 +6,13 @@
     │   ├── DatasetError         a JSONL/CSV dataset (file, line)
     │   ├── TemplateError        a prompt template (file, line)
     │   ├── PromptChangedError   name@N's content differs from what the database recorded
-    │   └── SetupError           what the spec needs is missing here: an API key, a model
-    │                            file, the `local` extra
+    │   ├── SetupError           what the spec needs is missing here: an API key, a model
+    │   │                        file, the `local` extra
+    │   └── DatabaseRefused      the database file is not one abharness can use: not DuckDB,
+    │                            corrupt, someone else's tables, a newer schema
+    ├── EnvironmentFailure       exit 5: the machine refused (disk full, read-only folder,
+    │   │                        permission denied); the message says where the data is
+    │   └── StoreWriteError      the run's staging file could not be written
     └── CallError                one call failed; recorded as an `error` row, never fatal
         ├── RateLimitError       rate_limit
         ├── TimeoutError_        timeout
@@ -93,7 +98,22 @@ class SetupError(InvalidInput):
     says what to install or set."""
 
 
-class StoreWriteError(AbharnessError):
+class DatabaseRefused(InvalidInput):
+    """The database file is not one abharness can read or write: checked before any call."""
+
+
+class EnvironmentFailure(AbharnessError):
+    """The machine refused what abharness needed (disk full, a read-only folder, a
+    permission). The message is one line that says what failed and where the data is
+    now (``state``), so the user knows what is safe and what to run next."""
+
+    def __init__(self, problem: str, state: str = "") -> None:
+        self.problem = problem
+        self.state = state
+        super().__init__(f"{problem}; {state}" if state else problem)
+
+
+class StoreWriteError(EnvironmentFailure):
     """The run's staging file could not be written: the run stopped; what was written
     before the failure is kept and the run can be resumed."""
 

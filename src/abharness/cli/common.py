@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -18,7 +18,9 @@ EXIT_OK = 0
 EXIT_INVALID = 1  # invalid input, usage errors included; nothing written
 EXIT_ERRORS = 2  # the run's errors exceed the spec's max_error_rate
 EXIT_REGRESSION = 3  # a regression gate failed
-EXIT_INTERRUPTED = 130  # stopped; resumable
+EXIT_INCOMPLETE = 4  # the run ended with calls never made (an endpoint died); resumable
+EXIT_ENVIRONMENT = 5  # the machine refused: disk full, read-only folder, permission denied
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM; resumable
 
 DEFAULT_DB = Path("results/abharness.duckdb")
 DEFAULT_REPORTS = Path("reports")
@@ -52,25 +54,34 @@ reports_dir_option = click.option(
 )
 
 
-def fail(message: str, code: int = EXIT_INVALID) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+def fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
+    """Print `message` (plain text, never markup) as one error line and exit `code`."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 
-def invalid_input_exits(fn: F) -> F:
-    """Turn bad input, a missing or locked database into one clear line and exit 1."""
+def one_line_errors(fn: F) -> F:
+    """Turn bad input, a missing or locked database into one clear line and exit 1; a
+    refusal of the machine (disk full, read-only, permission) into one line that says
+    where the data is, exit 5."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ..errors import InvalidInput
+        from rich.markup import escape
+
+        from ..errors import EnvironmentFailure, InvalidInput
         from ..store.queries import DatabaseBusy, NoDatabase, RunNotFound
 
         try:
             return fn(*args, **kwargs)
         except InvalidInput as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             err_console.print("nothing was run or written.")
             sys.exit(EXIT_INVALID)
+        except EnvironmentFailure as exc:
+            fail(str(exc), EXIT_ENVIRONMENT)
         except (DatabaseBusy, NoDatabase, RunNotFound) as exc:
             fail(str(exc))
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .common import EXIT_REGRESSION, console, db_option, err_console, invalid_input_exits
+from .common import EXIT_REGRESSION, console, db_option, err_console, one_line_errors
 
 if TYPE_CHECKING:
     from ..report.compare import RunComparison
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
-@invalid_input_exits
+@one_line_errors
 def command(run_a: str, run_b: str, db: Path, fmt: str) -> None:
     """Compare RUN_B (candidate) with RUN_A (reference) on the experiment's gates.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import console, db_option, invalid_input_exits
+from .common import console, db_option, one_line_errors
 
 
 @click.command("export")
@@ -18,7 +18,7 @@ from .common import console, db_option, invalid_input_exits
     help="Folder to write runs/, arms/, cases/, calls/, scores/ into (experiment=…/date=…/).",
 )
 @db_option
-@invalid_input_exits
+@one_line_errors
 def command(out: Path, db: Path) -> None:
     """Write every table as Parquet partitioned by experiment and date (re-export: same files)."""
     from ..store.export import export_parquet

@@ -29,7 +29,7 @@ from .common import (
     console,
     db_option,
     err_console,
-    invalid_input_exits,
+    one_line_errors,
     reports_dir_option,
 )
 
@@ -47,7 +47,7 @@ MERGE_ATTEMPTS = 10  # a second apart: a busy database leaves the run in staging
 )
 @db_option
 @reports_dir_option
-@invalid_input_exits
+@one_line_errors
 def command(folder: Path, db: Path, reports_dir: Path) -> None:
     """Run every spec in FOLDER (default experiments/nightly) against its previous night."""
     from ..errors import InvalidInput

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import console, invalid_input_exits
+from .common import console, one_line_errors
 
 dir_option = click.option(
     "--dir",
@@ -25,7 +25,7 @@ def command() -> None:
 
 @command.command("list")
 @dir_option
-@invalid_input_exits
+@one_line_errors
 def list_(prompts_dir: Path) -> None:
     """Every template with its versions, content hash and description."""
     from rich.table import Table
@@ -53,7 +53,7 @@ def list_(prompts_dir: Path) -> None:
 @command.command("show")
 @click.argument("ref")
 @dir_option
-@invalid_input_exits
+@one_line_errors
 def show(ref: str, prompts_dir: Path) -> None:
     """Print NAME@N (or NAME: the latest) with its identity."""
     from ..prompts.templates import PromptLibrary
@@ -69,7 +69,7 @@ def show(ref: str, prompts_dir: Path) -> None:
 @click.argument("ref_a")
 @click.argument("ref_b")
 @dir_option
-@invalid_input_exits
+@one_line_errors
 def diff(ref_a: str, ref_b: str, prompts_dir: Path) -> None:
     """Unified diff of two template versions."""
     from ..prompts.templates import PromptLibrary

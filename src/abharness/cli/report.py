@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import console, db_option, invalid_input_exits, reports_dir_option
+from .common import console, db_option, one_line_errors, reports_dir_option
 
 
 @click.command("report")
@@ -16,7 +16,7 @@ from .common import console, db_option, invalid_input_exits, reports_dir_option
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 @db_option
 @reports_dir_option
-@invalid_input_exits
+@one_line_errors
 def command(run_id: str | None, last: bool, fmt: str, db: Path, reports_dir: Path) -> None:
     """Write reports/<experiment>/<RUN_ID>.md and .html, or print the figures as JSON."""
     from ..report.build import build_report, to_json, write_report

@@ -20,7 +20,7 @@ from .common import (
     console,
     db_option,
     err_console,
-    invalid_input_exits,
+    one_line_errors,
     reports_dir_option,
 )
 
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Run the arms that can run here; report the others (e.g. API key unset) as not run.",
 )
-@invalid_input_exits
+@one_line_errors
 def command(
     spec: Path | None,
     db: Path,

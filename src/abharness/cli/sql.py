@@ -1,8 +1,11 @@
 """`abharness sql`: query the results database read-only; print a table, CSV or JSON.
 
-The query is the argument, `-` for standard input, or `--file query.sql`. Piped or
-redirected output is never cropped: a table is printed in full, and CSV and JSON are
-for programs.
+The query is the argument, `-` for standard input, or `--file query.sql`: one statement
+that only reads; anything else (COPY, ATTACH, SET, INSTALL, a file-reading function,
+several statements) is refused with one line, exit 1 (`store.queries.check_read_only`).
+Piped or redirected output is never cropped: a table is printed in full, one line per
+row (line breaks in values shown as ``\n``), and CSV (``\n`` line ends) and JSON are for
+programs. DuckDB's own error, with its "did you mean" hint, is printed on one line.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import click
 
-from .common import console, db_option, fail, invalid_input_exits
+from .common import console, db_option, fail, one_line_errors
 
 
 @click.command("sql")
@@ -34,11 +37,12 @@ from .common import console, db_option, fail, invalid_input_exits
 @click.option(
     "--limit", type=int, help="At most this many rows (default: all for csv/json, 100 for a table)."
 )
-@invalid_input_exits
+@one_line_errors
 def command(query: str | None, file: Any, db: Path, fmt: str, limit: int | None) -> None:
     """Run QUERY (or `-` for stdin, or --file) against the database, read-only."""
     import duckdb
 
+    from ..store.health import first_line
     from ..store.queries import Results
 
     if file is not None and query is not None:
@@ -48,15 +52,15 @@ def command(query: str | None, file: Any, db: Path, fmt: str, limit: int | None)
         fail("no query: give it as an argument, with --file, or on standard input")
     if limit is None and fmt == "table":
         limit = 100
-    with Results(db) as results:
+    with Results(db, analyst=True) as results:
         try:
             columns, rows = results.query(text, limit)
         except duckdb.Error as exc:
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            fail(first_line(exc))
     more = limit is not None and len(rows) > limit
     rows = rows[:limit] if limit is not None else rows
     if fmt == "csv":
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
     elif fmt == "json":
@@ -73,8 +77,15 @@ def command(query: str | None, file: Any, db: Path, fmt: str, limit: int | None)
         click.echo(f"(first {limit} rows; use --limit)", err=True)
 
 
+def _cell(value: Any) -> str:
+    """One line whatever the value holds: a response's line breaks would break the table."""
+    if value is None:
+        return "NULL"
+    return str(value).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+
+
 def _table(columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-    cells = [["NULL" if v is None else str(v) for v in row] for row in rows]
+    cells = [[_cell(v) for v in row] for row in rows]
     if sys.stdout.isatty():
         from rich.table import Table
 

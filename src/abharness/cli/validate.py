@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_INVALID, console, db_option, err_console, invalid_input_exits
+from .common import EXIT_INVALID, console, db_option, err_console, one_line_errors
 
 
 @click.command("validate")
@@ -16,7 +16,7 @@ from .common import EXIT_INVALID, console, db_option, err_console, invalid_input
 @click.option(
     "--allow-changed-prompts", is_flag=True, help="Only warn when name@N's content changed."
 )
-@invalid_input_exits
+@one_line_errors
 def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
     """Render every prompt for every case and fit it to its budget, calling no model."""
     from rich.table import Table

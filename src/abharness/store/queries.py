@@ -3,6 +3,13 @@
 `Results` opens a database read-only (an analyst may hold it; a run's staging file
 too), so reading never blocks or breaks a run. A database written by an older
 abharness, not yet migrated, is read as it is: columns added later read as null.
+
+Analysts' SQL (``abharness sql``, and every front end that takes a query) goes through
+`Results.query` on a connection opened with ``analyst=True``: DuckDB's own switches
+turn off every file access (COPY, EXPORT, ATTACH, ``read_csv``, ``glob``), extension
+installs and loads, and lock the configuration (no SET, no PRAGMA that sets); and the
+text must be one statement that only reads (`check_read_only`). Read-only on the main
+file is not enough on its own: ATTACH could open the response cache for writing.
 """
 
 from __future__ import annotations
@@ -14,8 +21,80 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from ..errors import DatabaseRefused, InvalidInput
+from .health import classify, environment_failure, first_line
+
 if TYPE_CHECKING:  # pandas is imported by DuckDB's .df() when a frame is asked for
     import pandas as pd
+
+ANALYST_CONFIG: dict[str, Any] = {
+    "enable_external_access": False,  # no file but this database: COPY, ATTACH, read_*, glob
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "lock_configuration": True,  # last: no SET, RESET or setting PRAGMA after this
+}
+# Statement types that only read, and the PRAGMAs (or CALL pragma_...) that only report.
+READ_STATEMENTS = ("SELECT", "EXPLAIN")
+READ_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "show",
+        "show_tables",
+        "show_tables_expanded",
+        "show_databases",
+        "database_list",
+        "database_size",
+        "storage_info",
+        "metadata_info",
+        "version",
+        "platform",
+        "functions",
+        "collations",
+        "user_agent",
+        "duckdb_tables",
+        "duckdb_columns",
+        "duckdb_views",
+        "duckdb_settings",
+        "duckdb_functions",
+        "duckdb_constraints",
+        "duckdb_indexes",
+        "duckdb_types",
+        "duckdb_schemas",
+        "duckdb_databases",
+    }
+)
+_PRAGMA_NAME = re.compile(r"^\s*(?:PRAGMA|CALL)\s+(?:pragma_)?([A-Za-z_]+)", re.IGNORECASE)
+
+
+class QueryRefused(InvalidInput):
+    """An analyst's query that would do more than read: refused before it runs."""
+
+
+def check_read_only(sql: str) -> str:
+    """The one statement in `sql` if it only reads, else `QueryRefused` saying why."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryRefused(first_line(exc), key="query") from exc
+    if not statements:
+        raise QueryRefused("no statement in the query", key="query")
+    if len(statements) > 1:
+        raise QueryRefused(
+            f"{len(statements)} statements: give one query at a time", key="query"
+        )
+    statement = statements[0]
+    kind = statement.type.name
+    if kind in READ_STATEMENTS:
+        return sql
+    name = _PRAGMA_NAME.match(statement.query)
+    if kind in ("PRAGMA", "CALL") and name and name[1].lower() in READ_PRAGMAS:
+        return sql
+    shown = " ".join(statement.query.split())[:40]
+    raise QueryRefused(
+        f"refused {kind} statement ({shown!r}): abharness sql only reads (SELECT, WITH, "
+        "EXPLAIN, DESCRIBE, SHOW, SUMMARIZE, and PRAGMAs that report)",
+        key="query",
+    )
 
 
 class DatabaseBusy(RuntimeError):
@@ -41,16 +120,29 @@ def busy_message(path: Path, exc: Exception) -> str:
 
 
 class Results:
-    """A read-only connection to one results database (or a run's staging file)."""
+    """A read-only connection to one results database (or a run's staging file).
 
-    def __init__(self, path: str | Path) -> None:
+    ``analyst=True`` opens it for analysts' SQL (`query`): no file access, no
+    extensions, configuration locked."""
+
+    def __init__(self, path: str | Path, *, analyst: bool = False) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise NoDatabase(f"no database at {self.path}: run an experiment first")
         try:
-            self.con = duckdb.connect(str(self.path), read_only=True)
-        except duckdb.IOException as exc:  # another process holds it read-write
-            raise DatabaseBusy(busy_message(self.path, exc)) from exc
+            self.con = duckdb.connect(
+                str(self.path), read_only=True, config=ANALYST_CONFIG if analyst else {}
+            )
+        except (duckdb.Error, OSError) as exc:
+            problem = classify(exc)
+            if problem == "busy":  # another process holds it read-write
+                raise DatabaseBusy(busy_message(self.path, exc)) from exc
+            if problem == "corrupt":
+                raise DatabaseRefused(
+                    f"not a DuckDB database, or a corrupt one ({first_line(exc)})", file=self.path
+                ) from exc
+            raise environment_failure(exc, f"cannot open {self.path}", "nothing was changed") from exc
+        self.analyst = analyst
 
     def __enter__(self) -> Results:
         return self
@@ -256,8 +348,10 @@ class Results:
         return out
 
     def query(self, sql: str, limit: int | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """An analyst's SQL: (column names, rows); at most `limit` + 1 rows are fetched."""
-        cur = self.con.execute(sql)
+        """An analyst's SQL: (column names, rows); at most `limit` + 1 rows are fetched.
+        One statement that only reads (`check_read_only`); open the connection with
+        ``analyst=True`` for a query that comes from outside abharness."""
+        cur = self.con.execute(check_read_only(sql))
         rows = cur.fetchall() if limit is None else cur.fetchmany(limit + 1)
         return [d[0] for d in cur.description or []], rows
 
