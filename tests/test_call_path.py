@@ -296,7 +296,9 @@ async def test_a_reset_keep_alive_connection_is_a_connection_error() -> None:
         listener.close()
 
 
-def test_a_dead_endpoint_fails_its_queued_calls_fast(tmp_path: Path, server: FakeServer) -> None:
+def test_a_model_answering_500_fails_its_queued_calls_fast(
+    tmp_path: Path, server: FakeServer
+) -> None:
     server.fault_fn = lambda entry: Fault(status=500)
     body = """
 arms:
@@ -311,5 +313,6 @@ arms:
     # threshold (5) failures open the circuit, one probe fails: the rest are not called
     assert len(server.log) <= 5 + 16 + 1  # at most what was already on the wire
     not_called = [r for r in calls if r["attempts"] == 0]
-    assert not_called and all("endpoint down" in r["error_message"] for r in not_called)
+    down = f"not called: model m on {server.url}/v1 down: 5 calls in a row failed (HTTP 500"
+    assert not_called and all(r["error_message"].startswith(down) for r in not_called)
     assert "further calls not made" in result.output

@@ -12,7 +12,14 @@ import pytest
 
 from abharness import errors
 from abharness.run.limits import EndpointLimits
-from abharness.run.retry import CircuitBreaker, CircuitOpenError, EndpointDownError, RetryPolicy
+from abharness.providers._http import StreamCut
+from abharness.run.retry import (
+    CircuitBreaker,
+    CircuitOpenError,
+    EndpointDownError,
+    RetryPolicy,
+    failure_scope,
+)
 
 DELAY = RetryPolicy.delay_s  # the real one: tests zero it through an autouse fixture
 
@@ -84,9 +91,49 @@ async def test_a_429_during_half_open_closes_the_circuit() -> None:
     await asyncio.sleep(0.02)
     await breaker.before_call(10)
     waiter = asyncio.create_task(breaker.before_call(10))
-    breaker.record(errors.RateLimitError("429"))  # the endpoint answered: not down
+    answered = errors.RateLimitError("429", status_code=429)
+    assert failure_scope(answered) is None  # the endpoint answered: not down
+    breaker.record(None)
     await asyncio.wait_for(waiter, 1)
     assert breaker.state == "closed"
+
+
+@pytest.mark.parametrize(
+    ("error", "first_byte", "scope"),
+    [
+        (errors.ConnectionError_("connection refused: http://x/v1"), False, "endpoint"),
+        (errors.ConnectionError_("connection reset by the server"), True, "endpoint"),
+        (errors.TimeoutError_("no answer in 10 s from http://x/v1"), False, "endpoint"),
+        (errors.TimeoutError_("stalled"), True, "model"),
+        (errors.TimeoutError_("HTTP 408", status_code=408), False, None),
+        (errors.ServerError("HTTP 500", status_code=500), False, "model"),
+        (StreamCut("stream ended before the final chunk"), True, "model"),
+        (errors.BadRequestError("HTTP 404: model not found", status_code=404), False, "model"),
+        (errors.BadRequestError("HTTP 400", status_code=400), False, None),
+        (errors.RateLimitError("HTTP 429", status_code=429), False, None),
+        (errors.AuthError("HTTP 401", status_code=401), False, None),
+        (errors.ContextLengthError("too long", status_code=400), False, None),
+    ],
+)
+def test_which_circuit_a_failure_counts_against(error, first_byte, scope) -> None:
+    assert failure_scope(error, first_byte) == scope
+
+
+async def test_a_down_circuit_is_typed_as_its_failures() -> None:
+    """Calls not made because a dead server's circuit is down are connection (or
+    timeout) errors, not 'server' errors."""
+    breaker = CircuitBreaker(threshold=2, cooldown_s=0.01, name="endpoint http://127.0.0.1:9/v1")
+    refused = errors.ConnectionError_("connection refused: http://127.0.0.1:9/v1")
+    breaker.record(refused, "a")
+    breaker.record(refused, "b")
+    await asyncio.sleep(0.02)
+    await breaker.before_call(10)  # the probe
+    breaker.record(refused, "c")
+    with pytest.raises(EndpointDownError) as down:
+        await breaker.before_call(10)
+    assert down.value.error_type == "connection"
+    assert errors.error_type_of(down.value) == "connection"
+    assert str(down.value).startswith("endpoint http://127.0.0.1:9/v1 down: 2 calls in a row")
 
 
 async def test_circuit_gives_up_beyond_the_wait_budget() -> None:

@@ -123,13 +123,25 @@ def test_max_error_rate_lets_a_few_errors_pass(project: Path, fake_provider) -> 
     assert not run_experiment(spec, db=project / "r.duckdb").error_rate_exceeded
 
 
-def test_timeout_is_recorded_and_the_run_goes_on(project: Path, fake_provider) -> None:
+def test_timeouts_are_recorded_and_a_silent_endpoint_is_stopped(
+    project: Path, fake_provider
+) -> None:
+    """Silence counts toward the endpoint's circuit: five calls that got no answer open
+    it, the probe gets none either, and the calls still queued are not made."""
     spec = project / "experiments/spec.yaml"
     spec.write_text(spec.read_text().replace("max_tokens: 8}", "max_tokens: 8, timeout_s: 0.05}"))
     fake_provider.delay_s = 0.2
     out = run_experiment(spec, db=project / "r.duckdb")
-    rows = query(out.db, "SELECT DISTINCT error_type, error_message FROM calls")
-    assert rows == [("timeout", "no answer within timeout_s=0.05")]
+    rows = query(out.db, "SELECT error_type, error_message, attempts FROM calls")
+    assert len(rows) == 12 and {r[0] for r in rows} == {"timeout"}
+    silent = "no answer in 0.05 s from mock"
+    down = f"endpoint mock down: 5 calls in a row failed ({silent}) and the probe"
+    made = [r for r in rows if r[2] > 0]  # ended by their own timeout, or waiting to retry
+    assert 5 <= len(made) < 12 and silent in {r[1] for r in made}
+    assert all(r[1] == silent or r[1].startswith(down) for r in made)
+    not_made = [r for r in rows if r[2] == 0]
+    assert not_made and all(r[1].startswith(f"not called: {down}") for r in not_made)
+    assert out.failures and "further calls not made" in out.failures[0]
 
 
 def test_concurrency_cap_per_endpoint_is_respected(project: Path, fake_provider) -> None:

@@ -30,7 +30,7 @@ from ._http import (
     stream_cut,
     transport_error,
 )
-from .base import Provider, ProviderRequest, ProviderResponse, Usage
+from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
 
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens
 
@@ -117,6 +117,7 @@ class AnthropicProvider(Provider):
 
     async def _create(self, kwargs: dict[str, Any]) -> ProviderResponse:
         raw = await self._get_client().messages.with_raw_response.create(**kwargs)
+        mark_first_byte()
         message = await raw.parse()
         u = message.usage
         details = getattr(u, "output_tokens_details", None)
@@ -140,6 +141,7 @@ class AnthropicProvider(Provider):
 
         start = time.perf_counter()
         stream = await self._get_client().messages.create(**kwargs, stream=True)
+        mark_first_byte()
         parts: list[str] = []
         ttft = finish = served = None
         n_in = cache_read = cache_write = n_out = thinking = None

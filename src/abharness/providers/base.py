@@ -23,7 +23,12 @@ boundary. Everything else has a documented default a provider may override:
 - `api_for(request)`: which of the endpoint's APIs a request goes to, where it has
   more than one (OpenAI: chat or completions); shown by ``validate``;
 - `load()` / `aclose()`: set-up before the first call (blocking work is fine: the
-  runner calls it off the event loop) and clean-up after the last.
+  runner calls it off the event loop) and clean-up after the last;
+- `where()`: the address calls go to, for messages ("no answer in 10 s from ...").
+
+A provider calls `mark_first_byte()` when the server's answer begins (the response's
+headers, or the first chunk or token): a timeout after it belongs to the model, one
+before it to the endpoint (`run.retry.failure_scope`).
 
 Providers know nothing of the runner, the store or templates.
 """
@@ -31,7 +36,11 @@ Providers know nothing of the runner, the store or templates.
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -84,6 +93,35 @@ class ProviderResponse:
     served_model: str | None = None  # the model the server says answered
     metrics: dict[str, Any] = field(default_factory=dict)  # -> provider_metrics_json
     rate_limits: Any = None  # `RateLimits` from the response's headers, if it had any
+
+
+@dataclass
+class AttemptProgress:
+    """How far one attempt got; `track_attempt` makes one per attempt."""
+
+    first_byte_at: float | None = None  # perf_counter() when the answer began
+
+
+_attempt: ContextVar[AttemptProgress | None] = ContextVar("abharness_attempt", default=None)
+
+
+@contextmanager
+def track_attempt() -> Iterator[AttemptProgress]:
+    """The executor wraps each attempt in this; `mark_first_byte` fills it in (from the
+    attempt's task, or a worker thread it started: both see the same object)."""
+    progress = AttemptProgress()
+    token = _attempt.set(progress)
+    try:
+        yield progress
+    finally:
+        _attempt.reset(token)
+
+
+def mark_first_byte() -> None:
+    """The server's answer has begun (its headers, or the first chunk or token)."""
+    progress = _attempt.get()
+    if progress is not None and progress.first_byte_at is None:
+        progress.first_byte_at = time.perf_counter()
 
 
 class Provider(ABC):
@@ -165,6 +203,11 @@ class Provider(ABC):
     @property
     def label(self) -> str:
         return f"{self.endpoint}/{self.model}" if self.model else self.endpoint
+
+    def where(self) -> str:
+        """The address this provider's calls go to, for messages: its base URL, else the
+        endpoint's name."""
+        return str(self.options.get("base_url") or self.endpoint)
 
     def load(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Blocking set-up before the first call (runs in a worker thread)."""

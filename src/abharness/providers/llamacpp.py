@@ -40,7 +40,7 @@ from ..errors import (
     TimeoutError_,
 )
 from ..prompts.tokenizers import Tokenizer
-from .base import Provider, ProviderRequest, ProviderResponse, Usage
+from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
 
 DEFAULT_N_CTX = 2048
 
@@ -169,6 +169,9 @@ class LlamaCppProvider(Provider):
     def connection_key(self) -> str:
         return f"llamacpp:{self.model_path}"
 
+    def where(self) -> str:
+        return f"llama.cpp ({self.model_path.name})"
+
     def max_concurrency(self) -> int:
         return 1  # one llama context cannot serve two calls at once
 
@@ -223,6 +226,7 @@ class LlamaCppProvider(Provider):
             def on_token(_ids: Any, _logits: Any) -> bool:
                 if not first_token_at:
                     first_token_at.append(time.perf_counter())
+                    mark_first_byte()
                 return cancel.is_set()
 
             kwargs: dict[str, Any] = {

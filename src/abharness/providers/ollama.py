@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import CallError, OtherCallError
 from ._http import error_from_status, stream_cut, transport_error
-from .base import Provider, ProviderRequest, ProviderResponse, Usage
+from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
 
 NS_PER_MS = 1_000_000
 
@@ -53,6 +53,9 @@ class OllamaProvider(Provider):
 
     def connection_key(self) -> str:
         return "ollama:" + ",".join(sorted(h or "default" for h in self.hosts))
+
+    def where(self) -> str:
+        return "ollama at " + ", ".join(h or "the default host" for h in self.hosts)
 
     def max_concurrency(self) -> int:
         return int(self.options.get("concurrency") or self.default_concurrency) * len(self.hosts)
@@ -111,6 +114,7 @@ class OllamaProvider(Provider):
             if request.stream:
                 parts, final = [], None
                 async for part in result:
+                    mark_first_byte()
                     piece = part.response if raw else (part.message.content if part.message else "")
                     if piece:
                         if ttft is None:
@@ -120,6 +124,7 @@ class OllamaProvider(Provider):
                         final = part
                 text = "".join(parts)
             else:
+                mark_first_byte()
                 final = result
                 text = (result.response if raw else result.message.content) or ""
         except ollama.ResponseError as exc:

@@ -40,7 +40,7 @@ from ._http import (
     stream_cut,
     transport_error,
 )
-from .base import Provider, ProviderRequest, ProviderResponse, Usage
+from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
 
 # Hosted APIs that answer chat only; a raw prompt goes there as one user message.
 CHAT_ONLY_HOSTS = ("api.openai.com", "api.deepseek.com", "api.x.ai")
@@ -164,6 +164,7 @@ class OpenAIProvider(Provider):
             # response model construction: the body is already plain JSON, and the
             # answer is read as a dict (BENCHMARKS.md: the two were half its CPU).
             raw = await self._get_client().post(path, body=kwargs, cast_to=httpx_response())
+            mark_first_byte()
             completion = raw.json()
         except Exception as exc:
             raise map_stainless_error(exc, openai) from exc
@@ -203,6 +204,7 @@ class OpenAIProvider(Provider):
             )
         except Exception as exc:
             raise map_stainless_error(exc, openai) from exc
+        mark_first_byte()
         parts: list[str] = []
         ttft = finish = usage = served = None
         chunks = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,14 +30,16 @@ from ..errors import (
     error_type_of,
 )
 from ..hashing import content_hash
-from ..providers.base import ProviderRequest, ProviderResponse, Usage
+from ..providers.base import ProviderRequest, ProviderResponse, Usage, track_attempt
 from ..spec.dataset import Case
 from ..store.cache import ResponseCache, cache_key
 from ..store.records import USAGE_FIELDS, CallRecord
 from .costcap import CostCap
-from .endpoints import Endpoint, Endpoints
+from .endpoints import Circuit, Endpoint, Endpoints
 from .plan import ArmPlan
-from .retry import CircuitOpenError, RetryPolicy
+from .retry import CircuitOpenError, RetryPolicy, failure_scope
+
+log = logging.getLogger(__name__)
 
 
 class NotStarted(Exception):
@@ -149,9 +152,11 @@ class Executor:
     ) -> ProviderResponse:
         """Reserve the call's worst case under the cost cap, make it and settle the
         reservation to what it cost (an unknown cost keeps its whole reservation)."""
-        if endpoint.stopped is not None:
-            endpoint.not_called += 1
-            raise _not_called(endpoint.stopped)
+        circuits = (endpoint.circuit, endpoint.model(request.model))
+        for circuit in circuits:
+            if circuit.stopped is not None:
+                circuit.not_called += 1
+                raise _not_called(circuit.stopped)
         worst = arm.worst_case_cost(est_tokens)
         if self.cost_cap.refused or not self.cost_cap.reserve(worst):
             raise BudgetError(
@@ -160,7 +165,9 @@ class Executor:
                 f"this call up to {worst:.6f})"
             )
         try:
-            response = await self._attempts(arm, request, est_tokens, endpoint, record, job)
+            response = await self._attempts(
+                arm, request, est_tokens, endpoint, circuits, record, job
+            )
         except BaseException as exc:
             # refused calls cost nothing; a timed-out or cancelled one may have been billed
             billed = isinstance(exc, TimeoutError_ | asyncio.CancelledError)
@@ -190,22 +197,26 @@ class Executor:
         request: ProviderRequest,
         est_tokens: int,
         endpoint: Endpoint,
+        circuits: tuple[Circuit, Circuit],
         record: CallRecord,
         job: CallJob,
     ) -> ProviderResponse:
         """Make the call, retrying per the policy; each attempt holds one of the endpoint's
-        slots, and only while it is on the wire."""
+        slots, and only while it is on the wire. `circuits`: the endpoint's, the model's."""
         waited = 0.0
         while True:
-            try:
-                waited += await endpoint.breaker.before_call(self.policy.max_total_wait_s - waited)
-            except CircuitOpenError as exc:
-                if endpoint.breaker.down is not None:
-                    endpoint.stop(endpoint.breaker.down)
-                if record.attempts == 0:
-                    endpoint.not_called += 1
-                    raise _not_called(exc) from exc
-                raise
+            for circuit in circuits:
+                try:
+                    waited += await circuit.breaker.before_call(
+                        self.policy.max_total_wait_s - waited
+                    )
+                except CircuitOpenError as exc:
+                    if circuit.breaker.down is not None:
+                        circuit.stop(circuit.breaker.down)
+                    if record.attempts == 0:
+                        circuit.not_called += 1
+                        raise _not_called(exc) from exc
+                    raise
             async with endpoint.slots:
                 if record.attempts == 0 and self.stopping():
                     raise NotStarted
@@ -219,14 +230,18 @@ class Executor:
                 try:
                     # after the gate: the first answer's headers may have set the limits
                     await endpoint.limits.acquire(est_tokens + (arm.params.max_tokens or 0))
-                    # the circuit may have opened while this call waited for its slot
-                    blocked = endpoint.breaker.state == "open" or endpoint.breaker.down is not None
+                    # a circuit may have opened while this call waited for its slot
+                    blocked = any(
+                        c.breaker.state == "open" or c.breaker.down is not None for c in circuits
+                    )
+                    stopped = next((c for c in circuits if c.stopped is not None), None)
                     if blocked:
                         response = error = None
-                    elif endpoint.stopped is not None:
+                    elif stopped is not None:
+                        assert stopped.stopped is not None
                         if record.attempts == 0:
-                            endpoint.not_called += 1
-                        raise _not_called(endpoint.stopped)
+                            stopped.not_called += 1
+                        raise _not_called(stopped.stopped)
                     else:
                         record.attempts += 1
                         sent = time.perf_counter()
@@ -235,7 +250,9 @@ class Executor:
                         endpoint.in_flight += 1
                         endpoint.peak_in_flight = max(endpoint.peak_in_flight, endpoint.in_flight)
                         try:
-                            response, error = await self._attempt(arm, request, endpoint, record)
+                            response, error = await self._attempt(
+                                arm, request, endpoint, circuits, record
+                            )
                         finally:
                             endpoint.in_flight -= 1
                         record.latency_ms = (time.perf_counter() - sent) * 1000
@@ -243,63 +260,91 @@ class Executor:
                     if gated:
                         endpoint.gate.release()
             if blocked:
-                continue  # back to the breaker: wait for the probe, or fail as down
+                continue  # back to the breakers: wait for the probe, or fail as down
             if response is not None:
                 return response
             assert error is not None
             record.add_attempt_error(error.error_type, _describe(error), error.status_code)
             record.request_id = error.request_id or record.request_id
+            log.debug(
+                "%s attempt %d: %s: %s", record.call_id, record.attempts, error.error_type, error
+            )
             if isinstance(error, AuthError):
-                endpoint.stop(error)
+                endpoint.circuit.stop(error)
                 raise error
-            if endpoint.breaker.down is not None:
-                endpoint.stop(endpoint.breaker.down)
-                raise error
+            for circuit in circuits:
+                if circuit.breaker.down is not None:
+                    circuit.stop(circuit.breaker.down)
+                    raise error
             if not self.policy.should_retry(error, record.attempts):
                 raise error
             delay = self.policy.delay_s(record.attempts, error.retry_after_s)
             if waited + delay > self.policy.max_total_wait_s:
                 raise error
+            log.debug("%s: retry in %.2f s", record.call_id, delay)
             await asyncio.sleep(delay)
             waited += delay
 
     async def _attempt(
-        self, arm: ArmPlan, request: ProviderRequest, endpoint: Endpoint, record: CallRecord
+        self,
+        arm: ArmPlan,
+        request: ProviderRequest,
+        endpoint: Endpoint,
+        circuits: tuple[Circuit, Circuit],
+        record: CallRecord,
     ) -> tuple[ProviderResponse | None, CallError | None]:
         """One attempt: the response, or the error it ended with (never raised)."""
-        try:
-            async with asyncio.timeout(arm.params.timeout_s):  # no extra task, unlike wait_for
-                response = await arm.provider.generate(request)
-        except asyncio.CancelledError:
-            endpoint.breaker.abandon()
-            raise
-        except TimeoutError as exc:
-            error: CallError = TimeoutError_(f"no answer within timeout_s={arm.params.timeout_s}")
-            error.__cause__ = exc
-        except CallError as exc:
-            error = exc
-        except Exception as exc:  # a provider bug: recorded as 'other', never retried
-            error = OtherCallError(f"{type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-        else:
-            endpoint.proven = True
-            endpoint.breaker.record(None)
-            if response.rate_limits is not None:
-                endpoint.limits.observe(response.rate_limits)
-            return response, None
+        endpoint_circuit, model_circuit = circuits
+        timeout_s = arm.params.timeout_s
+        with track_attempt() as progress:
+            try:
+                async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
+                    response = await arm.provider.generate(request)
+            except asyncio.CancelledError:
+                for circuit in circuits:
+                    circuit.breaker.abandon()
+                raise
+            except TimeoutError as exc:
+                began = progress.first_byte_at is not None
+                error: CallError = TimeoutError_(
+                    f"the answer from {endpoint.where} stalled: not finished in {timeout_s:g} s"
+                    if began
+                    else f"no answer in {timeout_s:g} s from {endpoint.where}"
+                )
+                error.__cause__ = exc
+            except CallError as exc:
+                error = exc
+            except Exception as exc:  # a provider bug: recorded as 'other', never retried
+                error = OtherCallError(f"{type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+            else:
+                endpoint.proven = True
+                endpoint_circuit.breaker.record(None)
+                model_circuit.breaker.record(None)
+                if response.rate_limits is not None:
+                    endpoint.limits.observe(response.rate_limits)
+                return response, None
         if error.rate_limits is not None:
             endpoint.limits.observe(error.rate_limits)
         if error.status_code is not None and not isinstance(error, AuthError | ServerError):
             # it answered, and neither "who are you" nor "I am broken": the floodgates
             # open; a server error keeps the calls one at a time until the breaker decides
             endpoint.proven = True
-        endpoint.breaker.record(error, record.call_id)
+        scope = failure_scope(error, progress.first_byte_at is not None)
+        if scope == "endpoint":
+            endpoint_circuit.breaker.record(error, record.call_id)
+        else:  # the server answered: the endpoint is up
+            endpoint_circuit.breaker.record(None)
+            model_circuit.breaker.record(error if scope == "model" else None, record.call_id)
         return None, error
 
 
 def _not_called(reason: CallError) -> CallError:
-    """The error recorded for a call not made because its endpoint stopped."""
-    return type(reason)(f"not called: {reason}")
+    """The error recorded for a call not made because its endpoint or model stopped,
+    typed as what stopped it (a dead server's calls are ``connection`` errors)."""
+    error = CallError(f"not called: {reason}")
+    error.error_type = reason.error_type
+    return error
 
 
 def _fill_from_cache(record: CallRecord, hit: dict[str, Any]) -> None:

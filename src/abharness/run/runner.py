@@ -175,7 +175,9 @@ class Runner:
                     f"{', '.join(arms)} ({provider.label}): {exc.error_type}: {exc}; "
                     "its calls were recorded as errors, none made"
                 )
-        lines += [line for e in self.endpoints if (line := e.failure_line())]
+        lines += [
+            line for e in self.endpoints for c in e.circuits() if (line := c.failure_line())
+        ]
         return lines
 
     async def _load(self, provider: Provider) -> None:
@@ -190,7 +192,9 @@ class Runner:
 
     async def _produce(self) -> None:
         repeats = self.plan.spec.experiment.repeats
-        endpoints = {a.id: self.endpoints.of(a.provider, a.id) for a in self.plan.all_arms()}
+        endpoints = {
+            a.id: self.endpoints.of(a.provider, a.id, a.arm.model) for a in self.plan.all_arms()
+        }
         for case in self.plan.cases():
             if self.stopping:
                 return
