@@ -79,6 +79,13 @@ def default_reply(body: dict[str, Any]) -> str:
 class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 refuses connections under load
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, timed out) is not the server's error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class FakeServer:
     def __init__(

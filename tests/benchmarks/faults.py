@@ -81,7 +81,7 @@ def run(cases: int, faults: bool, hangs: int) -> dict[str, object]:
         path = spec(Path(tmp), server.url, cases)
         started = time.perf_counter()
         out = run_experiment(
-            path, db=Path(tmp) / "b.duckdb", use_cache=False, write_report_file=False
+            path, db=Path(tmp) / "b.duckdb", use_cache=False
         )
         wall = time.perf_counter() - started
         con = duckdb.connect(str(out.db), read_only=True)

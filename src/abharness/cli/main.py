@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 from typing import Any
 
 import click
 
 from .. import __version__
 from . import compare, export, merge, nightly, prompts, report, run, sql, validate
-from .common import EXIT_INVALID
+from .common import EXIT_INTERRUPTED, EXIT_INVALID, err_console
 
 
 class _Group(click.Group):
@@ -55,5 +57,17 @@ for module in (run, validate, report, compare, nightly, prompts, sql, export, me
     cli.add_command(module.command)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM is Ctrl-C: cron, systemd, `docker stop`, `timeout`
+
+
 def main() -> None:
-    cli(prog_name="abharness")
+    """The console script. SIGTERM stops abharness as Ctrl-C does (a run drains its calls
+    in flight and saves; see `run.runner`); an interruption anywhere else is one line,
+    exit 130, never a traceback."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        cli(prog_name="abharness")
+    except KeyboardInterrupt:
+        err_console.print("interrupted (nothing half-written: DuckDB rolls back)")
+        sys.exit(EXIT_INTERRUPTED)

@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from ..errors import StoreWriteError
 from .common import (
+    EXIT_ENVIRONMENT,
     EXIT_ERRORS,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -123,9 +124,10 @@ def command(
         progress.stop()
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         err_console.print(
-            f"the run stopped; what was written before is kept. Resume with:\n  {exc.resume}"
+            "the run stopped; every call that finished is kept (its journal beside the staging "
+            f"file). When there is room, resume with:\n  {exc.resume}"
         )
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_ENVIRONMENT)
     finally:
         progress.stop()
     for w in outcome.warnings:
@@ -153,8 +155,11 @@ def command(
             console.print(
                 f"report:   {write_report(results, outcome.run_id, reports_dir, str(db))}"
             )
+    elif outcome.merge.failed:
+        err_console.print(f"[bold red]error:[/] {escape(outcome.merge.message)}", soft_wrap=True)
+        sys.exit(EXIT_ENVIRONMENT)
     else:
-        err_console.print(f"[yellow]warning:[/] {outcome.merge.message}")
+        err_console.print(f"[yellow]warning:[/] {escape(outcome.merge.message)}")
     if outcome.status == "interrupted":
         err_console.print(
             "interrupted: finished calls are saved. Resume with:\n"

@@ -1,7 +1,8 @@
 """The one call path: every call, an arm's or a judge's, goes through `Executor.execute`.
 
-    fit the prompt ─▶ cache? ─▶ reserve its worst-case cost ─▶ per attempt: breaker,
+    fit the prompt ─▶ cache? ─▶ reserve its worst-case cost ─▶ per attempt: breakers,
     slot, limits ─▶ attempts with retries ─▶ settle the cost ─▶ one `CallRecord`
+    ─▶ `on_finished` (the journal), before anything else runs on the loop
 
 Nothing a call raises escapes: it ends as exactly one record, ``ok`` or ``error`` with
 a SPEC ``error_type``, the attempts made and each failed attempt's error. The only
@@ -74,6 +75,7 @@ class Executor:
         cache: ResponseCache | None = None,
         load_errors: dict[int, CallError] | None = None,
         stopping: Callable[[], bool] = lambda: False,
+        on_finished: Callable[[CallRecord], None] = lambda record: None,
     ) -> None:
         self.run_id = run_id
         self.endpoints = endpoints
@@ -82,6 +84,7 @@ class Executor:
         self.cache = cache
         self.load_errors = load_errors if load_errors is not None else {}
         self.stopping = stopping
+        self.on_finished = on_finished
 
     async def execute(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:
         """Make `job`'s call; its record, and the response when it succeeded."""
@@ -124,11 +127,13 @@ class Executor:
                 hit = await asyncio.to_thread(self.cache.get, key)
                 if hit is not None:
                     _fill_from_cache(record, hit)
+                    self.on_finished(record)
                     return record, ProviderResponse(text=hit["response_text"] or "", usage=Usage())
             response = await self._reserve_and_call(
                 arm, request, fitted.est_input_tokens, endpoint, record, job
             )
             record.status = "ok"
+            self.on_finished(record)  # no await since its slot was freed: nothing ran yet
             if key is not None:
                 assert self.cache is not None
                 await asyncio.to_thread(self.cache.put, key, record)
@@ -139,6 +144,7 @@ class Executor:
             record.fail(error_type_of(exc), _describe(exc))
             if isinstance(exc, CallError) and exc.request_id and record.request_id is None:
                 record.request_id = exc.request_id
+            self.on_finished(record)
             return record, None
 
     async def _reserve_and_call(

@@ -25,11 +25,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CallError, InvalidInput, StoreWriteError
+from ..errors import CallError, EnvironmentFailure, InvalidInput, StoreWriteError
 from ..providers.base import Usage
 from ..spec.load import load_spec
 from ..store.cache import ResponseCache, open_cache
 from ..store.db import MergeResult, Store, merge, staging_dir
+from ..store.health import check_main_db
 from ..store.queries import Results, RunNotFound
 from ..store.records import CallRecord
 from .plan import ArmPlan, Plan, build_plan, check_cases, check_prompt_versions, check_warnings
@@ -82,6 +83,7 @@ def prepare(
     spec_path: str | Path, db: Path, *, allow_changed_prompts: bool = False
 ) -> tuple[Plan, list[str]]:
     """Every pre-call check; raises `InvalidInput` and writes nothing."""
+    check_main_db(db, writing=False)
     spec = load_spec(spec_path)
     plan = build_plan(spec)
     check_cases(plan)
@@ -193,6 +195,7 @@ def run_experiment(
     Raises `InvalidInput` (nothing written) for a bad spec, and for arms that cannot
     run here (an API key unset) unless `skip_unavailable` leaves them out."""
     db = db or default_db()
+    check_main_db(db)  # a junk, foreign or newer database is refused before anything is paid
     skip: set[str] = set()
     if resume is not None:
         run_id, recorded_path, recorded_hash, leftover = _find_resumable(resume, db)
@@ -262,7 +265,18 @@ def run_experiment(
     )
     staging = store.path
     store.close()
-    merged = merge(staging, db, attempts=merge_attempts)
+    try:
+        merged = merge(staging, db, attempts=merge_attempts)
+    except EnvironmentFailure as exc:  # the run is whole in its staging file
+        merged = MergeResult(False, {}, str(exc), failed=True)
+    except KeyboardInterrupt:  # the merge is one transaction: rolled back, nothing lost
+        status = "interrupted"
+        merged = MergeResult(
+            False,
+            {},
+            f"interrupted during the merge: nothing was lost, the run is whole in {staging}; "
+            f"`abharness merge --db {db}` finishes it",
+        )
     with Results(db if merged.merged else staging) as results:
         calls, errors, _ = results.totals(run_id)
     return Outcome(

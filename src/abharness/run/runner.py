@@ -8,15 +8,19 @@ the dataset. Scorers run on each response; an ``llm_judge`` scorer's call is one
 job for the same executor, on the judge's own endpoint, under its own limits.
 
 Records go to one writer task that inserts them in batches into the run's staging
-store. Ctrl-C stops dispatching, gives calls in flight `GRACE_S` to finish, and returns;
-a second Ctrl-C cancels them at once. A failed insert stops the run at once and `run`
-raises `StoreWriteError`.
+store, each journaled the moment its call ends (`Writer.finished`). A resumed run scores
+the calls its predecessor had answered but not scored (`Store.answered`) without paying
+for them again. Ctrl-C or SIGTERM (cron, systemd, ``docker stop``, ``timeout``) stops
+dispatching, gives calls in flight `GRACE_S` to finish, and returns; a second signal
+cancels them at once. A failed insert stops the run at once and `run` raises
+`StoreWriteError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import signal
 import time
 from collections import Counter
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CallError, OtherCallError
 from ..providers import Provider
-from ..providers.base import ProviderResponse
+from ..providers.base import ProviderResponse, Usage
 from ..store.cache import ResponseCache
 from ..store.db import Store
 from ..store.records import CallRecord, ScoreRecord
@@ -38,6 +42,9 @@ from .scorers import Score, Scorer
 from .writer import Writer
 
 GRACE_S = 5.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,6 +99,8 @@ class Runner:
         self.endpoints = Endpoints(policy or RetryPolicy(), concurrency)
         self.load_errors: dict[int, CallError] = {}
         self.cost_cap = CostCap(plan.spec.experiment.max_cost_usd)
+        self._writer = Writer(store, on_failure=self._store_failed)
+        self.reuse = store.answered  # answered by a run that died before scoring them
         self.executor = Executor(
             run_id,
             self.endpoints,
@@ -100,8 +109,8 @@ class Runner:
             cache,
             self.load_errors,
             lambda: self.stopping,
+            self._writer.finished,
         )
-        self._writer = Writer(store, on_failure=self._store_failed)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -110,12 +119,18 @@ class Runner:
             return "interrupted"
         return "budget_exhausted" if self.cost_cap.refused else "completed"
 
-    def request_stop(self) -> None:
+    def request_stop(self, sig: signal.Signals | None = None) -> None:
         """First call: stop dispatching, let calls in flight finish for `grace_s`.
         Second call: cancel them now."""
         if self.stopping:
+            log.warning("second stop request: cancelling the calls in flight")
             self._cancel_all()
             return
+        log.warning(
+            "%s: no new calls; those in flight have %g s to finish",
+            sig.name if sig else "stop requested",
+            self.grace_s,
+        )
         self.stopping = True
         asyncio.get_running_loop().call_later(self.grace_s, self._cancel_all)
 
@@ -131,11 +146,14 @@ class Runner:
     async def run(self) -> RunStats:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGINT, self.request_stop)
-            handles_sigint = True
-        except (NotImplementedError, RuntimeError, ValueError):
-            handles_sigint = False
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        handled: list[signal.Signals] = []
+        for sig in STOP_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self.request_stop, sig)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread: Ctrl-C raises KeyboardInterrupt instead
         await asyncio.gather(*(self._load(p) for p in self.plan.providers))
         writer = asyncio.create_task(self._writer.run())
         try:
@@ -150,8 +168,9 @@ class Runner:
             finally:
                 for provider in self.plan.providers:
                     await provider.aclose()
-                if handles_sigint:
-                    loop.remove_signal_handler(signal.SIGINT)
+                for sig in handled:
+                    loop.remove_signal_handler(sig)
+                    signal.signal(sig, previous[sig])
         self.stats.wall_time_s = time.perf_counter() - started
         return self.stats
 
@@ -219,11 +238,20 @@ class Runner:
 
     async def _call(self, job: CallJob) -> None:
         try:
-            record, response = await self.executor.execute(job)
+            record, response = await self._execute(job)
             scores = [] if response is None else await self._score(job, record, response)
         except NotStarted:
             return  # no record: resume makes it
         await self._write(record, scores)
+
+    async def _execute(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:
+        """The executor's record and response, or, for a call a dead run had answered but
+        not scored, that answer again (it is in the journal; it is not paid twice)."""
+        answered = self.reuse.pop(job.call_id, None)
+        if answered is None:
+            return await self.executor.execute(job)
+        text = answered.response_text or ""
+        return answered, ProviderResponse(text=text, usage=Usage()) if answered.ok else None
 
     async def _score(
         self, job: CallJob, record: CallRecord, response: ProviderResponse
@@ -260,7 +288,7 @@ class Runner:
             "expected": expected[0] if expected else None,
         }
         cid = call_id(self.run_id, judge.id, judged.call_id, job.repeat)
-        record, response = await self.executor.execute(
+        record, response = await self._execute(
             CallJob(judge, job.case, job.repeat, cid, variables, judged_call_id=judged.call_id)
         )
         await self._write(record, [])

@@ -17,6 +17,7 @@ will write again (`Store.reopen`); the main file's keys check it at the merge.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,8 +26,13 @@ from typing import Any
 
 import duckdb
 
+from ..errors import EnvironmentFailure
+from .health import check_main_db, classify, environment_failure
+from .journal import Journal, journal_files, read_journal
 from .migrations import KEYS, TABLES, migrate, transaction
 from .records import CALL_COLUMNS, SCORE_COLUMNS, CallRecord, ScoreRecord, as_rows
+
+log = logging.getLogger(__name__)
 
 # The staging file is written by this process alone, a batch at a time: DuckDB need not
 # keep its pages in memory (by default it may use 80% of RAM), and a smaller WAL between
@@ -54,7 +60,10 @@ def sql_string(value: str | Path) -> str:
 
 
 class Store:
-    """A read-write connection to one (staging) DuckDB file, migrated on open."""
+    """A read-write connection to one (staging) DuckDB file, migrated on open, with its
+    journal (`store.journal`): what a process that died left there is recovered first,
+    and calls it had answered but not scored are kept in `answered` for the resumed run
+    to score without paying for them again."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -63,6 +72,57 @@ class Store:
         migrate(self.con)
         for table in LOGS:
             _drop_key(self.con, table)
+        self.answered: dict[str, CallRecord] = {}
+        old = journal_files(self.path)
+        if old:
+            self.answered = self._recover()
+        self.journal = Journal(self.path)
+        for record in self.answered.values():  # kept until they are scored and written
+            self.journal.call(record)
+        for path in old:
+            path.unlink(missing_ok=True)
+
+    def _recover(self) -> dict[str, CallRecord]:
+        """Write the journal's finished and scored calls that the staging store lacks;
+        return the calls answered but not scored, with the judges' calls grading them
+        (taken out of the store: the resumed run writes them again, once)."""
+        calls, scores = read_journal(self.path)
+        ids = list(calls)
+        present = {
+            r[0]
+            for r in self.con.execute(
+                "SELECT call_id FROM calls WHERE call_id IN (SELECT unnest(?::VARCHAR[]))", [ids]
+            ).fetchall()
+        }
+        answered = {i: c for i, c in calls.items() if i not in scores and i not in present}
+        judging = [
+            CallRecord(*row)
+            for row in self.con.execute(
+                f"SELECT {', '.join(CALL_COLUMNS)} FROM calls "
+                "WHERE judged_call_id IN (SELECT unnest(?::VARCHAR[]))",
+                [list(answered)],
+            ).fetchall()
+        ]
+        answered.update({c.call_id: c for c in judging})
+        answered.update({i: c for i, c in calls.items() if c.judged_call_id in answered})
+        complete = [
+            c for i, c in calls.items() if i in scores and i not in present and i not in answered
+        ]
+        with transaction(self.con):
+            if judging:
+                self.con.execute(
+                    "DELETE FROM calls WHERE call_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [[c.call_id for c in judging]],
+                )
+            self.insert_calls(complete)
+            self.insert_scores([s for c in complete for s in scores[c.call_id]])
+        log.info(
+            "%s: recovered %d calls from the journal; %d answered, to be scored",
+            self.path.name,
+            len(complete),
+            len(answered),
+        )
+        return answered
 
     def insert(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
         """Insert rows of a few columns (runs, arms, cases) in one parameterised
@@ -167,6 +227,7 @@ class Store:
             self.con.execute(f"SET memory_limit = '{STAGING_CONFIG['memory_limit']}'")
 
     def close(self) -> None:
+        self.journal.close()
         self.con.close()
 
 
@@ -175,11 +236,21 @@ class MergeResult:
     merged: bool
     rows: dict[str, int]
     message: str = ""
+    failed: bool = False  # the machine refused (disk, permissions), not a busy database
 
 
-def _is_lock_error(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "lock" in text or "conflicting" in text or "being used" in text
+def _merge_failure(exc: BaseException, staging: Path, main: Path) -> EnvironmentFailure:
+    """One line for a merge the machine refused: the run is whole in its staging file."""
+    fix = {
+        "full": "when there is space",
+        "read_only": f"when {main.parent} can be written",
+        "permission": f"when {main} can be written",
+    }.get(classify(exc), "once that is fixed")
+    return environment_failure(
+        exc,
+        f"could not merge into {main}",
+        f"nothing was lost: the run is whole in {staging}; run `abharness merge --db {main}` {fix}",
+    )
 
 
 def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0) -> MergeResult:
@@ -192,6 +263,9 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
     If `main` is locked by another process after `attempts` tries, the staging file is
     kept and the result says so.
     """
+    check_main_db(main)  # never into a foreign, corrupt or newer database
+    if journal_files(staging):  # a run that died: what its journal holds goes in first
+        Store(staging).close()
     last: Exception | None = None
     for attempt in range(attempts):
         con = duckdb.connect()
@@ -199,11 +273,12 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
             con.execute(
                 f"ATTACH {sql_string(main)} AS results (ROW_GROUP_SIZE {MERGE_ROW_GROUP_SIZE})"
             )
-        except duckdb.Error as exc:
+        except (duckdb.Error, OSError) as exc:
             con.close()
-            if not _is_lock_error(exc):
-                raise
+            if classify(exc) != "busy":
+                raise _merge_failure(exc, staging, main) from exc
             last = exc
+            log.info("%s is locked; merge attempt %d of %d", main, attempt + 1, attempts)
             time.sleep(wait_s * (attempt + 1))
             continue
         try:
@@ -240,10 +315,13 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
                           GROUP BY run_id) t
                     WHERE t.run_id = runs.run_id""")
             con.execute("DETACH staging")
+        except (duckdb.Error, OSError) as exc:  # rolled back: main is as it was
+            raise _merge_failure(exc, staging, main) from exc
         finally:
             con.close()
-        for suffix in ("", ".wal"):
-            Path(str(staging) + suffix).unlink(missing_ok=True)
+        for path in (staging, Path(f"{staging}.wal"), *journal_files(staging)):
+            path.unlink(missing_ok=True)
+        log.info("merged %s into %s: %s", staging.name, main, rows)
         return MergeResult(True, rows)
     return MergeResult(
         False,

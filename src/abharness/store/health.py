@@ -91,19 +91,20 @@ def schema_version() -> int:
     return max(number for number, _, _ in MIGRATIONS)
 
 
-def check_main_db(path: Path) -> None:
+def check_main_db(path: Path, *, writing: bool = True) -> None:
     """Refuse, before anything is paid or written, a main database abharness cannot use.
 
     Raises `DatabaseRefused` (exit 1) for a file that is not DuckDB or is corrupt, a DuckDB
     file with tables but no ``schema_migrations`` (someone else's database), or a schema
     newer than this version; `EnvironmentFailure` for a folder the run cannot write
     (its staging file and the merge need it) or a file it may not read. A database
-    another process holds is not checked here: the run goes on and its merge waits."""
+    another process holds is not checked here: the run goes on and its merge waits.
+    ``writing=False`` (``validate``, ``--dry-run``) leaves the folder's permissions alone."""
     folder = path.parent if str(path.parent) else Path(".")
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not os.access(existing, os.W_OK | os.X_OK) or _read_only_fs(existing):
+    if writing and (not os.access(existing, os.W_OK | os.X_OK) or _read_only_fs(existing)):
         raise EnvironmentFailure(
             f"{folder} cannot be written (read-only folder or no permission): the run's "
             "staging file and the merge need it",
