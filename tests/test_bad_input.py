@@ -38,6 +38,46 @@ def _yaml_syntax(p: Path) -> None:
     edit(p / SPEC, "baseline: zero-shot", "baseline: [zero-shot")
 
 
+def _endpoint(url: str) -> Callable[[Path], None]:
+    def apply(p: Path) -> None:
+        edit(p / SPEC, "  mock: {type: fake}", f'  mock: {{type: fake}}\n  lab: {{type: openai, base_url: "{url}"}}')
+        edit(p / SPEC, "arms:", "arms:\n  - {id: lab, provider: lab, model: m, prompt: capitals@1}")
+
+    return apply
+
+
+def _latin1(path: Path, old: str, new: str) -> Callable[[Path], None]:
+    """Write `new` (with a character outside ASCII) in Latin-1: not UTF-8."""
+
+    def apply(p: Path) -> None:
+        text = (p / path).read_text(encoding="utf-8")
+        assert old in text
+        (p / path).write_bytes(text.replace(old, new, 1).encode("latin-1"))
+
+    return apply
+
+
+def _big_field(p: Path, megabytes: float) -> None:
+    data = p / "experiments/data/capitals.jsonl"
+    lines = data.read_text().splitlines()
+    lines[1] = lines[1].replace('"answer"', f'"context": "{"x" * int(megabytes * 1024 * 1024)}", "answer"')
+    data.write_text("\n".join(lines) + "\n")
+
+
+def _scorer(function: str, trusted: bool = False, project_file: str = "") -> Callable[[Path], None]:
+    def apply(p: Path) -> None:
+        if project_file:
+            write(p / "experiments/myscorers.py", project_file)
+        extra = ", trusted: true" if trusted else ""
+        edit(
+            p / SPEC,
+            "scorers:",
+            f'scorers:\n  - {{type: python, function: "{function}"{extra}}}',
+        )
+
+    return apply
+
+
 CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
     # name: (break the project, command, what the message must contain (regex))
     "yaml syntax error": (_yaml_syntax, ["run", SPEC], r"spec\.yaml:\d+: YAML syntax error"),
@@ -140,6 +180,71 @@ CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
         lambda p: None,
         ["run", SPEC, "--concurency", "2"],
         r"No such option .--concurency.\. Did you mean .--concurrency",
+    ),
+    "base_url with another scheme": (
+        _endpoint("ftp://gpu-box/v1"),
+        ["run", SPEC],
+        r"spec\.yaml:\d+: providers\.lab\.base_url: base_url must be an http:// or https:// URL",
+    ),
+    "base_url without a scheme": (
+        _endpoint("gpu-box:8000/v1"),
+        ["validate", SPEC],
+        r"providers\.lab\.base_url: base_url must be an http:// or https:// URL .*got 'gpu-box:8000/v1'",
+    ),
+    "duplicate key in the spec": (
+        lambda p: edit(p / SPEC, "baseline: zero-shot", "baseline: zero-shot\nbaseline: few-shot"),
+        ["run", SPEC],
+        r"spec\.yaml:5: baseline: duplicate key 'baseline' \(first at line 4\)",
+    ),
+    "duplicate key in a mapping of the spec": (
+        lambda p: edit(p / SPEC, "max_tokens: 8}", "max_tokens: 8, temperature: 0.7}"),
+        ["validate", SPEC],
+        r"spec\.yaml:5: temperature: duplicate key 'temperature' \(first at line 5\)",
+    ),
+    "duplicate key in a template's front matter": (
+        lambda p: edit(p / "prompts/capitals/v1.j2", "variables: [country]", "variables: [country]\nvariables: [x]"),
+        ["run", SPEC],
+        r"v1\.j2:4: variables: duplicate key 'variables' \(first at line 3\)",
+    ),
+    "duplicate key in a JSONL case": (
+        lambda p: edit(p / "experiments/data/capitals.jsonl", '"country": "Italy"', '"country": "Italy", "country": "Rome"'),
+        ["run", SPEC],
+        r"capitals\.jsonl:3: country: key 'country' appears twice",
+    ),
+    "spec not UTF-8": (
+        _latin1(Path(SPEC), "arms:", "description: caf\u00e9\narms:"),
+        ["run", SPEC],
+        r"spec\.yaml:8: not UTF-8: byte 0xe9 at byte 17 of the line",
+    ),
+    "JSONL dataset not UTF-8": (
+        _latin1(Path("experiments/data/capitals.jsonl"), "Peru", "P\u00e9ru"),
+        ["validate", SPEC],
+        r"capitals\.jsonl:6: not UTF-8: byte 0xe9 at byte 27 of the line",
+    ),
+    "template not UTF-8": (
+        _latin1(Path("prompts/capitals/v1.j2"), "What is", "Qu\u00e9 is"),
+        ["run", SPEC],
+        r"v1\.j2:5: not UTF-8: byte 0xe9",
+    ),
+    "a case field too large for the store": (
+        lambda p: _big_field(p, 5),
+        ["validate", SPEC],
+        r"capitals\.jsonl:2: context: case de: field 'context' is 5\.0 MB; a field may hold at most 4\.0 MB",
+    ),
+    "python scorer from the standard library": (
+        _scorer("cProfile:run", trusted=True),
+        ["run", SPEC],
+        r"scorers: scorer python: cProfile:run is in Python's standard library",
+    ),
+    "python scorer that only re-exports the standard library": (
+        _scorer("myscorers:run", project_file="from cProfile import run\n"),
+        ["validate", SPEC],
+        r"myscorers:run is not a function defined in myscorers .*defined in cProfile",
+    ),
+    "python scorer that is a builtin": (
+        _scorer("myscorers:check", project_file="check = eval\n"),
+        ["run", SPEC],
+        r"myscorers:check is not a function defined in myscorers .*defined in builtins",
     ),
     "prompt cannot fit the budget": (
         lambda p: edit(p / SPEC, "defaults:", "budget: {max_input_tokens: 3}\ndefaults:"),

@@ -5,6 +5,7 @@ Exit codes (SPEC §11) are the CLI's: the library raises and returns, commands e
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -35,6 +36,7 @@ err_console = Console(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 db_option = click.option(
     "--db",
@@ -82,6 +84,10 @@ def one_line_errors(fn: F) -> F:
             sys.exit(EXIT_INVALID)
         except EnvironmentFailure as exc:
             fail(str(exc), EXIT_ENVIRONMENT)
+        except OSError as exc:  # the machine refused something no layer above expected
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            fail(f"{exc.strerror}: {exc.filename or ''}".rstrip(": "), EXIT_ENVIRONMENT)
         except (DatabaseBusy, NoDatabase, RunNotFound) as exc:
             fail(str(exc))
 

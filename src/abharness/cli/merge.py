@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_INVALID, EXIT_OK, console, db_option, err_console
+from .common import EXIT_INVALID, EXIT_OK, console, db_option, err_console, one_line_errors
 
 
 @click.command("merge")
 @db_option
+@one_line_errors
 def command(db: Path) -> None:
     """Merge every leftover staging file into the database (idempotent)."""
     from ..store.db import merge, staging_dir

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import TemplateError
 from ..hashing import content_hash
+from ..spec.files import check_unique_keys, read_utf8
 
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.j2$")
 _REF = re.compile(r"^([a-z0-9][a-z0-9_-]*)(?:@([1-9][0-9]*))?$")
@@ -98,7 +99,9 @@ def split_front_matter(source: str, path: Path) -> tuple[dict[str, Any], str]:
     else:
         raise TemplateError("front matter opened with '---' is never closed", file=path, line=1)
     try:
-        data = yaml.safe_load("\n".join(lines[1:end])) or {}
+        text = "\n".join(lines[1:end])
+        check_unique_keys(yaml.compose(text), path, TemplateError, line_offset=1)
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else 1
@@ -119,7 +122,7 @@ class _FrontMatterLoader(BaseLoader):
         path = (self.root / template).resolve()
         if self.root.resolve() not in path.parents or not path.is_file():
             raise TemplateNotFound(template)
-        source = path.read_text(encoding="utf-8")
+        source = read_utf8(path, TemplateError)
         _, body = split_front_matter(source, path)
         mtime = path.stat().st_mtime
         return body, str(path), lambda: path.stat().st_mtime == mtime
@@ -224,7 +227,7 @@ class PromptLibrary:
 
     def _load(self, name: str, version: int, key: str) -> PromptTemplate:
         path = self.root / key
-        front_raw, _ = split_front_matter(path.read_text(encoding="utf-8"), path)
+        front_raw, _ = split_front_matter(read_utf8(path, TemplateError), path)
         try:
             front = FrontMatter.model_validate(front_raw)
         except ValidationError as exc:
@@ -257,7 +260,7 @@ class PromptLibrary:
             return
         path = self.root / key
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = read_utf8(path, TemplateError)
         except FileNotFoundError as exc:
             raise TemplateError("template file missing", file=path) from exc
         closure[key] = raw
@@ -313,8 +316,8 @@ class PromptLibrary:
         a, b = self.resolve(ref_a), self.resolve(ref_b)
         return "".join(
             difflib.unified_diff(
-                a.path.read_text(encoding="utf-8").splitlines(keepends=True),
-                b.path.read_text(encoding="utf-8").splitlines(keepends=True),
+                read_utf8(a.path, TemplateError).splitlines(keepends=True),
+                read_utf8(b.path, TemplateError).splitlines(keepends=True),
                 fromfile=str(a.path),
                 tofile=str(b.path),
             )

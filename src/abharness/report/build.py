@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..store.health import environment_failure
 from ..store.queries import Results
 from .stats import (
     ALPHA,
@@ -337,7 +338,16 @@ def write_report(
 
     report = build_report(results, run_id)
     target = reports_dir / report["experiment"] / f"{run_id}.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_markdown(report, db_path), encoding="utf-8")
-    target.with_suffix(".html").write_text(render_html(report, db_path), encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render_markdown(report, db_path), encoding="utf-8")
+        target.with_suffix(".html").write_text(render_html(report, db_path), encoding="utf-8")
+    except OSError as exc:
+        where = f" --db {db_path}" if db_path else ""
+        raise environment_failure(
+            exc,
+            f"could not write the report {target}",
+            f"the run is safe in {db_path or results.path}; `abharness report {run_id}{where}` "
+            "writes it again",
+        ) from exc
     return target

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import re
+import sys
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
@@ -228,21 +232,33 @@ def _load_schema(schema: dict[str, Any] | str, base_dir: Path, name: str) -> Any
     return cls(schema)
 
 
-# Modules whose functions would hand a model's output to an interpreter or a shell.
-_NEVER = ("builtins", "os", "subprocess", "shutil", "sys", "importlib", "pty", "code", "runpy")
+def _is_standard_library(module: ModuleType) -> bool:
+    """Python's own modules: built in, frozen, or files under the interpreter's library
+    folder outside site-packages."""
+    top = module.__name__.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return True
+    origin = getattr(module, "__file__", None)
+    if origin is None:
+        return True  # built in or frozen
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    path = Path(origin).resolve()
+    return stdlib in path.parents and "site-packages" not in path.parts
 
 
 def _load_function(target: str, base_dir: Path, name: str, trusted: bool) -> Callable[..., Any]:
     """Load ``module:function`` without touching ``sys.path`` or ``sys.modules``.
 
-    A file ``module.py`` (or package) in the spec's folder or the working directory is
-    loaded under a private name, so a project file named like a library (``rapidfuzz.py``)
-    never shadows the library for the rest of the process. Anything else is imported as
-    an installed module, and only with ``trusted: true``."""
+    A scorer is a function *defined* in a project file: ``module.py`` (or a package) in
+    the spec's folder or the working directory, loaded under a private name so a project
+    file named like a library (``rapidfuzz.py``) never shadows the library. With
+    ``trusted: true`` it may instead be defined in an installed third-party package.
+    Never the standard library, even re-exported by a project file: a deny-list of
+    dangerous modules cannot be complete (``cProfile:run`` executes its argument), an
+    allow-list of where the function was defined can."""
     module_name, _, attr = target.partition(":")
-    if module_name.split(".")[0] in _NEVER:
-        raise SpecError(f"scorer {name}: {target} is not allowed as a scorer")
     parts = module_name.split(".")
+    module: ModuleType | None = None
     for folder in dict.fromkeys((base_dir.resolve(), Path.cwd().resolve())):
         for candidate in (
             folder.joinpath(*parts).with_suffix(".py"),
@@ -253,25 +269,40 @@ def _load_function(target: str, base_dir: Path, name: str, trusted: bool) -> Cal
                     candidate, f"abharness_scorer_{content_hash(str(candidate), 12)}", name
                 )
                 break
-        else:
-            continue
-        break
-    else:
+        if module is not None:
+            break
+    if module is None:
         if not trusted:
             raise SpecError(
                 f"scorer {name}: {module_name} is not a file in {base_dir} or {Path.cwd()}; "
-                "a module from outside the project runs only with trusted: true"
+                "a function from an installed package runs only with trusted: true"
+            )
+        if parts[0] in sys.stdlib_module_names or parts[0] in sys.builtin_module_names:
+            raise SpecError(
+                f"scorer {name}: {target} is in Python's standard library: a scorer must be "
+                "defined in a project file or an installed third-party package"
             )
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise SpecError(f"scorer {name}: cannot import {target}: {exc}") from exc
+        if _is_standard_library(module):
+            raise SpecError(
+                f"scorer {name}: {target} is in Python's standard library: a scorer must be "
+                "defined in a project file or an installed third-party package"
+            )
     fn = getattr(module, attr, None)
     if fn is None:
         raise SpecError(f"scorer {name}: cannot import {target}: {module_name} has no {attr!r}")
-    if not callable(fn) or getattr(fn, "__module__", None) in _NEVER or fn in (eval, exec):
-        raise SpecError(f"scorer {name}: {target} is not a callable scorer")
-    return fn
+    defined_in = getattr(fn, "__module__", None) or ""
+    home = module.__name__ if module.__name__.startswith("abharness_scorer_") else parts[0]
+    if not (inspect.isfunction(fn) and (defined_in == home or defined_in.startswith(f"{home}."))):
+        where = f"in {defined_in}" if defined_in else "elsewhere"
+        raise SpecError(
+            f"scorer {name}: {target} is not a function defined in {module_name} (it is "
+            f"{type(fn).__name__} defined {where}): name the function where it is written"
+        )
+    return fn  # type: ignore[no-any-return]
 
 
 def _load_file(path: Path, private_name: str, name: str) -> Any:

@@ -7,6 +7,11 @@ also available to templates and scorers as ``case``.
 
 Cases are streamed: `iter_cases` re-reads the file each time, so memory does not
 grow with the dataset. `check_dataset` reads it once to find the first bad line.
+
+Files must be UTF-8 (the error names the line and byte), a JSON object must not set a
+key twice, and a case is at most `MAX_FIELD_BYTES` per field and `MAX_CASE_BYTES` in
+all (UTF-8): every call stores its prompt, so a case past that would not fit the
+run's staging store, and a resume would fail the same way every time.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ from typing import Any
 
 from ..errors import DatasetError
 from ..hashing import content_hash
+from .files import not_utf8
+
+MAX_FIELD_BYTES = 4 * 1024 * 1024
+MAX_CASE_BYTES = 8 * 1024 * 1024
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB"
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,26 @@ def _case(raw: Any, source: Path | str, line: int | None) -> Case:
         raise DatasetError(
             f"expected a JSON object per case, got {type(raw).__name__}", file=source, line=line
         )
+    total = 0
+    for key, value in raw.items():
+        size = len(value.encode("utf-8")) if isinstance(value, str) else len(json.dumps(value))
+        total += size
+        if size > MAX_FIELD_BYTES:
+            raise DatasetError(
+                f"case {raw.get('id', '')!s:.40}: field {key!r} is {_megabytes(size)}; a field "
+                f"may hold at most {_megabytes(MAX_FIELD_BYTES)} (a case "
+                f"{_megabytes(MAX_CASE_BYTES)})",
+                file=source,
+                line=line,
+                key=str(key),
+            )
+    if total > MAX_CASE_BYTES:
+        raise DatasetError(
+            f"case {raw.get('id', '')!s:.40} is {_megabytes(total)}; a case may hold at most "
+            f"{_megabytes(MAX_CASE_BYTES)} in all its fields",
+            file=source,
+            line=line,
+        )
     raw_id = raw.get("id")
     if raw_id is not None and not isinstance(raw_id, (str, int)):
         raise DatasetError("'id' must be a string or an integer", file=source, line=line, key="id")
@@ -64,8 +97,8 @@ def iter_cases(
         return
     assert path is not None
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        with path.open("rb") as f:
+            reader = csv.DictReader(_decoded(f, path))
             if not reader.fieldnames:
                 raise DatasetError("CSV file has no header row", file=path, line=1)
             for row in reader:
@@ -77,17 +110,49 @@ def iter_cases(
                     )
                 yield _case(row, path, reader.line_num)
         return
-    with path.open(encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, text in enumerate(_decoded(f, path), start=1):
             if not text.strip():
                 continue
             try:
-                raw = json.loads(text)
+                raw = json.loads(text, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as exc:
                 raise DatasetError(
                     f"malformed JSON: {exc.msg} at column {exc.colno}", file=path, line=n
                 ) from exc
+            except _DuplicateKey as exc:
+                raise DatasetError(
+                    f"key {exc.key!r} appears twice in this object: JSON would keep only the "
+                    "last; remove one",
+                    file=path,
+                    line=n,
+                    key=exc.key,
+                ) from None
             yield _case(raw, path, n)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _decoded(lines: Iterator[bytes] | Any, path: Path) -> Iterator[str]:
+    """A binary file's lines as text; a line that is not UTF-8 is a `DatasetError` naming
+    the line and byte (a bare decode error names neither)."""
+    for n, raw in enumerate(lines, start=1):
+        try:
+            yield raw.decode("utf-8").removeprefix("\ufeff") if n == 1 else raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise not_utf8(raw, exc, path, DatasetError, line_offset=n - 1) from exc
 
 
 def check_dataset(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import SpecError
 from ..hashing import content_hash
 from .endpoints import BUILTIN_ENDPOINTS, LOCAL_TYPES, PROVIDER_TYPES
+from .files import check_unique_keys, read_utf8
 from .models import (
     DEFAULT_PARAMS,
     Arm,
@@ -113,13 +114,14 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
     """Read, parse and validate a spec file, or raise `SpecError`."""
     path = Path(path)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_utf8(path, SpecError)
     except FileNotFoundError as exc:
         raise SpecError("spec file not found", file=path) from exc
     except OSError as exc:
         raise SpecError(f"cannot read spec: {exc.strerror}", file=path) from exc
     try:
         root = yaml.compose(source)
+        check_unique_keys(root, path, SpecError)
         data = yaml.safe_load(source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -261,7 +263,8 @@ def _explain(err: Any, loc: tuple[Any, ...]) -> str:
         if loc and loc[-1] == "id":
             return f"arm id {err.get('input')!r}: expected letters, digits, '.', '-' or '_'"
         return f"{err.get('input')!r}: expected lowercase letters, digits, '-' or '_' only"
-    return f"{err['msg']} (got {err.get('input')!r})"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{message} (got {err.get('input')!r})"
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _NAME = r"^[a-z0-9_-]+$"
 _ARM_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -65,6 +67,20 @@ class ProviderSpec(_Model):
     price: Price | None = None
     price_provider: str | None = Field(None, description="genai-prices provider id, e.g. openai")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the provider")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """An address the SDKs can call: http(s)://host[:port][/path]."""
+        if value is None:
+            return value
+        parts = urlparse(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "base_url must be an http:// or https:// URL with a host, such as "
+                "http://gpu-box:8000/v1"
+            )
+        return value
 
 
 class Arm(GenerationParams):
@@ -144,10 +160,10 @@ class PythonScorer(_Model):
     """``function: module:function`` from the project, called as ``f(response, case)``;
     it returns a bool, a number in [0, 1], or ``(value, detail)``.
 
-    It runs project code with the user's rights. The module is looked up as a file in
-    the spec's folder, then the working directory; a module found only elsewhere (an
-    installed package) needs ``trusted: true``. Builtins, ``os``, ``subprocess`` and the
-    like are refused either way: a model's output never reaches ``eval`` or a shell."""
+    It runs project code with the user's rights. The function must be *defined* in a
+    file of the project (the spec's folder, then the working directory), or, with
+    ``trusted: true``, in an installed third-party package; never in Python's standard
+    library, even re-exported (``cProfile:run`` would execute the model's output)."""
 
     type: Literal["python"]
     name: str | None = None
