@@ -100,6 +100,10 @@ CAPITALS = [
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project directory with the capitals prompts, a dataset and a spec on the fake provider."""
+    return make_project(tmp_path, monkeypatch)
+
+
+def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     write(
         tmp_path / "prompts/capitals/v1.j2",

@@ -27,6 +27,7 @@ from abharness.store.migrations import TABLES
 from .conftest import write
 from .fake_server import FakeServer, Fault, prompt_text
 
+pytestmark = pytest.mark.slow  # subprocesses and full runs: the whole suite runs them
 SCHEMA_DOC = Path(__file__).resolve().parents[1] / "docs/schema.md"
 
 

@@ -99,6 +99,7 @@ def rows(db: Path) -> list[dict]:
         con.close()
 
 
+@pytest.mark.slow
 def test_tokens_cost_and_ttft_are_exactly_the_servers(
     api_spec: Path, server: FakeServer, monkeypatch
 ) -> None:

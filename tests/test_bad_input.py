@@ -4,6 +4,7 @@ and leaves the database byte-for-byte unchanged (SPEC §4, §11)."""
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,15 +13,31 @@ from click.testing import CliRunner
 
 from abharness.cli.main import cli
 
-from .conftest import capital_answers, file_digest, write
+from abharness import providers as registry
+
+from .conftest import FakeProvider, capital_answers, file_digest, make_project, write
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with one run in its database, made once and copied for each test."""
+    root = tmp_path_factory.mktemp("seeded")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(registry.PROVIDER_TYPES, "fake", "tests.conftest:FakeProvider")
+        mp.setattr(FakeProvider, "script", capital_answers())
+        make_project(root, mp)
+        result = CliRunner().invoke(
+            cli, ["run", "experiments/spec.yaml", "--db", "results/abharness.duckdb"]
+        )
+    assert result.exit_code == 0, result.output
+    return root
 
 
 @pytest.fixture
-def db_with_a_run(project: Path, fake_provider) -> Path:
+def db_with_a_run(seeded: Path, project: Path, fake_provider) -> Path:
     fake_provider.script = capital_answers()
+    shutil.copytree(seeded, project, dirs_exist_ok=True)
     db = project / "results/abharness.duckdb"
-    result = CliRunner().invoke(cli, ["run", "experiments/spec.yaml", "--db", str(db)])
-    assert result.exit_code == 0, result.output
     assert db.exists()
     return db
 

@@ -114,6 +114,7 @@ scorers:
 """
 
 
+@pytest.mark.slow
 def test_a_judge_on_its_own_endpoint_keeps_its_concurrency_and_is_counted(
     tmp_path: Path, server: FakeServer
 ) -> None:
@@ -158,12 +159,14 @@ def test_a_judge_on_its_own_endpoint_keeps_its_concurrency_and_is_counted(
     assert peak == 1  # the judge endpoint's concurrency: 1, though 12 arm calls wanted it
     calls = rows(tmp_path / "r.duckdb")
     assert sum(r["judged_call_id"] is not None for r in calls) == 12
-    printed = float(out.split(" USD")[0].rsplit(", ", 1)[1])
-    assert printed == pytest.approx(sum(r["cost_usd"] or 0 for r in calls), abs=1e-4)
+    stored = sum(r["cost_usd"] or 0 for r in calls)  # judges' calls cost too
+    judged = sum(r["cost_usd"] or 0 for r in calls if r["judged_call_id"] is not None)
+    assert judged > 0 and f"{stored:.4f} USD" in out  # the summary prints what was stored
     scores = rows(tmp_path / "r.duckdb", "SELECT * FROM scores")
     assert sum(s["detail"].startswith("scorer error: judge call failed") for s in scores) == 2
 
 
+@pytest.mark.slow
 def test_a_judge_on_the_arms_own_endpoint_does_not_deadlock(
     tmp_path: Path, server: FakeServer
 ) -> None:

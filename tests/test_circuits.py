@@ -70,6 +70,7 @@ def calls(db: Path) -> list[dict]:
         con.close()
 
 
+@pytest.mark.slow
 def test_a_black_hole_endpoint_ends_its_arm_in_seconds(tmp_path: Path, black_hole: str) -> None:
     """Before: a timeout cleared the breaker and kept calls one at a time, so 200 calls
     with timeout_s 10 made 0 progress in 600 s. Now five silent calls open the circuit

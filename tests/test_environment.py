@@ -138,6 +138,7 @@ def test_a_read_only_database_folder_is_refused_before_any_call(
     assert "Traceback" not in output and fake_provider.requests == []
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_the_merge_keeps_the_run_whole_and_says_what_to_run(
     project: Path, fake_provider, monkeypatch: pytest.MonkeyPatch
 ) -> None:

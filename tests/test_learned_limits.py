@@ -130,6 +130,7 @@ def test_a_custom_endpoint_without_rpm_is_not_throttled_to_a_tier(
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.slow
 def test_a_lower_limit_in_the_headers_is_kept(tmp_path, server, monkeypatch, kind) -> None:
     """The server announces 600 requests a minute (10 a second): after the first answer
     no second holds more than 10 requests (+1 for the window's edge)."""
@@ -145,6 +146,7 @@ def test_a_lower_limit_in_the_headers_is_kept(tmp_path, server, monkeypatch, kin
     assert times[-1] - times[1] >= 2.0  # 24 requests spaced by 0.1 s
 
 
+@pytest.mark.slow
 def test_headers_never_raise_the_limit_above_the_spec(tmp_path, server, monkeypatch) -> None:
     server.extra_headers = lambda: {"x-ratelimit-limit-requests": "100000"}
     path = spec(tmp_path, server, monkeypatch, "openai", limits=", rpm: 1200", n=21)

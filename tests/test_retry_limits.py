@@ -156,6 +156,7 @@ async def test_rpm_spaces_requests_and_does_not_burst_after_idle() -> None:
     assert time.monotonic() - started >= 0.29
 
 
+@pytest.mark.slow
 async def test_tpm_meters_tokens_including_calls_bigger_than_a_second() -> None:
     limits = EndpointLimits(tpm=60_000)  # 1,000 tokens per second
     started = time.monotonic()

@@ -120,7 +120,11 @@ def test_max_error_rate_lets_a_few_errors_pass(project: Path, fake_provider) -> 
     fake_provider.script = lambda r: (
         errors.BadRequestError("400") if "France" in r.prompt else "Paris"
     )
-    assert not run_experiment(spec, db=project / "r.duckdb").error_rate_exceeded
+    out = run_experiment(spec, db=project / "r.duckdb")
+    assert (out.errors, out.calls) == (2, 12)  # 17% of calls failed: under 0.2
+    assert not out.error_rate_exceeded
+    spec.write_text(spec.read_text().replace("max_error_rate: 0.2", "max_error_rate: 0.15"))
+    assert run_experiment(spec, db=project / "r.duckdb").error_rate_exceeded
 
 
 def test_timeouts_are_recorded_and_a_silent_endpoint_is_stopped(
@@ -154,6 +158,7 @@ def test_concurrency_cap_per_endpoint_is_respected(project: Path, fake_provider)
     assert fake_provider.peak_in_flight == 3
 
 
+@pytest.mark.slow
 def test_dispatch_is_lazy(project: Path, fake_provider, monkeypatch: pytest.MonkeyPatch) -> None:
     n_cases = 400
     write(

@@ -28,6 +28,7 @@ from abharness.store.journal import read_journal
 from .conftest import write
 from .fake_server import FakeServer, Fault, Logged
 
+pytestmark = pytest.mark.slow  # subprocesses and full runs: the whole suite runs them
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -130,16 +130,31 @@ def test_a_project_file_named_like_a_library_does_not_shadow_it(tmp_path, monkey
     assert scorer(tmp_path, type="similarity", expected="{{ answer }}").score("Paris", CASE).passed
 
 
-@pytest.mark.parametrize("target", ["builtins:eval", "os:system", "subprocess:run"])
-def test_interpreters_and_shells_are_never_scorers(tmp_path, target: str) -> None:
-    with pytest.raises(SpecError, match="not allowed as a scorer"):
+@pytest.mark.parametrize(
+    "target",
+    ["builtins:eval", "os:system", "subprocess:run", "cProfile:run", "pdb:run", "json:loads"],
+)
+def test_the_standard_library_is_never_a_scorer_even_trusted(tmp_path, target: str) -> None:
+    """A deny-list could not keep its promise (cProfile:run executes its argument); the
+    rule is where the function is defined."""
+    with pytest.raises(SpecError, match="in Python's standard library"):
         scorer(tmp_path, type="python", function=target, trusted=True)
 
 
-def test_an_installed_module_needs_trusted(tmp_path) -> None:
+def test_a_project_file_must_define_its_scorer(tmp_path) -> None:
+    (tmp_path / "mine.py").write_text(
+        "import os\nfrom cProfile import run\n\ndef score(response, case):\n    return 1.0\n"
+    )
+    assert scorer(tmp_path, type="python", function="mine:score").score("x", CASE).value == 1.0
+    for name in ("run", "os"):
+        with pytest.raises(SpecError, match=f"mine:{name} is not a function defined in mine"):
+            scorer(tmp_path, type="python", function=f"mine:{name}")
+
+
+def test_an_installed_third_party_package_needs_trusted(tmp_path) -> None:
     with pytest.raises(SpecError, match="trusted: true"):
-        scorer(tmp_path, type="python", function="json:dumps")
-    assert scorer(tmp_path, type="python", function="math:isfinite", trusted=True)
+        scorer(tmp_path, type="python", function="jsonschema.validators:validate")
+    assert scorer(tmp_path, type="python", function="jsonschema.validators:validate", trusted=True)
 
 
 def test_schema_problems_are_spec_errors(tmp_path) -> None:

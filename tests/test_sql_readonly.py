@@ -131,6 +131,7 @@ def test_csv_ends_lines_with_lf_and_table_keeps_a_row_on_one_line(db: Path) -> N
     assert '"line one\\nline two"' in stdout  # JSON keeps the value as it is
 
 
+@pytest.mark.slow
 def test_the_response_cache_cannot_be_poisoned_through_sql(
     project: Path, fake_provider, monkeypatch
 ) -> None:

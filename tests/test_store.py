@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from abharness.store.db import LOGS, Store, merge
 from abharness.store.migrations import KEYS, MIGRATIONS, migrate
@@ -300,6 +301,7 @@ def test_a_path_with_a_quote_merges(tmp_path: Path) -> None:
     resumed.close()
 
 
+@pytest.mark.slow
 def test_shed_cache_drops_what_duckdb_keeps_of_the_written_file(tmp_path: Path) -> None:
     store = Store(tmp_path / "staging/r.duckdb")
     for start in range(0, 40_000, 256):  # as the writer does, a batch at a time

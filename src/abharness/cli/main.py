@@ -43,10 +43,7 @@ class _Group(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output to stderr.")
 def cli(verbose: bool) -> None:
     """A/B evaluation of LLM set-ups: run experiments, compare arms, query results."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _log_to(err_console, verbose)
     # pandas keeps strings in Arrow arrays; Arrow's own allocator (mimalloc) keeps the
     # pages it frees to itself, where DuckDB and numpy cannot reuse them. The C heap is
     # shared: a 100k-call run peaks 27 MB lower (BENCHMARKS.md). A user's choice stands.
@@ -55,6 +52,20 @@ def cli(verbose: bool) -> None:
 
 for module in (run, validate, report, compare, nightly, prompts, sql, export, merge):
     cli.add_command(module.command)
+
+
+def _log_to(console: Any, verbose: bool) -> None:
+    """abharness's loggers (one per module: ``abharness.run.retry`` for circuits,
+    ``abharness.run.executor`` for attempts and retries, ``abharness.run.limits`` for
+    rate limits, ``abharness.store.db`` for merges) print warnings to stderr, above a
+    progress bar rather than through it; ``-v`` shows everything they say. Other
+    libraries stay at warnings."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_time=verbose, show_path=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("abharness").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -19,12 +19,15 @@ endpoint until then.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from aiolimiter import AsyncLimiter
 
 from ..providers._http import RateLimits
+
+log = logging.getLogger(__name__)
 
 
 class EndpointLimits:
@@ -77,12 +80,14 @@ class EndpointLimits:
         if (rpm, tpm) != (self.rpm, self.tpm):
             self._set(rpm, tpm)
             self.source = "headers"
+            log.info("limits from the server's headers: %s", self.describe())
         for left, reset in (
             (limits.requests_remaining, limits.requests_reset_s),
             (limits.tokens_remaining, limits.tokens_reset_s),
         ):
             if left is not None and left <= 0 and reset:
                 self._paused_until = max(self._paused_until, time.monotonic() + reset)
+                log.info("the server says nothing is left: paused for %.1f s", reset)
 
     def describe(self) -> str:
         rpm = f"{self.rpm:,} requests/min" if self.rpm else "no request limit"
