@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.transport
 	$(BIN)/python -m tests.benchmarks.faults
 	$(BIN)/python -m tests.benchmarks.killnine
+	$(BIN)/python -m tests.benchmarks.blackhole
 	$(BIN)/python -m tests.benchmarks.runloop $(if $(LITELLM_PYTHON),--litellm-python $(LITELLM_PYTHON))
 	$(BIN)/python -m tests.benchmarks.phases
 	$(BIN)/python -m tests.benchmarks.staging

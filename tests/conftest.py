@@ -51,6 +51,29 @@ class FakeProvider(Provider):
             cls.in_flight -= 1
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_outside_tmp() -> Any:
+    """`make test` leaves the user's own reports/ and results/ as they were."""
+    before = {name: _listing(REPO / name) for name in ("reports", "results")}
+    yield
+    after = {name: _listing(REPO / name) for name in ("reports", "results")}
+    assert after == before, "a test wrote into the project's own reports/ or results/"
+
+
+@pytest.fixture(autouse=True)
+def reports_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports written by the CLI go to the test's own folder, wherever it runs from."""
+    monkeypatch.setenv("ABHARNESS_REPORTS", str(tmp_path / "reports"))
+    monkeypatch.delenv("ABHARNESS_DB", raising=False)
+
+
 @pytest.fixture(autouse=True)
 def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry jitter is zeroed in tests; a Retry-After the test sets is still honoured."""

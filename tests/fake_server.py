@@ -19,6 +19,7 @@ Standalone: ``python -m tests.fake_server --port 8765`` (for benchmarks).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 import time
@@ -79,11 +80,26 @@ def default_reply(body: dict[str, Any]) -> str:
 class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 refuses connections under load
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_sockets: set[Any] = set()
+        self.killed = False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.open_sockets.discard(request)
+        super().shutdown_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that went away (killed, timed out) is not the server's error."""
+        """A client that went away (killed, timed out) is not the server's error, nor
+        is a connection the server itself cut when it was killed."""
         import sys
 
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        exc = sys.exc_info()[1]
+        if not (isinstance(exc, ConnectionError) or (self.killed and isinstance(exc, OSError))):
             super().handle_error(request, client_address)
 
 
@@ -129,6 +145,17 @@ class FakeServer:
         if self._thread.is_alive():  # shutdown() waits for serve_forever, so only if it runs
             self._httpd.shutdown()
         self._httpd.server_close()
+
+    def kill(self) -> None:
+        """Die as a killed process does: stop listening and cut every open connection,
+        the kept-alive ones and those mid-answer."""
+        import socket as _socket
+
+        self._httpd.killed = True
+        self.stop()
+        for sock in list(self._httpd.open_sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(_socket.SHUT_RDWR)
 
     def __enter__(self) -> FakeServer:
         return self.start()

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from abharness.cli.main import cli
-
 from abharness import providers as registry
+from abharness.cli.main import cli
 
 from .conftest import FakeProvider, capital_answers, file_digest, make_project, write
 
@@ -57,7 +56,11 @@ def _yaml_syntax(p: Path) -> None:
 
 def _endpoint(url: str) -> Callable[[Path], None]:
     def apply(p: Path) -> None:
-        edit(p / SPEC, "  mock: {type: fake}", f'  mock: {{type: fake}}\n  lab: {{type: openai, base_url: "{url}"}}')
+        edit(
+            p / SPEC,
+            "  mock: {type: fake}",
+            f'  mock: {{type: fake}}\n  lab: {{type: openai, base_url: "{url}"}}',
+        )
         edit(p / SPEC, "arms:", "arms:\n  - {id: lab, provider: lab, model: m, prompt: capitals@1}")
 
     return apply
@@ -77,7 +80,9 @@ def _latin1(path: Path, old: str, new: str) -> Callable[[Path], None]:
 def _big_field(p: Path, megabytes: float) -> None:
     data = p / "experiments/data/capitals.jsonl"
     lines = data.read_text().splitlines()
-    lines[1] = lines[1].replace('"answer"', f'"context": "{"x" * int(megabytes * 1024 * 1024)}", "answer"')
+    lines[1] = lines[1].replace(
+        '"answer"', f'"context": "{"x" * int(megabytes * 1024 * 1024)}", "answer"'
+    )
     data.write_text("\n".join(lines) + "\n")
 
 
@@ -219,12 +224,20 @@ CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
         r"spec\.yaml:5: temperature: duplicate key 'temperature' \(first at line 5\)",
     ),
     "duplicate key in a template's front matter": (
-        lambda p: edit(p / "prompts/capitals/v1.j2", "variables: [country]", "variables: [country]\nvariables: [x]"),
+        lambda p: edit(
+            p / "prompts/capitals/v1.j2",
+            "variables: [country]",
+            "variables: [country]\nvariables: [x]",
+        ),
         ["run", SPEC],
         r"v1\.j2:4: variables: duplicate key 'variables' \(first at line 3\)",
     ),
     "duplicate key in a JSONL case": (
-        lambda p: edit(p / "experiments/data/capitals.jsonl", '"country": "Italy"', '"country": "Italy", "country": "Rome"'),
+        lambda p: edit(
+            p / "experiments/data/capitals.jsonl",
+            '"country": "Italy"',
+            '"country": "Italy", "country": "Rome"',
+        ),
         ["run", SPEC],
         r"capitals\.jsonl:3: country: key 'country' appears twice",
     ),

@@ -310,9 +310,13 @@ arms:
 """
     path = spec(tmp_path, server, body.replace("\n", "\n        "), cases=6)
     result = CliRunner().invoke(cli, ["run", str(path), "--db", str(tmp_path / "r.duckdb")])
-    assert result.exit_code == 2
+    # every call ended because the model's circuit went down, none by using up its own
+    # retries: the run is incomplete (exit 4), resumable, not "errors above the rate"
+    assert result.exit_code == 4, result.output
+    assert "incomplete: 12 calls were never made" in " ".join(result.output.split())
     calls = rows(tmp_path / "r.duckdb")
     assert len(calls) == 12 and all(r["error_type"] == "server" for r in calls)
+    assert all(r["unfinished"] for r in calls)
     # threshold (5) failures open the circuit, one probe fails: the rest are not called
     assert len(server.log) <= 5 + 16 + 1  # at most what was already on the wire
     not_called = [r for r in calls if r["attempts"] == 0]

@@ -141,3 +141,52 @@ def test_a_refused_port_is_a_connection_error_to_the_last_call(tmp_path: Path) -
     assert not_made and all("connection refused" in r["error_message"] for r in not_made)
     errors = [json.loads(r["attempt_errors_json"]) for r in rows if r["attempts"]]
     assert all(e["error_type"] == "connection" for es in errors for e in es)
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_ends_incomplete_and_resume_finishes_it(tmp_path: Path) -> None:
+    """Before: the run was 'completed' with 133 of 196 calls never made, those counted
+    as '134 × server' errors, and the exit was 2 as if the model had failed."""
+    from click.testing import CliRunner
+
+    from abharness.cli.main import cli
+
+    server = FakeServer(latency_s=0.02).start()
+    port = int(server.url.rsplit(":", 1)[1])
+    path = spec(
+        tmp_path,
+        "  - {id: a, provider: srv, model: m}\n  - {id: b, provider: srv, model: n}",
+        f'  srv: {{type: openai, base_url: "{server.url}/v1", api_key_env: FAKE_KEY, concurrency: 4}}',
+        cases=100,
+        defaults=", seed: 1",
+    ).read_text()
+    (tmp_path / "spec.yaml").write_text(path.replace("max_error_rate: 1", "max_error_rate: 0"))
+
+    def stop_after(entry: Logged) -> Fault | None:
+        if len(server.log) == 60:
+            import threading
+
+            threading.Thread(target=server.kill, daemon=True).start()  # the server dies
+        return None
+
+    server.fault_fn = stop_after
+    db = tmp_path / "r.duckdb"
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "spec.yaml"), "--db", str(db)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 4, result.output  # incomplete: its own code, not 2
+    assert "incomplete" in text and "never made" in text and "--resume" in text
+    rows = calls(db)
+    con = duckdb.connect(str(db), read_only=True)
+    status, errors, not_made = con.execute(
+        "SELECT status, error_calls, not_made_calls FROM runs"
+    ).fetchone()
+    con.close()
+    assert status == "incomplete"
+    assert errors == 0  # the calls the dead server never answered are not errors
+    assert not_made == sum(1 for r in rows if r["status"] == "error") > 100
+    assert {r["error_type"] for r in rows if r["status"] == "error"} <= {"connection", "timeout"}
+    with FakeServer(port=port) as again:
+        out = run_experiment(None, db=db, resume="last", use_cache=False)
+        assert out.status == "completed" and out.errors == 0 and out.not_made == 0
+        assert len(again.log) == not_made
+    assert len(calls(db)) == 200 and all(r["status"] == "ok" for r in calls(db))

@@ -40,8 +40,12 @@ def query(db: Path, sql: str) -> list[tuple]:
 
 
 def make_spec(root: Path, url: str, cases: int, concurrency: int, extra: str = "") -> Path:
-    write(root / "prompts/q/v1.j2", "{% block user %}What is the capital of {{ id }}?{% endblock %}\n")
-    write(root / "data.jsonl", "".join(json.dumps({"id": f"c{i:03d}"}) + "\n" for i in range(cases)))
+    write(
+        root / "prompts/q/v1.j2", "{% block user %}What is the capital of {{ id }}?{% endblock %}\n"
+    )
+    write(
+        root / "data.jsonl", "".join(json.dumps({"id": f"c{i:03d}"}) + "\n" for i in range(cases))
+    )
     return write(
         root / "spec.yaml",
         f"""
@@ -85,7 +89,9 @@ def key(entry: Logged) -> tuple[str, str]:
 def paid(server: FakeServer, model_prefix: str = "m-") -> Counter[tuple[str, str]]:
     """Requests the server answered in full, by (model, prompt)."""
     return Counter(
-        key(e) for e in server.log if e.status == 200 and e.text and key(e)[0].startswith(model_prefix)
+        key(e)
+        for e in server.log
+        if e.status == 200 and e.text and key(e)[0].startswith(model_prefix)
     )
 
 
@@ -101,7 +107,7 @@ def test_sigterm_drains_saves_and_resumes_with_nothing_paid_twice(tmp_path: Path
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 130, output
         assert "Traceback" not in output
-        assert f"abharness run --resume" in output
+        assert "abharness run --resume" in output
         ((status, run_id),) = query(db, "SELECT status, run_id FROM runs")
         done = query(db, "SELECT count(*) FROM calls")[0][0]
         assert status == "interrupted" and 0 < done < 200
@@ -152,10 +158,13 @@ def test_a_call_answered_while_its_judge_was_grading_is_not_paid_again(tmp_path:
     """The journal keeps an answered call before its judge answers; killed meanwhile,
     the resumed run scores that answer instead of paying for it again."""
     with FakeServer() as arms, FakeServer(lambda body: "Score: 9", latency_s=2.0) as judge:
-        write(tmp_path / "prompts/rubric/v1.j2", "{% block user %}Grade: {{ response }}{% endblock %}\n")
-        extra = f"""
+        write(
+            tmp_path / "prompts/rubric/v1.j2",
+            "{% block user %}Grade: {{ response }}{% endblock %}\n",
+        )
+        extra = """
 scorers:
-  - {{type: llm_judge, provider: judge, model: j-1, rubric: rubric@1, scale: [0, 10]}}
+  - {type: llm_judge, provider: judge, model: j-1, rubric: rubric@1, scale: [0, 10]}
 """
         spec = make_spec(tmp_path, arms.url, 6, concurrency=8, extra=extra)
         spec.write_text(

@@ -45,7 +45,9 @@ def _foreign(path: Path) -> None:
 def _newer(path: Path) -> None:
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR)")
-    con.execute("INSERT INTO schema_migrations VALUES (?, 'from the future')", [schema_version() + 1])
+    con.execute(
+        "INSERT INTO schema_migrations VALUES (?, 'from the future')", [schema_version() + 1]
+    )
     con.close()
 
 
@@ -60,7 +62,10 @@ def _truncated(path: Path) -> None:
 DATABASES = {
     "not DuckDB": (_junk, r"not a DuckDB database, or a corrupt one"),
     "someone else's DuckDB": (_foreign, r"holds tables abharness did not make \(invoices\)"),
-    "a newer schema": (_newer, r"written by a newer abharness \(schema version \d+; this one knows"),
+    "a newer schema": (
+        _newer,
+        r"written by a newer abharness \(schema version \d+; this one knows",
+    ),
     "a truncated DuckDB": (_truncated, r"not a DuckDB database, or a corrupt one"),
 }
 
@@ -95,7 +100,9 @@ def test_merge_and_sql_refuse_a_foreign_or_junk_database_too(tmp_path: Path) -> 
     _foreign(foreign)
     before = file_digest(foreign)
     staged = store_db.Store(tmp_path / "staging/20261201-000000-abcdef.duckdb")
-    staged.insert("runs", [{"run_id": "20261201-000000-abcdef", "experiment": "x", "status": "completed"}])
+    staged.insert(
+        "runs", [{"run_id": "20261201-000000-abcdef", "experiment": "x", "status": "completed"}]
+    )
     staged.close()
     code, output = run("merge", "--db", str(foreign))
     assert code == 1 and "holds tables abharness did not make" in output, output
@@ -151,7 +158,9 @@ def test_a_full_disk_during_the_merge_keeps_the_run_whole_and_says_what_to_run(
 
     def full(con: duckdb.DuckDBPyConnection) -> object:
         if con.execute("SELECT current_database()").fetchone() == ("results",):  # the merge
-            raise duckdb.IOException('Could not write "abharness.duckdb.wal": No space left on device')
+            raise duckdb.IOException(
+                'Could not write "abharness.duckdb.wal": No space left on device'
+            )
         return real(con)
 
     monkeypatch.setattr(store_db, "transaction", full)
@@ -188,7 +197,9 @@ def test_a_full_disk_while_writing_the_report_is_one_line(
     assert f"the run is safe in {db}" in text and "abharness report" in text
     assert "Traceback" not in output
     monkeypatch.setattr(Path, "write_text", real)
-    code, output = run("report", "--last", "--db", str(db), "--reports-dir", str(project / "reports"))
+    code, output = run(
+        "report", "--last", "--db", str(db), "--reports-dir", str(project / "reports")
+    )
     assert code == 0, output
 
 
@@ -200,7 +211,10 @@ def test_a_full_disk_while_writing_the_report_is_one_line(
         (duckdb.IOException('Cannot open file "x": Read-only file system'), "read_only"),
         (OSError(errno.EACCES, "Permission denied"), "permission"),
         (duckdb.IOException('Could not set lock on file "x": Conflicting lock is held'), "busy"),
-        (duckdb.IOException('The file "x" exists, but it is not a valid DuckDB database file!'), "corrupt"),
+        (
+            duckdb.IOException('The file "x" exists, but it is not a valid DuckDB database file!'),
+            "corrupt",
+        ),
         (duckdb.OutOfMemoryException("could not allocate block of size 256KB"), "memory"),
         (duckdb.IOException("something else"), "other"),
     ],
@@ -226,7 +240,9 @@ def test_a_case_at_the_size_limits_is_stored_like_any_other(project: Path, fake_
         "Q: What is the capital of {{ country }}?\nA:{% endblock %}\n",
     )
     spec = project / SPEC
-    spec.write_text(spec.read_text().replace("prompt: capitals@2", "prompt: capitals@3") + "repeats: 3\n")
+    spec.write_text(
+        spec.read_text().replace("prompt: capitals@2", "prompt: capitals@3") + "repeats: 3\n"
+    )
     db = project / "results/abharness.duckdb"
     code, output = run("run", SPEC, "--db", str(db), "--no-cache")
     assert code == 0, output

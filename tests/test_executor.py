@@ -66,7 +66,11 @@ def _case(country: str) -> Any:
 async def test_attempts_and_their_errors_are_recorded_until_success(
     project: Path, fake_provider
 ) -> None:
-    outcomes = [errors.ServerError("HTTP 503", status_code=503), errors.RateLimitError("HTTP 429", status_code=429), "Paris"]
+    outcomes = [
+        errors.ServerError("HTTP 503", status_code=503),
+        errors.RateLimitError("HTTP 429", status_code=429),
+        "Paris",
+    ]
     fake_provider.script = lambda r: outcomes.pop(0)
     h = Harness(arm_of(project))
     record = await h.call()
@@ -96,7 +100,9 @@ async def test_what_cannot_succeed_is_tried_once(project: Path, fake_provider, e
 async def test_a_retry_after_beyond_the_wait_budget_gives_up_at_once(
     project: Path, fake_provider
 ) -> None:
-    fake_provider.script = lambda r: errors.RateLimitError("HTTP 429", status_code=429, retry_after_s=30)
+    fake_provider.script = lambda r: errors.RateLimitError(
+        "HTTP 429", status_code=429, retry_after_s=30
+    )
     started = time.monotonic()
     record = await Harness(arm_of(project), max_total_wait_s=5).call()
     assert time.monotonic() - started < 1  # never slept 30 s to go over its 5 s budget
@@ -147,7 +153,8 @@ async def test_the_cost_cap_refuses_a_call_whose_worst_case_does_not_fit(
     spec = project / "experiments/spec.yaml"
     spec.write_text(
         spec.read_text().replace(
-            "mock: {type: fake}", "mock: {type: fake, price: {input_per_mtok: 1000, output_per_mtok: 1000}}"
+            "mock: {type: fake}",
+            "mock: {type: fake, price: {input_per_mtok: 1000, output_per_mtok: 1000}}",
         )
     )
     h = Harness(arm_of(project), max_cost=0.02)  # $0.001 a token: one call's worst case fits
@@ -163,7 +170,9 @@ async def test_a_finished_call_is_handed_to_the_journal_before_its_slot_serves_a
     """on_finished runs with no await after the slot was freed: nothing queued for that
     slot has started yet, so kill -9 can lose only calls still on the wire."""
     spec = project / "experiments/spec.yaml"
-    spec.write_text(spec.read_text().replace("mock: {type: fake}", "mock: {type: fake, concurrency: 1}"))
+    spec.write_text(
+        spec.read_text().replace("mock: {type: fake}", "mock: {type: fake, concurrency: 1}")
+    )
     fake_provider.delay_s = 0.01
     h = Harness(arm_of(project))
     started: list[int] = []

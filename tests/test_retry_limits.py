@@ -11,8 +11,8 @@ import time
 import pytest
 
 from abharness import errors
-from abharness.run.limits import EndpointLimits
 from abharness.providers._http import StreamCut
+from abharness.run.limits import EndpointLimits
 from abharness.run.retry import (
     CircuitBreaker,
     CircuitOpenError,

@@ -80,9 +80,7 @@ def run(cases: int, faults: bool, hangs: int) -> dict[str, object]:
             server.fault_fn = inject
         path = spec(Path(tmp), server.url, cases)
         started = time.perf_counter()
-        out = run_experiment(
-            path, db=Path(tmp) / "b.duckdb", use_cache=False
-        )
+        out = run_experiment(path, db=Path(tmp) / "b.duckdb", use_cache=False)
         wall = time.perf_counter() - started
         con = duckdb.connect(str(out.db), read_only=True)
         ok, attempts = con.execute(

@@ -57,9 +57,7 @@ def trial(src: Path, kill_after: int, cases: int) -> tuple[int, int, float]:
         )
         resumed_s = time.perf_counter() - started
         answered = Counter(
-            (e.body["model"], prompt_text(e.body))
-            for e in server.log
-            if e.status == 200 and e.text
+            (e.body["model"], prompt_text(e.body)) for e in server.log if e.status == 200 and e.text
         )
         assert len(answered) == 2 * cases, f"the resume did not finish: {len(answered)}"
         return sum(n - 1 for n in answered.values()), answered_before, resumed_s

@@ -50,9 +50,10 @@ db_option = click.option(
 reports_dir_option = click.option(
     "--reports-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    envvar="ABHARNESS_REPORTS",
     default=str(DEFAULT_REPORTS),
     show_default=True,
-    help="Where reports are written.",
+    help="Where reports are written (env ABHARNESS_REPORTS).",
 )
 
 

@@ -16,6 +16,7 @@ from ..errors import StoreWriteError
 from .common import (
     EXIT_ENVIRONMENT,
     EXIT_ERRORS,
+    EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     console,
@@ -105,7 +106,7 @@ def command(
 
     def on_call(record: CallRecord) -> None:
         nonlocal errors
-        errors += not record.ok
+        errors += not record.ok and record.made  # a call never made is not an error
         progress.update(task, advance=record.judged_call_id is None, errors=errors)
 
     try:
@@ -135,13 +136,16 @@ def command(
     s = outcome.stats
     resumed = f", {outcome.resumed_skipped} already done" if resume else ""
     judges = f" ({s.judge_calls} by judges)" if s.judge_calls else ""
+    never = f", {s.not_made_count} never made" if s.not_made_count else ""
     console.print(
         f"run id:   {outcome.run_id}  ({outcome.status}, {s.calls} calls{judges}{resumed}, "
-        f"{s.ok} ok ({s.cache_hits} from cache), {s.error_count} errors, {s.attempts} attempts, "
-        f"{s.cost_usd:.4f} USD, {s.wall_time_s:.1f} s)"
+        f"{s.ok} ok ({s.cache_hits} from cache), {s.error_count} errors{never}, "
+        f"{s.attempts} attempts, {s.cost_usd:.4f} USD, {s.wall_time_s:.1f} s)"
     )
     for etype, n in sorted(s.errors.items()):
         console.print(f"  {n} × {etype}")
+    for etype, n in sorted(s.not_made.items()):
+        console.print(f"  {n} never made ({etype}: see below)")
     for endpoint, limits in outcome.limits.items():
         console.print(f"limits:   {endpoint}: {limits}", markup=False)
     for failure in outcome.failures:
@@ -172,11 +176,22 @@ def command(
         )
     if outcome.error_rate_exceeded:
         err_console.print(
-            f"[red]error rate {outcome.errors}/{outcome.calls} is above the spec's "
-            f"max_error_rate {outcome.max_error_rate:g}[/]"
+            f"[red]error rate {outcome.errors}/{outcome.calls} of the calls made is above the "
+            f"spec's max_error_rate {outcome.max_error_rate:g}[/]"
         )
         sys.exit(EXIT_ERRORS)
+    if outcome.status == "incomplete":
+        err_console.print(
+            f"[red]incomplete:[/] {_calls(outcome.not_made)} never made (not errors: an "
+            "endpoint or model stopped, above). When it is back, resume with:\n"
+            f"  {resume_command(outcome.run_id, outcome.db)}"
+        )
+        sys.exit(EXIT_INCOMPLETE)
     sys.exit(EXIT_OK)
+
+
+def _calls(n: int) -> str:
+    return f"{n} call was" if n == 1 else f"{n} calls were"
 
 
 def _dry_run(spec: Path, db: Path) -> None:

@@ -81,7 +81,13 @@ def _cell(value: Any) -> str:
     """One line whatever the value holds: a response's line breaks would break the table."""
     if value is None:
         return "NULL"
-    return str(value).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    return (
+        str(value)
+        .replace("\\", "\\\\")
+        .replace("\r", "\\r")
+        .replace("\n", "\\n")
+        .replace("\t", "\\t")
+    )
 
 
 def _table(columns: list[str], rows: list[tuple[Any, ...]]) -> None:

@@ -134,6 +134,7 @@ class AnthropicProvider(Provider):
             request_id=raw.headers.get("request-id"),
             served_model=message.model,
             rate_limits=parse_rate_limits(raw.headers),
+            usage_source="body",
         )
 
     async def _stream(self, kwargs: dict[str, Any]) -> ProviderResponse:
@@ -188,6 +189,7 @@ class AnthropicProvider(Provider):
             request_id=request_id,
             served_model=served,
             rate_limits=limits,
+            usage_source="final_chunk" if n_in is not None or n_out is not None else "missing",
         )
 
     async def aclose(self) -> None:

@@ -93,6 +93,9 @@ class ProviderResponse:
     served_model: str | None = None  # the model the server says answered
     metrics: dict[str, Any] = field(default_factory=dict)  # -> provider_metrics_json
     rate_limits: Any = None  # `RateLimits` from the response's headers, if it had any
+    # where `usage` came from: final_chunk (a stream's last), body, missing (the server
+    # sent none: the counts stay null), proxy_estimate (a proxy's own count, not the model's)
+    usage_source: str | None = None
 
 
 @dataclass

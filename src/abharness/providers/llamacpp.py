@@ -272,6 +272,7 @@ class LlamaCppProvider(Provider):
                 finish_reason=out["choices"][0].get("finish_reason"),
                 ttft_ms=ttft,
                 metrics={"model_path": self.model_path.name, "n_ctx": int(llm.n_ctx())},
+                usage_source="body" if usage else "missing",
             )
 
     async def aclose(self) -> None:

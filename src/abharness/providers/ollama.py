@@ -144,6 +144,13 @@ class OllamaProvider(Provider):
             ttft_ms=ttft,
             served_model=final.model,
             metrics=_metrics(final, host),
+            usage_source=(
+                "missing"
+                if final.prompt_eval_count is None and final.eval_count is None
+                else "final_chunk"
+                if request.stream
+                else "body"
+            ),
         )
 
     async def aclose(self) -> None:

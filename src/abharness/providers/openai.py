@@ -184,8 +184,8 @@ class OpenAIProvider(Provider):
             finish_reason=choice.get("finish_reason"),
             request_id=raw.headers.get("x-request-id"),
             served_model=completion.get("model"),
-            metrics=_missing(usage),
             rate_limits=parse_rate_limits(raw.headers),
+            usage_source="body" if usage is not None else "missing",
         )
 
     async def _stream(
@@ -246,16 +246,11 @@ class OpenAIProvider(Provider):
             ttft_ms=ttft,
             request_id=request_id,
             served_model=served,
-            metrics=_missing(usage),
             rate_limits=limits,
+            usage_source="final_chunk" if usage is not None else "missing",
         )
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-def _missing(usage: Any) -> dict[str, Any]:
-    """Flag a response without usage, so a null is never mistaken for zero."""
-    return {} if usage is not None else {"usage_missing": True}

@@ -87,6 +87,16 @@ def genai_price(
     return Decimal(result.total_price)
 
 
+def _free(price: Price) -> bool:
+    rates = (
+        price.input_per_mtok,
+        price.output_per_mtok,
+        price.cache_read_per_mtok,
+        price.cache_write_per_mtok,
+    )
+    return all(not rate for rate in rates)
+
+
 def call_cost(
     usage: Usage,
     price: Price | None,
@@ -101,6 +111,8 @@ def call_cost(
     provider reported no usage (an unknown cost is never shown as zero)."""
     if local and price is None:
         return Decimal(0), "local:free"
+    if price is not None and _free(price):
+        return Decimal(0), "spec"  # whatever the tokens were, or whether they were reported
     if usage.input_tokens is None and usage.output_tokens is None:
         return None, None
     if price is not None:

@@ -140,6 +140,11 @@ class Executor:
             return record, response
         except (asyncio.CancelledError, NotStarted):
             raise
+        except Unfinished as stop:  # its circuit went down: missing data, resume makes it
+            record.fail(stop.cause.error_type, _describe(stop.cause))
+            record.unfinished = True
+            self.on_finished(record)
+            return record, None
         except Exception as exc:  # every failure is a record; nothing a call raises stops the run
             record.fail(error_type_of(exc), _describe(exc))
             if isinstance(exc, CallError) and exc.request_id and record.request_id is None:
@@ -190,6 +195,7 @@ class Executor:
         record.finish_reason = response.finish_reason
         record.request_id = response.request_id
         record.served_model = response.served_model
+        record.usage_source = response.usage_source
         ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
         metrics = {**response.metrics, "ignored_params": ignored} if ignored else response.metrics
         if response.rate_limits is not None:
@@ -222,7 +228,7 @@ class Executor:
                     if record.attempts == 0:
                         circuit.not_called += 1
                         raise _not_called(exc) from exc
-                    raise
+                    raise Unfinished(exc) from exc
             async with endpoint.slots:
                 if record.attempts == 0 and self.stopping():
                     raise NotStarted
@@ -281,7 +287,7 @@ class Executor:
             for circuit in circuits:
                 if circuit.breaker.down is not None:
                     circuit.stop(circuit.breaker.down)
-                    raise error
+                    raise Unfinished(error) from error
             if not self.policy.should_retry(error, record.attempts):
                 raise error
             delay = self.policy.delay_s(record.attempts, error.retry_after_s)
@@ -345,12 +351,22 @@ class Executor:
         return None, error
 
 
-def _not_called(reason: CallError) -> CallError:
-    """The error recorded for a call not made because its endpoint or model stopped,
-    typed as what stopped it (a dead server's calls are ``connection`` errors)."""
+class Unfinished(Exception):  # noqa: N818 - a call's state, not an error of ours
+    """A call ended because its endpoint or model went down (or stayed open past its wait
+    budget), not because it used up its own retries: recorded with the `cause`'s type,
+    ``unfinished``, so it is missing data rather than an error, and resume makes it."""
+
+    def __init__(self, cause: CallError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _not_called(reason: CallError) -> Unfinished:
+    """A call not made because its endpoint or model stopped, typed as what stopped it
+    (a dead server's calls are ``connection`` errors)."""
     error = CallError(f"not called: {reason}")
     error.error_type = reason.error_type
-    return error
+    return Unfinished(error)
 
 
 def _fill_from_cache(record: CallRecord, hit: dict[str, Any]) -> None:
@@ -364,6 +380,7 @@ def _fill_from_cache(record: CallRecord, hit: dict[str, Any]) -> None:
     for name in USAGE_FIELDS:
         setattr(record, name, hit[name])
     record.provider_metrics_json = json.dumps({"cached_from": hit["source_call_id"]})
+    record.usage_source = "cache"  # the counts of the call that answered it first
 
 
 def _describe(exc: BaseException) -> str:

@@ -48,11 +48,12 @@ def default_db() -> Path:
 class Outcome:
     run_id: str
     db: Path
-    status: str  # completed | budget_exhausted | interrupted
+    status: str  # completed | incomplete | budget_exhausted | interrupted
     stats: RunStats
     merge: MergeResult
-    calls: int  # in the database for this run, resumed sessions and judges included
-    errors: int
+    calls: int  # made, in the database for this run, resumed sessions and judges included
+    errors: int  # among the calls made
+    not_made: int  # calls never made (an endpoint down, the cost cap): resume makes them
     max_error_rate: float
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -278,7 +279,7 @@ def run_experiment(
             f"`abharness merge --db {db}` finishes it",
         )
     with Results(db if merged.merged else staging) as results:
-        calls, errors, _ = results.totals(run_id)
+        calls, errors, not_made = results.totals(run_id)
     return Outcome(
         run_id,
         db,
@@ -287,6 +288,7 @@ def run_experiment(
         merged,
         calls,
         errors,
+        not_made,
         plan.spec.experiment.max_error_rate,
         warnings,
         runner.failures(),

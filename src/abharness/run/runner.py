@@ -49,18 +49,23 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunStats:
-    calls: int = 0  # judges' calls included
+    calls: int = 0  # every record, judges' calls included
     judge_calls: int = 0
     ok: int = 0
     attempts: int = 0
     cache_hits: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # calls made that failed
+    not_made: Counter[str] = field(default_factory=Counter)  # never made, by why
     cost_usd: float = 0.0
     wall_time_s: float = 0.0
 
     @property
     def error_count(self) -> int:
         return sum(self.errors.values())
+
+    @property
+    def not_made_count(self) -> int:
+        return sum(self.not_made.values())
 
     def add(self, record: CallRecord) -> None:
         self.calls += 1
@@ -72,7 +77,7 @@ class RunStats:
             self.cache_hits += record.cache_hit
         else:
             assert record.error_type is not None
-            self.errors[record.error_type] += 1
+            (self.errors if record.made else self.not_made)[record.error_type] += 1
 
 
 class Runner:
@@ -115,9 +120,13 @@ class Runner:
 
     @property
     def status(self) -> str:
+        """interrupted (a signal), budget_exhausted (the cost cap), incomplete (calls
+        never made because an endpoint or model stopped: resume makes them), completed."""
         if self.stopping:
             return "interrupted"
-        return "budget_exhausted" if self.cost_cap.refused else "completed"
+        if self.cost_cap.refused:
+            return "budget_exhausted"
+        return "incomplete" if self.stats.not_made_count else "completed"
 
     def request_stop(self, sig: signal.Signals | None = None) -> None:
         """First call: stop dispatching, let calls in flight finish for `grace_s`.
@@ -194,9 +203,7 @@ class Runner:
                     f"{', '.join(arms)} ({provider.label}): {exc.error_type}: {exc}; "
                     "its calls were recorded as errors, none made"
                 )
-        lines += [
-            line for e in self.endpoints for c in e.circuits() if (line := c.failure_line())
-        ]
+        lines += [line for e in self.endpoints for c in e.circuits() if (line := c.failure_line())]
         return lines
 
     async def _load(self, provider: Provider) -> None:

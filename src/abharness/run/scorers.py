@@ -302,7 +302,7 @@ def _load_function(target: str, base_dir: Path, name: str, trusted: bool) -> Cal
             f"scorer {name}: {target} is not a function defined in {module_name} (it is "
             f"{type(fn).__name__} defined {where}): name the function where it is written"
         )
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _load_file(path: Path, private_name: str, name: str) -> Any:

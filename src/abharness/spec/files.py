@@ -13,7 +13,11 @@ from ..errors import InvalidInput
 
 
 def not_utf8(
-    data: bytes, exc: UnicodeDecodeError, path: Path | str, error: type[InvalidInput], line_offset: int = 0
+    data: bytes,
+    exc: UnicodeDecodeError,
+    path: Path | str,
+    error: type[InvalidInput],
+    line_offset: int = 0,
 ) -> InvalidInput:
     """An `error` naming the line and byte where `data` stops being UTF-8."""
     line = data.count(b"\n", 0, exc.start) + 1 + line_offset

@@ -30,7 +30,15 @@ from ..errors import EnvironmentFailure
 from .health import check_main_db, classify, environment_failure
 from .journal import Journal, journal_files, read_journal
 from .migrations import KEYS, TABLES, migrate, transaction
-from .records import CALL_COLUMNS, SCORE_COLUMNS, CallRecord, ScoreRecord, as_rows
+from .records import (
+    CALL_COLUMNS,
+    MADE_SQL,
+    SCORE_COLUMNS,
+    CallRecord,
+    ScoreRecord,
+    as_rows,
+    made_sql,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +56,6 @@ SHED_TO = "4MB"  # `Store.shed_cache`
 # half what it did for a 100k-call run (BENCHMARKS.md, "Memory").
 MERGE_ROW_GROUP_SIZE = 8192
 
-FINISHED = "coalesce(attempts > 0 OR cache_hit, FALSE)"  # attempted, or from the cache
-FINISHED_SQL = f"SELECT call_id FROM {{calls}} WHERE run_id = ? AND {FINISHED}"
 
 LOGS = ("cases", "calls", "scores")  # unkeyed in a staging file
 
@@ -169,12 +175,15 @@ class Store:
         return len(frame)
 
     def reopen(self, run_id: str) -> set[str]:
-        """Resume `run_id` in this staging file: return the calls that were attempted or
-        answered from the cache, which the resumed run skips, and delete what it writes
-        again: its cases, the calls never made (budget, credentials, endpoint down),
-        the judges' calls on those, and their scores."""
+        """Resume `run_id` in this staging file: return the calls made (`MADE_SQL`), which
+        the resumed run skips, and delete what it writes again: its cases, the calls
+        never made or left unfinished (budget, credentials, an endpoint down), the
+        judges' calls on those, and their scores."""
         finished = {
-            r[0] for r in self.con.execute(FINISHED_SQL.format(calls="calls"), [run_id]).fetchall()
+            r[0]
+            for r in self.con.execute(
+                f"SELECT call_id FROM calls WHERE run_id = ? AND {MADE_SQL}", [run_id]
+            ).fetchall()
         }
         with transaction(self.con):
             self.con.execute(
@@ -182,7 +191,7 @@ class Store:
                 CREATE TEMP TABLE redo AS
                 WITH arm AS (
                     SELECT call_id FROM calls
-                    WHERE run_id = ? AND judged_call_id IS NULL AND NOT {FINISHED}
+                    WHERE run_id = ? AND judged_call_id IS NULL AND NOT {MADE_SQL}
                 )
                 SELECT call_id FROM arm
                 UNION ALL SELECT call_id FROM calls WHERE judged_call_id IN (FROM arm)
@@ -205,7 +214,14 @@ class Store:
                     f"INSERT OR REPLACE INTO {table} SELECT * FROM main_db.{table} WHERE run_id = ?",
                     [run_id],
                 )
-            rows = self.con.execute(FINISHED_SQL.format(calls="main_db.calls"), [run_id]).fetchall()
+            migrated = self.con.execute(
+                "SELECT count(*) FROM duckdb_columns() WHERE database_name = 'main_db' "
+                "AND table_name = 'calls' AND column_name = 'unfinished'"
+            ).fetchone()
+            made = made_sql(bool(migrated and migrated[0]))
+            rows = self.con.execute(
+                f"SELECT call_id FROM main_db.calls WHERE run_id = ? AND {made}", [run_id]
+            ).fetchall()
         finally:
             self.con.execute("DETACH main_db")
         return {r[0] for r in rows}
@@ -304,12 +320,13 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
                     con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM staging.{table}")
                     rows[table] = con.execute(f"SELECT count(*) FROM staging.{table}").fetchone()[0]  # type: ignore[index]
                 # a resumed run's totals cover its earlier sessions too
-                con.execute("""
+                con.execute(f"""
                     UPDATE runs SET
                         total_cost_usd = coalesce(t.cost, 0), error_calls = t.errors,
-                        cached_calls = t.cached
+                        cached_calls = t.cached, not_made_calls = t.not_made
                     FROM (SELECT run_id, sum(cost_usd) AS cost,
-                                 count(*) FILTER (WHERE status = 'error') AS errors,
+                                 count(*) FILTER (WHERE {MADE_SQL} AND status = 'error') AS errors,
+                                 count(*) FILTER (WHERE NOT {MADE_SQL}) AS not_made,
                                  count(*) FILTER (WHERE cache_hit) AS cached
                           FROM calls WHERE run_id IN (SELECT run_id FROM staging.runs)
                           GROUP BY run_id) t

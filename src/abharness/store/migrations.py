@@ -10,6 +10,8 @@ from contextlib import contextmanager
 
 import duckdb
 
+from .records import MADE_SQL
+
 # Each table's primary key (migration 1); a merge replaces staged rows by it.
 KEYS = {
     "runs": ("run_id",),
@@ -172,15 +174,7 @@ _SUMMARY = """
     FROM call_facts WHERE role = '{role}' GROUP BY run_id, arm_id"""
 
 
-@migration(5, "views_for_analysts_and_nightly")
-def m005_views(con: duckdb.DuckDBPyConnection) -> None:
-    """``runs.kind`` (``run`` or ``nightly``). ``call_facts`` gains each call's role,
-    whether it was made, passed and its score, counted as the report counts them (a
-    call never made is missing data; a failed call or a scorer error neither passes
-    nor scores). ``arm_summary`` is built on it and leaves judges out; ``judge_summary``
-    has them; ``nightly_trend`` has one row per nightly run and arm."""
-    con.execute("ALTER TABLE runs ADD COLUMN kind VARCHAR DEFAULT 'run'")
-    con.execute("""
+_CALL_FACTS = """
         CREATE OR REPLACE VIEW call_facts AS
         WITH call_scores AS (
             SELECT call_id, avg(value) AS score, bool_and(coalesce(passed, FALSE)) AS passed,
@@ -188,7 +182,7 @@ def m005_views(con: duckdb.DuckDBPyConnection) -> None:
             FROM scores GROUP BY call_id
         )
         SELECT c.*, coalesce(a.role, 'arm') AS role,
-               c.attempts > 0 OR c.cache_hit OR c.error_type = 'context_length' AS made,
+               {made} AS made,
                c.status = 'ok' AND coalesce(s.passed, FALSE) AS passed,
                CASE WHEN c.status = 'ok' AND coalesce(s.scorer_errors, 0) = 0
                     THEN coalesce(s.score, 0.0) ELSE 0.0 END AS score,
@@ -200,7 +194,20 @@ def m005_views(con: duckdb.DuckDBPyConnection) -> None:
         FROM calls c
         JOIN arms a ON a.run_id = c.run_id AND a.arm_id = c.arm_id
         JOIN runs r ON r.run_id = c.run_id
-        LEFT JOIN call_scores s ON s.call_id = c.call_id""")
+        LEFT JOIN call_scores s ON s.call_id = c.call_id"""
+
+
+@migration(5, "views_for_analysts_and_nightly")
+def m005_views(con: duckdb.DuckDBPyConnection) -> None:
+    """``runs.kind`` (``run`` or ``nightly``). ``call_facts`` gains each call's role,
+    whether it was made, passed and its score, counted as the report counts them (a
+    call never made is missing data; a failed call or a scorer error neither passes
+    nor scores). ``arm_summary`` is built on it and leaves judges out; ``judge_summary``
+    has them; ``nightly_trend`` has one row per nightly run and arm."""
+    con.execute("ALTER TABLE runs ADD COLUMN kind VARCHAR DEFAULT 'run'")
+    con.execute(
+        _CALL_FACTS.format(made="c.attempts > 0 OR c.cache_hit OR c.error_type = 'context_length'")
+    )
     con.execute(_SUMMARY.format(name="arm_summary", role="arm"))
     con.execute(_SUMMARY.format(name="judge_summary", role="judge"))
     con.execute("""
@@ -220,6 +227,20 @@ def m005_views(con: duckdb.DuckDBPyConnection) -> None:
         JOIN arm_summary s ON s.run_id = r.run_id
         JOIN rates k ON k.run_id = s.run_id AND k.arm_id = s.arm_id
         WHERE r.kind = 'nightly'""")
+
+
+@migration(6, "calls_never_made_and_usage_source")
+def m006_not_made_and_usage_source(con: duckdb.DuckDBPyConnection) -> None:
+    """``calls.unfinished``: the call ended because its endpoint or model went down, not
+    because it used up its retries; ``call_facts.made`` is false for it, as for a call
+    never made (missing data, not an error; resume makes it). ``runs.not_made_calls``
+    counts those, and ``error_calls`` no longer does. ``calls.usage_source``: where a
+    call's token counts came from (``final_chunk``, ``body``, ``missing``,
+    ``proxy_estimate``, ``cache``)."""
+    con.execute("ALTER TABLE runs ADD COLUMN not_made_calls INTEGER DEFAULT 0")
+    con.execute("ALTER TABLE calls ADD COLUMN usage_source VARCHAR")
+    con.execute("ALTER TABLE calls ADD COLUMN unfinished BOOLEAN DEFAULT FALSE")
+    con.execute(_CALL_FACTS.format(made=MADE_SQL))
 
 
 @contextmanager

@@ -23,6 +23,7 @@ import duckdb
 
 from ..errors import DatabaseRefused, InvalidInput
 from .health import classify, environment_failure, first_line
+from .records import made_sql
 
 if TYPE_CHECKING:  # pandas is imported by DuckDB's .df() when a frame is asked for
     import pandas as pd
@@ -79,9 +80,7 @@ def check_read_only(sql: str) -> str:
     if not statements:
         raise QueryRefused("no statement in the query", key="query")
     if len(statements) > 1:
-        raise QueryRefused(
-            f"{len(statements)} statements: give one query at a time", key="query"
-        )
+        raise QueryRefused(f"{len(statements)} statements: give one query at a time", key="query")
     statement = statements[0]
     kind = statement.type.name
     if kind in READ_STATEMENTS:
@@ -141,7 +140,9 @@ class Results:
                 raise DatabaseRefused(
                     f"not a DuckDB database, or a corrupt one ({first_line(exc)})", file=self.path
                 ) from exc
-            raise environment_failure(exc, f"cannot open {self.path}", "nothing was changed") from exc
+            raise environment_failure(
+                exc, f"cannot open {self.path}", "nothing was changed"
+            ) from exc
         self.analyst = analyst
 
     def __enter__(self) -> Results:
@@ -240,15 +241,18 @@ class Results:
             f"SELECT * FROM arms WHERE run_id = ? {role}ORDER BY position, arm_id", [run_id]
         ).df()
 
-    def totals(self, run_id: str) -> tuple[int, int, float]:
-        """(calls, errors, cost in USD) of a run, judges' calls included."""
+    def totals(self, run_id: str) -> tuple[int, int, int]:
+        """(calls made, errors among them, calls never made) of a run, judges' calls
+        included; a call never made is not an error (`CallRecord.made`)."""
+        made = made_sql(self.has_column("calls", "unfinished"))
         row = self.con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE status = 'error'), coalesce(sum(cost_usd), 0) "
-            "FROM calls WHERE run_id = ?",
+            f"SELECT count(*) FILTER (WHERE {made}), "
+            f"count(*) FILTER (WHERE {made} AND status = 'error'), "
+            f"count(*) FILTER (WHERE NOT {made}) FROM calls WHERE run_id = ?",
             [run_id],
         ).fetchone()
         assert row is not None
-        return int(row[0]), int(row[1]), float(row[2])
+        return int(row[0]), int(row[1]), int(row[2])
 
     # -- calls ---------------------------------------------------------------------
 
@@ -272,7 +276,7 @@ class Results:
                 FROM scores WHERE run_id = ? GROUP BY call_id
             )
             SELECT c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit,
-                   c.attempts > 0 OR c.cache_hit OR c.error_type = 'context_length' AS made,
+                   {made_sql(self.has_column("calls", "unfinished"))} AS made,
                    c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
                    c.est_input_tokens - c.input_tokens AS est_error,
                    coalesce(s.scorer_errors, 0) AS scorer_errors,

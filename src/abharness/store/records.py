@@ -64,10 +64,23 @@ class CallRecord:
     request_id: str | None = None  # the provider's id for the (last) request
     served_model: str | None = None  # the model the server says it used
     attempt_errors_json: str | None = None  # each failed attempt: [{attempt, error_type, message}]
+    usage_source: str | None = None  # final_chunk | body | missing | proxy_estimate | cache
+    unfinished: bool = False  # ended because its endpoint or model went down: resume makes it
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def made(self) -> bool:
+        """Whether the call has its outcome: attempted to the end, answered from the
+        cache, or refused as too long for the model before sending (a real outcome of
+        the prompt). A call never made (cost cap, an endpoint or model that stopped) or
+        left unfinished when its endpoint went down is missing data: not an error, not
+        in the error rate; resume makes it. Same rule as `MADE_SQL`."""
+        return not self.unfinished and (
+            self.attempts > 0 or self.cache_hit or self.error_type == "context_length"
+        )
 
     def fail(self, error_type: str, message: str) -> None:
         self.status, self.error_type, self.error_message = "error", error_type, message
@@ -95,6 +108,16 @@ class ScoreRecord:
 
 
 CALL_COLUMNS = tuple(f.name for f in fields(CallRecord))
+
+
+def made_sql(unfinished_column: bool = True) -> str:
+    """`CallRecord.made` in SQL over ``calls``; without the ``unfinished`` column (a
+    database from before migration 6, read as it is) no call was left unfinished."""
+    made = "(attempts > 0 OR cache_hit OR coalesce(error_type = 'context_length', FALSE))"
+    return f"(NOT coalesce(unfinished, FALSE) AND {made})" if unfinished_column else made
+
+
+MADE_SQL = made_sql()
 SCORE_COLUMNS = tuple(f.name for f in fields(ScoreRecord))
 
 
