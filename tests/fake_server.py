@@ -113,8 +113,13 @@ class FakeServer:
         cached_tokens: int = 0,
         cache_write_tokens: int = 0,
         port: int = 0,
+        interrupt_streams: bool = False,
     ) -> None:
         self.reply = reply
+        # as llama-cpp-python's server does (interrupt_requests): a stream that starts
+        # cuts the one being served, which ends without its final chunk
+        self.interrupt_streams = interrupt_streams
+        self._streaming = 0  # the stream being served, when interrupt_streams
         self.chunk_delay_s = chunk_delay_s
         self.latency_s = latency_s
         self.cached_tokens = cached_tokens
@@ -416,9 +421,14 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             for k, v in {**(headers or {}), **extra}.items():
                 self.send_header(k, v)
             self.end_headers()
+            with server._lock:
+                server._streaming += 1
+                mine = server._streaming
             for i, piece in enumerate(chunks):
                 if i and server.chunk_delay_s:
                     time.sleep(server.chunk_delay_s)
+                if server.interrupt_streams and server._streaming != mine:
+                    break  # another request came in: this one is cut
                 raw = piece.encode()
                 self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
                 self.wfile.flush()

@@ -116,7 +116,13 @@ def test_a_broken_model_never_stops_a_healthy_one_on_the_same_endpoint(tmp_path:
     assert by_arm[("sick", "error")] == 40
     sick = [r for r in rows if r["arm_id"] == "sick"]
     assert {r["error_type"] for r in sick} == {"server"}
-    assert sum(r["attempts"] == 0 for r in sick) >= 25  # stopped, not retried 40 × 5 times
+    # its concurrency was halved down to 1 first (cut streams in company may be overload),
+    # then five failing alone opened its circuit: stopped, not retried 40 × 5 times
+    assert sum(r["attempts"] == 0 for r in sick) >= 15
+    assert sum(r["attempts"] for r in sick) < 80
+    assert any(
+        line.startswith("model broken on") and "→ 1 in force" in line for line in out.concurrency
+    )
     down = f"model broken on {server.url}/v1 down"
     assert [line for line in out.failures if down in line and line.startswith("sick:")]
     assert not [line for line in out.failures if line.startswith("healthy")]

@@ -118,7 +118,7 @@ def test_sigterm_drains_saves_and_resumes_with_nothing_paid_twice(tmp_path: Path
 
 
 def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
-    with FakeServer(latency_s=3.0) as server:  # calls that would take 3 s to drain
+    with FakeServer(latency_s=10.0) as server:  # calls that would take 10 s to drain
         spec = make_spec(tmp_path, server.url, 20, concurrency=4)
         proc = start(spec, tmp_path / "r.duckdb")
         wait_for(server, 4)
@@ -128,7 +128,9 @@ def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 130, output
-        assert time.monotonic() - stopped < 2.5, output  # did not wait for the 3 s calls
+        # it neither waited for the 10 s calls nor for the 5 s grace (then the merge and
+        # the report, about 2 s here)
+        assert time.monotonic() - stopped < 4.5, output
         assert "Traceback" not in output and "--resume" in output
 
 

@@ -148,6 +148,8 @@ def command(
         console.print(f"  {n} never made ({etype}: see below)")
     for endpoint, limits in outcome.limits.items():
         console.print(f"limits:   {endpoint}: {limits}", markup=False)
+    for line in outcome.concurrency:
+        console.print(f"adapted:  {line}", markup=False)
     for failure in outcome.failures:
         err_console.print(f"[red]not run:[/] {failure}")
     console.print(f"database: {outcome.db}")

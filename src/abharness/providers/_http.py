@@ -275,5 +275,8 @@ class StreamCut(ServerError):
 
 def stream_cut(url: str | None, detail: str) -> StreamCut:
     return StreamCut(
-        f"stream ended before the final chunk{f' from {url}' if url else ''} ({detail})"
+        f"stream ended before the final chunk{f' from {url}' if url else ''} ({detail}); "
+        "servers cut streams when they have too many requests (llama-cpp-python's server "
+        "interrupts one whenever another arrives): abharness retries it and lowers its "
+        "concurrency"
     )

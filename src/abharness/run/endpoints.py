@@ -14,7 +14,7 @@ its credentials, or one loaded model. Arms and judges on it share:
   so a broken model behind a gateway stops only its own arms. A circuit stops when its
   credentials fail or it is down (it opened and the probe after the cool-down failed
   too); later calls through it are then not made, each recorded with the reason, at
-  once;
+  once. A model's circuit also holds its adaptive concurrency window (`run.window`);
 - ``proven``: until it has answered once with anything but an auth or server error,
   one call at a time, so a wrong key or a dead server costs one call, not one per
   slot. Calls that queued for that first answer go out together once it comes.
@@ -30,6 +30,7 @@ from ..errors import CallError
 from ..providers import Provider
 from .limits import EndpointLimits
 from .retry import CircuitBreaker, RetryPolicy
+from .window import ConcurrencyWindow
 
 PENDING_PER_SLOT = 2
 
@@ -42,6 +43,7 @@ class Circuit:
     arms: list[str] = field(default_factory=list)
     stopped: CallError | None = None
     not_called: int = 0
+    window: ConcurrencyWindow | None = None  # a model's: how many of its calls at once
 
     def stop(self, reason: CallError) -> None:
         if self.stopped is None:
@@ -81,12 +83,12 @@ class Endpoint:
         """The circuit of one model on this endpoint, made on first use."""
         circuit = self.models.get(name)
         if circuit is None:
+            label = f"model {name} on {self.where}"
             breaker = CircuitBreaker(
-                self.policy.circuit_threshold,
-                self.policy.circuit_cooldown_s,
-                f"model {name} on {self.where}",
+                self.policy.circuit_threshold, self.policy.circuit_cooldown_s, label
             )
-            circuit = self.models[name] = Circuit(breaker)
+            window = ConcurrencyWindow(self.concurrency, label)
+            circuit = self.models[name] = Circuit(breaker, window=window)
         return circuit
 
     def circuits(self) -> Iterator[Circuit]:

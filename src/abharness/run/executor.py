@@ -39,6 +39,7 @@ from .costcap import CostCap
 from .endpoints import Circuit, Endpoint, Endpoints
 from .plan import ArmPlan
 from .retry import CircuitOpenError, RetryPolicy, failure_scope
+from .window import ConcurrencyWindow, overload_reason
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,9 @@ class Executor:
         record.usage_source = response.usage_source
         ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
         metrics = {**response.metrics, "ignored_params": ignored} if ignored else response.metrics
+        concurrency = circuits[1].window.metrics() if circuits[1].window else None
+        if concurrency is not None:
+            metrics = {**metrics, "concurrency": concurrency}
         if response.rate_limits is not None:
             metrics = {**metrics, "rate_limits": response.rate_limits.as_json()}
         record.provider_metrics_json = json.dumps(metrics) if metrics else None
@@ -229,48 +233,15 @@ class Executor:
                         circuit.not_called += 1
                         raise _not_called(exc) from exc
                     raise Unfinished(exc) from exc
-            async with endpoint.slots:
-                if record.attempts == 0 and self.stopping():
-                    raise NotStarted
-                gated = not endpoint.proven
-                if gated:
-                    await endpoint.gate.acquire()
-                    if endpoint.proven:  # it answered while this call waited: no need to go alone
-                        endpoint.gate.release()
-                        gated = False
-                blocked = False
-                try:
-                    # after the gate: the first answer's headers may have set the limits
-                    await endpoint.limits.acquire(est_tokens + (arm.params.max_tokens or 0))
-                    # a circuit may have opened while this call waited for its slot
-                    blocked = any(
-                        c.breaker.state == "open" or c.breaker.down is not None for c in circuits
-                    )
-                    stopped = next((c for c in circuits if c.stopped is not None), None)
-                    if blocked:
-                        response = error = None
-                    elif stopped is not None:
-                        assert stopped.stopped is not None
-                        if record.attempts == 0:
-                            stopped.not_called += 1
-                        raise _not_called(stopped.stopped)
-                    else:
-                        record.attempts += 1
-                        sent = time.perf_counter()
-                        if record.queue_ms is None:
-                            record.queue_ms = (sent - job.enqueued_at) * 1000
-                        endpoint.in_flight += 1
-                        endpoint.peak_in_flight = max(endpoint.peak_in_flight, endpoint.in_flight)
-                        try:
-                            response, error = await self._attempt(
-                                arm, request, endpoint, circuits, record
-                            )
-                        finally:
-                            endpoint.in_flight -= 1
-                        record.latency_ms = (time.perf_counter() - sent) * 1000
-                finally:
-                    if gated:
-                        endpoint.gate.release()
+            window = circuits[1].window
+            assert window is not None
+            await window.acquire()
+            try:
+                response, error, blocked = await self._in_slot(
+                    arm, request, est_tokens, endpoint, circuits, record, job, window
+                )
+            finally:
+                window.release()
             if blocked:
                 continue  # back to the breakers: wait for the probe, or fail as down
             if response is not None:
@@ -297,6 +268,67 @@ class Executor:
             await asyncio.sleep(delay)
             waited += delay
 
+    async def _in_slot(
+        self,
+        arm: ArmPlan,
+        request: ProviderRequest,
+        est_tokens: int,
+        endpoint: Endpoint,
+        circuits: tuple[Circuit, Circuit],
+        record: CallRecord,
+        job: CallJob,
+        window: ConcurrencyWindow,
+    ) -> tuple[ProviderResponse | None, CallError | None, bool]:
+        """One attempt in one of the endpoint's slots, once the limits allow it:
+        (response, error, blocked: a circuit opened while it waited, nothing was sent).
+        The model's `window` learns from how it ended."""
+        response: ProviderResponse | None = None
+        error: CallError | None = None
+        async with endpoint.slots:
+            if record.attempts == 0 and self.stopping():
+                raise NotStarted
+            gated = not endpoint.proven
+            if gated:
+                await endpoint.gate.acquire()
+                if endpoint.proven:  # it answered while this call waited: no need to go alone
+                    endpoint.gate.release()
+                    gated = False
+            try:
+                # after the gate: the first answer's headers may have set the limits
+                await endpoint.limits.acquire(est_tokens + (arm.params.max_tokens or 0))
+                # a circuit may have opened while this call waited for its slot
+                if any(c.breaker.state == "open" or c.breaker.down is not None for c in circuits):
+                    return None, None, True
+                stopped = next((c for c in circuits if c.stopped is not None), None)
+                if stopped is not None:
+                    assert stopped.stopped is not None
+                    if record.attempts == 0:
+                        stopped.not_called += 1
+                    raise _not_called(stopped.stopped)
+                record.attempts += 1
+                sent = time.perf_counter()
+                if record.queue_ms is None:
+                    record.queue_ms = (sent - job.enqueued_at) * 1000
+                endpoint.in_flight += 1
+                endpoint.peak_in_flight = max(endpoint.peak_in_flight, endpoint.in_flight)
+                sent_at, in_company = window.sending()
+                try:
+                    response, error = await self._attempt(
+                        arm, request, endpoint, circuits, record, in_company
+                    )
+                finally:
+                    endpoint.in_flight -= 1
+                    window.answered()
+                record.latency_ms = (time.perf_counter() - sent) * 1000
+                if error is not None:
+                    window.failed(error, sent_at, in_company)
+                else:
+                    window.succeeded()
+            finally:
+                if gated:
+                    endpoint.gate.release()
+        return response, error, False
+
     async def _attempt(
         self,
         arm: ArmPlan,
@@ -304,8 +336,10 @@ class Executor:
         endpoint: Endpoint,
         circuits: tuple[Circuit, Circuit],
         record: CallRecord,
+        in_company: bool,
     ) -> tuple[ProviderResponse | None, CallError | None]:
-        """One attempt: the response, or the error it ended with (never raised)."""
+        """One attempt: the response, or the error it ended with (never raised).
+        `in_company`: other calls of the model were on the wire when it was sent."""
         endpoint_circuit, model_circuit = circuits
         timeout_s = arm.params.timeout_s
         with track_attempt() as progress:
@@ -343,6 +377,8 @@ class Executor:
             # open; a server error keeps the calls one at a time until the breaker decides
             endpoint.proven = True
         scope = failure_scope(error, progress.first_byte_at is not None)
+        if scope == "model" and in_company and overload_reason(error) is not None:
+            scope = None  # too many at once, not a broken model: the window's to handle
         if scope == "endpoint":
             endpoint_circuit.breaker.record(error, record.call_id)
         else:  # the server answered: the endpoint is up

@@ -60,6 +60,7 @@ class Outcome:
     resumed_skipped: int = 0
     staging: Path | None = None  # the run's own file, until it is merged
     limits: dict[str, str] = field(default_factory=dict)  # per endpoint, at the end
+    concurrency: list[str] = field(default_factory=list)  # models whose concurrency was lowered
 
     @property
     def results_path(self) -> Path:
@@ -295,6 +296,7 @@ def run_experiment(
         len(skip),
         staging,
         runner.limits(),
+        runner.concurrency(),
     )
 
 

@@ -192,6 +192,16 @@ class Runner:
             if e.limits.rpm or e.limits.tpm
         }
 
+    def concurrency(self) -> list[str]:
+        """One line per model whose concurrency was lowered: what was in force at the
+        end, and why."""
+        return [
+            line
+            for e in self.endpoints
+            for c in e.models.values()
+            if c.window is not None and (line := c.window.describe())
+        ]
+
     def failures(self) -> list[str]:
         """One line per endpoint that could not start, or stopped (credentials, down)."""
         lines = []
