@@ -114,12 +114,15 @@ class FakeServer:
         cache_write_tokens: int = 0,
         port: int = 0,
         interrupt_streams: bool = False,
+        stream_usage: bool = True,
     ) -> None:
         self.reply = reply
         # as llama-cpp-python's server does (interrupt_requests): a stream that starts
         # cuts the one being served, which ends without its final chunk
         self.interrupt_streams = interrupt_streams
         self._streaming = 0  # the stream being served, when interrupt_streams
+        # False: no usage chunk in streams, whatever the client asks (llama-cpp-python's)
+        self.stream_usage = stream_usage
         self.chunk_delay_s = chunk_delay_s
         self.latency_s = latency_s
         self.cached_tokens = cached_tokens
@@ -299,7 +302,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 if self.stream_mode == "cut":
                     return
                 yield chunk({}, "stop")
-                if (body.get("stream_options") or {}).get("include_usage"):
+                if server.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
                     yield chunk({}, usage=usage)
                 yield "data: [DONE]\n\n"
 

@@ -150,6 +150,8 @@ def command(
         console.print(f"limits:   {endpoint}: {limits}", markup=False)
     for line in outcome.concurrency:
         console.print(f"adapted:  {line}", markup=False)
+    for note in s.usage_notes():
+        err_console.print(f"[yellow]usage:[/]    {escape(note)}")
     for failure in outcome.failures:
         err_console.print(f"[red]not run:[/] {failure}")
     console.print(f"database: {outcome.db}")

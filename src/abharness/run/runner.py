@@ -56,6 +56,9 @@ class RunStats:
     cache_hits: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # calls made that failed
     not_made: Counter[str] = field(default_factory=Counter)  # never made, by why
+    # per arm, answered calls whose token counts the server did not report, or a proxy
+    # estimated: (missing, estimated, answered)
+    usage: dict[str, list[int]] = field(default_factory=dict)
     cost_usd: float = 0.0
     wall_time_s: float = 0.0
 
@@ -67,6 +70,25 @@ class RunStats:
     def not_made_count(self) -> int:
         return sum(self.not_made.values())
 
+    def usage_notes(self) -> list[str]:
+        """One line per arm whose token counts are missing or a proxy's estimate."""
+        notes = []
+        for arm, (missing, estimated, answered) in sorted(self.usage.items()):
+            if missing:
+                notes.append(
+                    f"{arm}: the server reported no token counts for {missing} of {answered} "
+                    "answered calls (stored as null, never guessed; their cost is unknown "
+                    "unless the arm is priced at 0). Streamed usage needs "
+                    "stream_options.include_usage; `stream: false` on the arm gets the "
+                    "counts from servers that do not send it"
+                )
+            if estimated:
+                notes.append(
+                    f"{arm}: {estimated} of {answered} calls' token counts are a proxy's own "
+                    "estimate, not the model's (usage_source = 'proxy_estimate')"
+                )
+        return notes
+
     def add(self, record: CallRecord) -> None:
         self.calls += 1
         self.judge_calls += record.judged_call_id is not None
@@ -75,6 +97,10 @@ class RunStats:
         if record.ok:
             self.ok += 1
             self.cache_hits += record.cache_hit
+            counts = self.usage.setdefault(record.arm_id, [0, 0, 0])
+            counts[0] += record.usage_source == "missing"
+            counts[1] += record.usage_source == "proxy_estimate"
+            counts[2] += 1
         else:
             assert record.error_type is not None
             (self.errors if record.made else self.not_made)[record.error_type] += 1
