@@ -80,6 +80,12 @@ def httpx_response() -> Any:
         return httpx.Response
 
 
+def _request_id(headers: Any, body_id: str | None) -> str | None:
+    """The provider's request id; through a gateway that sends none (LiteLLM), the
+    gateway's call id; else the response's own id."""
+    return headers.get("x-request-id") or headers.get("x-litellm-call-id") or body_id
+
+
 class OpenAIProvider(Provider):
     type_name = "openai"
     sdk = "openai"
@@ -182,7 +188,7 @@ class OpenAIProvider(Provider):
             text=text or "",
             usage=_usage(usage),
             finish_reason=choice.get("finish_reason"),
-            request_id=raw.headers.get("x-request-id"),
+            request_id=_request_id(raw.headers, completion.get("id")),
             served_model=completion.get("model"),
             rate_limits=parse_rate_limits(raw.headers),
             usage_source="body" if usage is not None else "missing",
@@ -208,14 +214,16 @@ class OpenAIProvider(Provider):
         parts: list[str] = []
         ttft = finish = usage = served = None
         chunks = 0
-        request_id = stream.response.headers.get("x-request-id")
-        limits = parse_rate_limits(stream.response.headers)
+        headers = stream.response.headers
+        first_id: str | None = None
+        limits = parse_rate_limits(headers)
         chat = api != "completions"
         try:
             async with stream:
                 async for chunk in stream:
                     chunks += 1
                     served = served or chunk.get("model")
+                    first_id = first_id or chunk.get("id")
                     if chunk.get("usage") is not None:
                         usage = chunk["usage"]
                     for choice in chunk.get("choices") or ():
@@ -244,7 +252,7 @@ class OpenAIProvider(Provider):
             usage=_usage(usage),
             finish_reason=finish,
             ttft_ms=ttft,
-            request_id=request_id,
+            request_id=_request_id(headers, first_id),
             served_model=served,
             rate_limits=limits,
             usage_source="final_chunk" if usage is not None else "missing",
