@@ -48,23 +48,15 @@ from pydantic import BaseModel, ConfigDict
 
 from ..hashing import content_hash
 from ..prompts.tokenizers import CharEstimateTokenizer, Tokenizer
+from ..store.records import Usage
+
+__all__ = ["Usage"]  # defined with the records, whose columns derive from it
 
 
 class NoOptions(BaseModel):
     """A provider without options of its own: any key under ``options:`` is a typo."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token counts exactly as the provider reported them; None when it reported none."""
-
-    input_tokens: int | None = None  # includes cached input tokens
-    output_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    reasoning_tokens: int | None = None
 
 
 @dataclass(frozen=True)

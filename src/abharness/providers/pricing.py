@@ -7,6 +7,7 @@ then (for API providers) genai-prices; local models cost 0 unless the spec price
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
@@ -65,12 +66,9 @@ def genai_price(
     from genai_prices import Usage as PriceUsage
     from genai_prices import calc_price
 
-    counts = {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-    }
+    # reasoning tokens are a part of the output tokens, billed with them
+    counts = asdict(usage)
+    del counts["reasoning_tokens"]
     usage_obj = PriceUsage(**{k: v for k, v in counts.items() if v is not None})
     at = (when or datetime.now(UTC)).replace(tzinfo=UTC)
     try:
@@ -113,7 +111,7 @@ def call_cost(
         return Decimal(0), "local:free"
     if price is not None and _free(price):
         return Decimal(0), "spec"  # whatever the tokens were, or whether they were reported
-    if usage.input_tokens is None and usage.output_tokens is None:
+    if not usage.reported:
         return None, None
     if price is not None:
         return price_usage(usage, price), "spec"

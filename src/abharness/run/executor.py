@@ -187,8 +187,7 @@ class Executor:
             raise
         cost, source = arm.cost(response.usage, record.started_at)
         self.cost_cap.settle(worst, cost)
-        for name in USAGE_FIELDS:
-            setattr(record, name, getattr(response.usage, name))
+        record.usage = response.usage
         record.cost_usd = float(cost) if cost is not None else None
         record.price_source = source
         record.ttft_ms = response.ttft_ms
@@ -413,8 +412,7 @@ def _fill_from_cache(record: CallRecord, hit: dict[str, Any]) -> None:
     record.price_source = "cache"
     record.response_text = hit["response_text"]
     record.finish_reason = hit["finish_reason"]
-    for name in USAGE_FIELDS:
-        setattr(record, name, hit[name])
+    record.usage = Usage(**{name: hit[name] for name in USAGE_FIELDS})
     record.provider_metrics_json = json.dumps({"cached_from": hit["source_call_id"]})
     record.usage_source = "cache"  # the counts of the call that answered it first
 

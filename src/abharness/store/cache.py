@@ -19,16 +19,12 @@ from typing import Any
 import duckdb
 
 from ..hashing import content_hash
-from .records import CallRecord
+from .records import USAGE_FIELDS, CallRecord
 
 COLUMNS = (
     "response_text",
     "finish_reason",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
+    *USAGE_FIELDS,
     "provider_metrics_json",
     "source_call_id",
 )
@@ -60,7 +56,13 @@ class ResponseCache:
         return dict(zip(COLUMNS, row, strict=True)) if row else None
 
     def put(self, key: str, record: CallRecord) -> None:
-        values = [getattr(record, c) for c in COLUMNS[:-1]] + [record.call_id]
+        values = [
+            record.response_text,
+            record.finish_reason,
+            *(getattr(record.usage, name) for name in USAGE_FIELDS),
+            record.provider_metrics_json,
+            record.call_id,
+        ]
         with self._lock:
             self._con.execute(
                 f"INSERT OR REPLACE INTO response_cache (cache_key, {', '.join(COLUMNS)}) "

@@ -102,7 +102,7 @@ class Store:
         }
         answered = {i: c for i, c in calls.items() if i not in scores and i not in present}
         judging = [
-            CallRecord(*row)
+            CallRecord.from_columns(dict(zip(CALL_COLUMNS, row, strict=True)))
             for row in self.con.execute(
                 f"SELECT {', '.join(CALL_COLUMNS)} FROM calls "
                 "WHERE judged_call_id IN (SELECT unnest(?::VARCHAR[]))",

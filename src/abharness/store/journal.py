@@ -131,7 +131,7 @@ def read_journal(staging: Path) -> tuple[dict[str, CallRecord], dict[str, list[S
                 if "c" in line:
                     values = line["c"]
                     values["started_at"] = datetime.fromisoformat(values["started_at"])
-                    calls[values["call_id"]] = CallRecord(**values)
+                    calls[values["call_id"]] = CallRecord.from_columns(values)
                 elif "s" in line:
                     scores[line["s"]] = [
                         ScoreRecord(**dict(zip(SCORE_COLUMNS, row, strict=True)))

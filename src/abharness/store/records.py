@@ -3,6 +3,9 @@
 The runner fills one `CallRecord` per call and one `ScoreRecord` per scorer; the store
 inserts them by field name. ``tests/test_store.py`` checks that the fields and the
 tables' columns are the same set, so a column cannot be added in one place only.
+`Usage` is the one definition of the token counts: the provider's answer carries one,
+a record holds one, and every column list (``calls``, the response cache, pricing)
+derives its token columns from its fields.
 """
 
 from __future__ import annotations
@@ -13,14 +16,25 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
-# Token counts as the provider reported them; same names on `providers.base.Usage`.
-USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts exactly as the provider reported them; None when it reported none
+    (never a guess). ``input_tokens`` includes cached input tokens, of which
+    ``cache_read_tokens`` and ``cache_write_tokens`` are parts."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    @property
+    def reported(self) -> bool:
+        return self.input_tokens is not None or self.output_tokens is not None
+
+
+USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 def _now() -> datetime:
@@ -44,11 +58,7 @@ class CallRecord:
     latency_ms: float | None = None  # the last attempt, from sending to the full response
     ttft_ms: float | None = None
     queue_ms: float | None = None  # all waiting before the first attempt left
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    reasoning_tokens: int | None = None
+    usage: Usage = field(default_factory=Usage)  # one column per field (USAGE_FIELDS)
     est_input_tokens: int | None = None
     est_method: str | None = None
     truncated_json: str | None = None
@@ -85,6 +95,12 @@ class CallRecord:
     def fail(self, error_type: str, message: str) -> None:
         self.status, self.error_type, self.error_message = "error", error_type, message
 
+    @classmethod
+    def from_columns(cls, values: dict[str, Any]) -> CallRecord:
+        """A record from its columns (a row read back, a journal line)."""
+        usage = Usage(**{name: values.pop(name, None) for name in USAGE_FIELDS})
+        return cls(**values, usage=usage)
+
     def add_attempt_error(self, error_type: str, message: str, status_code: int | None) -> None:
         errors = json.loads(self.attempt_errors_json) if self.attempt_errors_json else []
         entry: dict[str, Any] = {"attempt": self.attempts, "error_type": error_type}
@@ -107,7 +123,19 @@ class ScoreRecord:
     detail: str
 
 
-CALL_COLUMNS = tuple(f.name for f in fields(CallRecord))
+def _call_columns() -> tuple[tuple[str, str], ...]:
+    """(column, attribute path) in table order: the usage fields stand for `usage`."""
+    out: list[tuple[str, str]] = []
+    for f in fields(CallRecord):
+        if f.name == "usage":
+            out += [(name, f"usage.{name}") for name in USAGE_FIELDS]
+        else:
+            out.append((f.name, f.name))
+    return tuple(out)
+
+
+_CALL_PATHS = _call_columns()
+CALL_COLUMNS = tuple(column for column, _ in _CALL_PATHS)
 
 
 def made_sql(unfinished_column: bool = True) -> str:
@@ -121,7 +149,10 @@ MADE_SQL = made_sql()
 SCORE_COLUMNS = tuple(f.name for f in fields(ScoreRecord))
 
 
-_GETTERS = {CallRecord: attrgetter(*CALL_COLUMNS), ScoreRecord: attrgetter(*SCORE_COLUMNS)}
+_GETTERS = {
+    CallRecord: attrgetter(*(path for _, path in _CALL_PATHS)),
+    ScoreRecord: attrgetter(*SCORE_COLUMNS),
+}
 
 
 def as_rows(records: list[CallRecord] | list[ScoreRecord]) -> list[tuple[Any, ...]]:
