@@ -27,6 +27,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[local,dev]'
 	touch $(STAMP)
 
+# LiteLLM's proxy in a venv of its own (756 MB, about a minute): a real peer for the tests
+# (tests/test_real_servers.py) and the run-loop benchmark. Pinned: newer releases need
+# companion packages the registry may lack. If it does not install, its tests say so
+# and are skipped; nothing else depends on it.
+LITELLM_VENV := .venv-litellm
+LITELLM_VERSION ?= 1.108.7
+$(LITELLM_VENV)/.installed:
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)' && touch $@ \
+	  || echo "LiteLLM $(LITELLM_VERSION) did not install: the tests against its proxy are skipped"
+
 experiment: $(STAMP)
 	$(BIN)/abharness run $(EXPERIMENT)
 
@@ -39,7 +50,7 @@ nightly: $(STAMP)
 report: $(STAMP)
 	$(BIN)/abharness report $(RUN)
 
-test: $(STAMP)
+test: $(STAMP) $(LITELLM_VENV)/.installed
 	$(BIN)/pytest -q
 
 # The edit-test loop: everything but the tests marked slow (and the real model), in
@@ -48,8 +59,9 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow and not e2e"
 
 # Benchmarks print Markdown tables; BENCHMARKS.md quotes them with their command.
-# LITELLM_PYTHON=path/to/python adds LiteLLM's column (promptfoo's: on PATH).
-LITELLM_PYTHON ?=
+# LITELLM_PYTHON=path/to/python adds LiteLLM's column (promptfoo's: on PATH); the
+# tests' own LiteLLM venv is used when it is there.
+LITELLM_PYTHON ?= $(if $(wildcard $(LITELLM_VENV)/bin/litellm),$(LITELLM_VENV)/bin/python)
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.startup
 	$(BIN)/python -m tests.benchmarks.transport
@@ -67,4 +79,4 @@ lint: $(STAMP)
 	$(BIN)/mypy src
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LITELLM_VENV) .pytest_cache .mypy_cache .ruff_cache

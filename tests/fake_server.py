@@ -431,7 +431,12 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 if i and server.chunk_delay_s:
                     time.sleep(server.chunk_delay_s)
                 if server.interrupt_streams and server._streaming != mine:
-                    break  # another request came in: this one is cut
+                    # another request came in: cut, ended as llama-cpp-python's server
+                    # ends it (its [DONE], no chunk with a finish_reason)
+                    if content_type == "text/event-stream":
+                        raw = b"data: [DONE]\n\n"
+                        self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+                    break
                 raw = piece.encode()
                 self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
                 self.wfile.flush()

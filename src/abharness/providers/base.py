@@ -161,6 +161,11 @@ class Provider(ABC):
         """The API `request` goes to, where the endpoint offers more than one."""
         return None
 
+    def cache_parts(self) -> dict[str, Any]:
+        """What else shapes the answer besides the request (options sent with every
+        call): part of the request hash and the cache key."""
+        return {}
+
     def connection_key(self) -> str:
         key_env = self.options.get("api_key_env")
         identity = content_hash(os.environ.get(key_env) or "", 8) if key_env else "-"

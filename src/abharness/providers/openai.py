@@ -19,8 +19,17 @@ a connection cut mid-body) is a `server` error, retried like a 5xx, never an emp
 ``cache_read_tokens`` is ``prompt_tokens_details.cached_tokens``; ``reasoning_tokens``
 is ``completion_tokens_details.reasoning_tokens``. Counts the API omits stay null.
 
+Through LiteLLM's proxy (it answers with ``x-litellm-call-id``), a stream's usage is
+LiteLLM's own count with its own tokenizer when the server behind it sends none
+(llama-cpp-python's never does), and nothing says which: such counts are stored with
+``usage_source = 'proxy_estimate'``. Non-streamed counts are passed through as the
+server sent them.
+
 Options: ``transport`` (``aiohttp``, default, measured faster: BENCHMARKS.md; or
-``httpx``) and ``api``.
+``httpx``), ``api``, and ``extra_body``: fields added to every request for servers
+that take more than OpenAI's parameters (llama-cpp-python's server: ``repeat_penalty:
+1.0`` to sample as in-process llama.cpp does; vLLM: ``min_p``, ``top_k``). They are part
+of the cache key.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ class OpenAIOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
     api: Literal["auto", "chat", "completions"] = "auto"
+    extra_body: dict[str, Any] | None = None
 
 
 def _usage(raw: dict[str, Any] | None) -> Usage:
@@ -109,6 +119,10 @@ class OpenAIProvider(Provider):
     def tokenizer(self, model: str) -> Tokenizer:
         return TiktokenTokenizer(model)
 
+    def cache_parts(self) -> dict[str, Any]:
+        extra = self.options.get("extra_body")
+        return {"extra_body": extra} if extra else {}
+
     def api_for(self, request: ProviderRequest) -> str:
         if request.prompt is None:
             return "chat"
@@ -161,6 +175,7 @@ class OpenAIProvider(Provider):
                 kwargs[name] = getattr(request, name)
         if request.stop:
             kwargs["stop"] = list(request.stop)
+        kwargs.update(self.options.get("extra_body") or {})
         path = "/completions" if api == "completions" else "/chat/completions"
         url = self._url(path.lstrip("/"))
         try:
@@ -255,7 +270,13 @@ class OpenAIProvider(Provider):
             request_id=_request_id(headers, first_id),
             served_model=served,
             rate_limits=limits,
-            usage_source="final_chunk" if usage is not None else "missing",
+            usage_source=(
+                "missing"
+                if usage is None
+                else "proxy_estimate"
+                if "x-litellm-call-id" in headers
+                else "final_chunk"
+            ),
         )
 
     async def aclose(self) -> None:

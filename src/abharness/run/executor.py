@@ -119,6 +119,7 @@ class Executor:
             api = arm.provider.api_for(request)
             if api is not None:  # only where one request can go to two APIs
                 parts["api"] = api
+            parts.update(arm.provider.cache_parts())
             record.request_hash = content_hash(parts, 24)
             key = None
             if self.cache is not None:
