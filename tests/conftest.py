@@ -104,6 +104,20 @@ def fake_provider(monkeypatch: pytest.MonkeyPatch) -> type[FakeProvider]:
     return FakeProvider
 
 
+ENDPOINT_FIELDS = ("base_url", "api_key_env", "concurrency", "rpm", "tpm")
+
+
+def make_provider(kind: str, name: str | None = None, model: str | None = None, **settings: Any):
+    """A provider of type `kind` on an endpoint with these settings: the endpoint's own
+    (base_url, api_key_env, concurrency, rpm, tpm), the rest its options."""
+    from abharness.providers import provider_class
+    from abharness.spec.models import ProviderSpec
+
+    endpoint = {k: settings.pop(k) for k in ENDPOINT_FIELDS if k in settings}
+    config = ProviderSpec(type=kind, **endpoint, options=settings)
+    return provider_class(kind)(name or kind, config, model)
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")

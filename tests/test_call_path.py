@@ -20,11 +20,10 @@ from click.testing import CliRunner
 
 from abharness.cli.main import cli
 from abharness.errors import ConnectionError_, ServerError
-from abharness.providers import provider_class
 from abharness.providers.base import ProviderRequest
 from abharness.run.experiment import run_experiment
 
-from .conftest import write
+from .conftest import make_provider, write
 from .fake_server import FakeServer, Fault
 
 
@@ -51,7 +50,7 @@ def rows(db: Path, sql: str = "SELECT * FROM calls ORDER BY arm_id, case_id") ->
 
 def provider(kind: str, url: str, **options) -> object:
     base = f"{url}/v1" if kind == "openai" else url
-    return provider_class(kind)("fake", None, {"base_url": base, **options})
+    return make_provider(kind, "fake", base_url=base, **options)
 
 
 CHAT = ProviderRequest(model="m", messages=({"role": "user", "content": "capital of Peru?"},))
@@ -211,7 +210,7 @@ arms:
 def test_chat_only_option_keeps_raw_prompts_on_chat(server: FakeServer) -> None:
     p = provider("openai", server.url, api="chat")
     assert p.api_for(ProviderRequest(model="m", prompt="Q: x\nA:")) == "chat"
-    official = provider_class("openai")("openai", None, {})
+    official = make_provider("openai")
     assert official.api_for(ProviderRequest(model="gpt-4.1-mini", prompt="x")) == "chat"
     assert official.api_for(ProviderRequest(model="davinci-002", prompt="x")) == "completions"
 
@@ -256,7 +255,7 @@ async def test_a_refused_connection_says_so_and_where(kind: str) -> None:
 
 
 async def test_a_wrong_base_url_names_the_url_and_the_fix(server: FakeServer) -> None:
-    p = provider_class("openai")("fake", None, {"base_url": f"{server.url}/wrong"})
+    p = make_provider("openai", "fake", base_url=f"{server.url}/wrong")
     try:
         with pytest.raises(Exception) as caught:
             await p.generate(CHAT)

@@ -18,9 +18,9 @@ import pytest
 import vcr
 
 from abharness import errors
-from abharness.providers import provider_class
 from abharness.providers.base import ProviderRequest
 
+from .conftest import make_provider
 from .fake_server import CONTEXT_LENGTH_BODIES, FakeServer, Fault
 
 RECORD = os.environ.get("ABHARNESS_RECORD") == "1"
@@ -66,7 +66,7 @@ async def test_recorded_exchange(kind: str, scenario: str, base_url, monkeypatch
     fault, error = SCENARIOS[scenario]
     if server is not None and fault is not None:
         server.faults.append(Fault(400, body=CONTEXT_BODY[kind]) if fault == "context" else fault)
-    provider = provider_class(kind)(kind, MODELS[kind], options)
+    provider = make_provider(kind, kind, MODELS[kind], **options)
     provider.load()
     request = ProviderRequest(
         model=MODELS[kind],

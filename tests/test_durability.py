@@ -20,7 +20,7 @@ from abharness.run.experiment import run_experiment
 from abharness.store.journal import journal_files, read_journal
 
 from .conftest import write
-from .fake_server import FakeServer, Logged, prompt_text
+from .fake_server import FakeServer, Fault, Logged, prompt_text
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -39,7 +39,9 @@ def query(db: Path, sql: str) -> list[tuple]:
         con.close()
 
 
-def make_spec(root: Path, url: str, cases: int, concurrency: int, extra: str = "") -> Path:
+def make_spec(
+    root: Path, url: str, cases: int, concurrency: int, extra: str = "", timeout_s: float = 10
+) -> Path:
     write(
         root / "prompts/q/v1.j2", "{% block user %}What is the capital of {{ id }}?{% endblock %}\n"
     )
@@ -53,7 +55,7 @@ name: durability
 dataset: data.jsonl
 prompts_dir: prompts
 prompt: q@1
-defaults: {{temperature: 0, max_tokens: 8, timeout_s: 10}}
+defaults: {{temperature: 0, max_tokens: 8, timeout_s: {timeout_s}}}
 providers:
   fake: {{type: openai, base_url: "{url}/v1", api_key_env: FAKE_KEY, concurrency: {concurrency}}}
 arms:
@@ -118,19 +120,22 @@ def test_sigterm_drains_saves_and_resumes_with_nothing_paid_twice(tmp_path: Path
 
 
 def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
-    with FakeServer(latency_s=10.0) as server:  # calls that would take 10 s to drain
-        spec = make_spec(tmp_path, server.url, 20, concurrency=4)
+    with FakeServer() as server:
+        # the first call answers at once (the endpoint is then trusted with more); the
+        # rest take 20 s, longer than the 5 s the first signal gives them
+        server.fault_fn = lambda entry: Fault(delay_s=20) if len(server.log) > 1 else None
+        spec = make_spec(tmp_path, server.url, 20, concurrency=4, timeout_s=60)
         proc = start(spec, tmp_path / "r.duckdb")
-        wait_for(server, 4)
+        wait_for(server, 5)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 130, output
-        # it neither waited for the 10 s calls nor for the 5 s grace (then the merge and
-        # the report, about 2 s here)
-        assert time.monotonic() - stopped < 4.5, output
+        # it waited neither for the 20 s calls nor for the first signal's 5 s of grace
+        # (what it takes is the merge and the report, about 2 s here)
+        assert time.monotonic() - stopped < 5, output
         assert "Traceback" not in output and "--resume" in output
 
 

@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 
 from abharness.providers._http import RateLimits, parse_rate_limits
-from abharness.providers.anthropic import AnthropicProvider
-from abharness.providers.openai import OpenAIProvider
 from abharness.run.experiment import run_experiment
 from abharness.run.limits import EndpointLimits
 
-from .conftest import write
+from .conftest import make_provider, write
 from .fake_server import FakeServer
 
 
@@ -97,18 +95,16 @@ def test_headers_parse_for_both_providers() -> None:
 
 def test_tier_defaults_only_on_the_providers_own_urls(monkeypatch) -> None:
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    assert OpenAIProvider("openai").rate_limits() == (500, 200_000)
-    assert OpenAIProvider("vllm", options={"base_url": "http://gpu:8000/v1"}).rate_limits() == (
-        None,
-        None,
-    )
-    assert OpenAIProvider("vllm", options={"base_url": "http://g/v1", "rpm": 60}).rate_limits() == (
+    assert make_provider("openai").rate_limits() == (500, 200_000)
+    vllm = make_provider("openai", "vllm", base_url="http://gpu:8000/v1")
+    assert vllm.rate_limits() == (None, None)
+    assert make_provider("openai", "vllm", base_url="http://g/v1", rpm=60).rate_limits() == (
         60,
         None,
     )
     monkeypatch.setenv("OPENAI_BASE_URL", "http://proxy:4000/v1")
-    assert OpenAIProvider("openai").rate_limits() == (None, None)
-    assert AnthropicProvider("anthropic").rate_limits() == (50, 50_000)
+    assert make_provider("openai").rate_limits() == (None, None)
+    assert make_provider("anthropic").rate_limits() == (50, 50_000)
 
 
 def test_a_custom_endpoint_without_rpm_is_not_throttled_to_a_tier(

@@ -9,10 +9,10 @@ from email.utils import format_datetime
 import pytest
 
 from abharness import errors
-from abharness.providers import provider_class
 from abharness.providers._http import parse_retry_after
 from abharness.providers.base import ProviderRequest
 
+from .conftest import make_provider
 from .fake_server import CONTEXT_LENGTH_BODIES, FakeServer, Fault
 
 KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "ollama": None}
@@ -30,7 +30,7 @@ def make(kind: str, server: FakeServer, monkeypatch: pytest.MonkeyPatch):
     if KEYS[kind]:
         monkeypatch.setenv(KEYS[kind], "test-key-not-secret")
         options["api_key_env"] = KEYS[kind]
-    provider = provider_class(kind)(kind, MODELS[kind], options)
+    provider = make_provider(kind, kind, MODELS[kind], **options)
     provider.load()
     return provider
 
@@ -122,8 +122,8 @@ async def test_ollama_raw_prompt_uses_generate_with_raw(server, monkeypatch) -> 
 
 async def test_ollama_spreads_calls_over_hosts(monkeypatch) -> None:
     with FakeServer() as a, FakeServer() as b:
-        provider = provider_class("ollama")(
-            "ollama", "llama3.2", {"hosts": [a.url, b.url], "concurrency": 2}
+        provider = make_provider(
+            "ollama", "ollama", "llama3.2", hosts=[a.url, b.url], concurrency=2
         )
         assert provider.max_concurrency() == 4
         import asyncio
@@ -180,9 +180,7 @@ async def test_connection_refused_is_a_connection_error(kind, monkeypatch) -> No
     server.stop()  # nothing listens there now
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    provider = provider_class(kind)(
-        kind, MODELS[kind], {"base_url": url, "api_key_env": KEYS[kind]}
-    )
+    provider = make_provider(kind, kind, MODELS[kind], base_url=url, api_key_env=KEYS[kind])
     provider.load()
     with pytest.raises(errors.ConnectionError_):
         await provider.generate(request(kind, True))
@@ -192,7 +190,7 @@ async def test_connection_refused_is_a_connection_error(kind, monkeypatch) -> No
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_missing_key_is_an_auth_error_naming_the_variable(kind, monkeypatch) -> None:
     monkeypatch.delenv(KEYS[kind], raising=False)
-    provider = provider_class(kind)(kind, MODELS[kind], {"api_key_env": KEYS[kind]})
+    provider = make_provider(kind, kind, MODELS[kind], api_key_env=KEYS[kind])
     with pytest.raises(errors.AuthError, match=f"{KEYS[kind]} is not set"):
         provider.load()
 

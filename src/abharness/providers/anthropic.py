@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from ..errors import CallError
+from ..spec.models import ProviderSpec
 from ._http import (
     map_stainless_error,
     parse_rate_limits,
@@ -63,15 +64,13 @@ class AnthropicProvider(Provider):
     default_tpm = 50_000
     base_url_env = "ANTHROPIC_BASE_URL"
 
-    def __init__(
-        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(endpoint, model, options)
+    def __init__(self, name: str, config: ProviderSpec, model: str | None = None) -> None:
+        super().__init__(name, config, model)
         self._client: Any = None
         self._key: str | None = None
 
     def load(self) -> None:
-        self._key = require_key(self.options.get("api_key_env"), self.endpoint)
+        self._key = require_key(self.config.api_key_env, self.endpoint)
 
     def _get_client(self) -> Any:
         if self._client is None:
@@ -79,7 +78,7 @@ class AnthropicProvider(Provider):
 
             self._client = anthropic.AsyncAnthropic(
                 api_key=self._key or "unused",
-                base_url=self.options.get("base_url"),
+                base_url=self.config.base_url,
                 max_retries=0,
                 timeout=None,
             )

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..hashing import content_hash
 from ..prompts.tokenizers import CharEstimateTokenizer, Tokenizer
+from ..spec.models import ProviderSpec
 from ..store.records import Usage
 
 __all__ = ["Usage"]  # defined with the records, whose columns derive from it
@@ -135,12 +136,15 @@ class Provider(ABC):
     unsupported_params: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions
 
-    def __init__(
-        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
-    ) -> None:
-        self.endpoint = endpoint
+    def __init__(self, name: str, config: ProviderSpec, model: str | None = None) -> None:
+        """`name`: the spec's name for the endpoint; `config`: its typed settings (a
+        ``providers:`` entry, or a built-in's); its ``options`` become `opts`, an
+        instance of this provider's `Options` (pydantic raises on a typo: `validate`
+        has said so with the line before)."""
+        self.endpoint = name
+        self.config = config
         self.model = model
-        self.options = dict(options or {})
+        self.opts: Any = self.Options.model_validate(config.options)
 
     @abstractmethod
     async def generate(self, request: ProviderRequest) -> ProviderResponse:
@@ -152,7 +156,7 @@ class Provider(ABC):
     def unavailable(self) -> str | None:
         """Why this endpoint cannot be called here, or None. By default: its API key
         variable (``api_key_env``) is unset."""
-        key_env = self.options.get("api_key_env")
+        key_env = self.config.api_key_env
         if key_env and not os.environ.get(key_env):
             return f"{key_env} is not set"
         return None
@@ -167,9 +171,9 @@ class Provider(ABC):
         return {}
 
     def connection_key(self) -> str:
-        key_env = self.options.get("api_key_env")
+        key_env = self.config.api_key_env
         identity = content_hash(os.environ.get(key_env) or "", 8) if key_env else "-"
-        return f"{self.type_name}:{self.options.get('base_url') or self.endpoint}:{identity}"
+        return f"{self.type_name}:{self.config.base_url or self.endpoint}:{identity}"
 
     def rate_limits(self) -> tuple[int | None, int | None]:
         """(rpm, tpm) to start from: the spec's, else the provider's published new-account
@@ -177,22 +181,22 @@ class Provider(ABC):
         only, until its headers or a 429 say otherwise)."""
         official = self.official_url()
         return (
-            self.options.get("rpm") or (self.default_rpm if official else None),
-            self.options.get("tpm") or (self.default_tpm if official else None),
+            self.config.rpm or (self.default_rpm if official else None),
+            self.config.tpm or (self.default_tpm if official else None),
         )
 
     def spec_limits(self) -> tuple[int | None, int | None]:
         """The spec's own rpm/tpm: learned limits never go above them."""
-        return self.options.get("rpm"), self.options.get("tpm")
+        return self.config.rpm, self.config.tpm
 
     def official_url(self) -> bool:
         """Whether calls go to the provider's own API (no base_url in the spec or the
         SDK's environment variable)."""
         env = self.base_url_env
-        return self.options.get("base_url") is None and not (env and os.environ.get(env))
+        return self.config.base_url is None and not (env and os.environ.get(env))
 
     def max_concurrency(self) -> int:
-        return int(self.options.get("concurrency") or self.default_concurrency)
+        return self.config.concurrency or self.default_concurrency
 
     def tokenizer(self, model: str) -> Tokenizer:
         return CharEstimateTokenizer()
@@ -207,7 +211,7 @@ class Provider(ABC):
     def where(self) -> str:
         """The address this provider's calls go to, for messages: its base URL, else the
         endpoint's name."""
-        return str(self.options.get("base_url") or self.endpoint)
+        return self.config.base_url or self.endpoint
 
     def load(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Blocking set-up before the first call (runs in a worker thread)."""

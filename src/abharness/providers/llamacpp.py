@@ -40,6 +40,7 @@ from ..errors import (
     TimeoutError_,
 )
 from ..prompts.tokenizers import Tokenizer
+from ..spec.models import ProviderSpec
 from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
 
 DEFAULT_N_CTX = 2048
@@ -149,12 +150,12 @@ class LlamaCppProvider(Provider):
     per_model = True
     Options = LlamaCppOptions
 
-    def __init__(
-        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
-    ) -> None:
+    opts: LlamaCppOptions
+
+    def __init__(self, name: str, config: ProviderSpec, model: str | None = None) -> None:
         if model is None:
             raise ValueError("LlamaCppProvider needs a model")
-        super().__init__(endpoint, model, options)
+        super().__init__(name, config, model)
         self.model: str = model
         self._llm: Any = None
         self._tokenizer: LlamaTokenizer | None = None
@@ -188,14 +189,14 @@ class LlamaCppProvider(Provider):
         from llama_cpp._utils import suppress_stdout_stderr
 
         # verbose=False still lets llama.cpp print context-creation notes to fd 2
-        with suppress_stdout_stderr(disable=bool(self.options.get("verbose"))):
+        with suppress_stdout_stderr(disable=self.opts.verbose):
             self._llm = Llama(
                 model_path=str(self.model_path),
-                n_ctx=int(self.options.get("n_ctx", DEFAULT_N_CTX)),
-                n_threads=int(self.options.get("n_threads") or os.cpu_count() or 1),
-                verbose=bool(self.options.get("verbose")),
+                n_ctx=self.opts.n_ctx,
+                n_threads=self.opts.n_threads or os.cpu_count() or 1,
+                verbose=self.opts.verbose,
             )
-        self._tokenizer = LlamaTokenizer(self._llm, self.options.get("chat_format"))
+        self._tokenizer = LlamaTokenizer(self._llm, self.opts.chat_format)
 
     def tokenizer(self, model: str | None = None) -> Tokenizer:
         self.load()

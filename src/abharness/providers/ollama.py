@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import CallError, OtherCallError
+from ..spec.models import ProviderSpec
 from ._http import error_from_status, stream_cut, transport_error
 from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
 
@@ -40,14 +41,13 @@ class OllamaProvider(Provider):
     default_concurrency = 4  # per host; Ollama's OLLAMA_NUM_PARALLEL default is 1-4
     Options = OllamaOptions
 
-    def __init__(
-        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(endpoint, model, options)
-        hosts = self.options.get("hosts") or [
-            self.options.get("base_url") or os.environ.get("OLLAMA_HOST")
+    opts: OllamaOptions
+
+    def __init__(self, name: str, config: ProviderSpec, model: str | None = None) -> None:
+        super().__init__(name, config, model)
+        self.hosts: list[str | None] = list(self.opts.hosts or []) or [
+            config.base_url or os.environ.get("OLLAMA_HOST")
         ]
-        self.hosts: list[str | None] = list(hosts)
         self._clients: dict[str | None, Any] = {}
         self._in_flight = dict.fromkeys(self.hosts, 0)
 
@@ -58,7 +58,7 @@ class OllamaProvider(Provider):
         return "ollama at " + ", ".join(h or "the default host" for h in self.hosts)
 
     def max_concurrency(self) -> int:
-        return int(self.options.get("concurrency") or self.default_concurrency) * len(self.hosts)
+        return (self.config.concurrency or self.default_concurrency) * len(self.hosts)
 
     def _client(self, host: str | None) -> Any:
         if host not in self._clients:

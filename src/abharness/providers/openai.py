@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import CallError
 from ..prompts.tokenizers import TiktokenTokenizer, Tokenizer
+from ..spec.models import ProviderSpec
 from ._http import (
     map_stainless_error,
     parse_rate_limits,
@@ -106,30 +107,30 @@ class OpenAIProvider(Provider):
     default_tpm = 200_000
     Options = OpenAIOptions
 
-    def __init__(
-        self, endpoint: str, model: str | None = None, options: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(endpoint, model, options)
+    opts: OpenAIOptions
+
+    def __init__(self, name: str, config: ProviderSpec, model: str | None = None) -> None:
+        super().__init__(name, config, model)
         self._client: Any = None
         self._key: str | None = None
 
     def load(self) -> None:
-        self._key = require_key(self.options.get("api_key_env"), self.endpoint)
+        self._key = require_key(self.config.api_key_env, self.endpoint)
 
     def tokenizer(self, model: str) -> Tokenizer:
         return TiktokenTokenizer(model)
 
     def cache_parts(self) -> dict[str, Any]:
-        extra = self.options.get("extra_body")
+        extra = self.opts.extra_body
         return {"extra_body": extra} if extra else {}
 
     def api_for(self, request: ProviderRequest) -> str:
         if request.prompt is None:
             return "chat"
-        api = self.options.get("api", "auto")
+        api = self.opts.api
         if api != "auto":
-            return str(api)
-        base_url = self.options.get("base_url")
+            return api
+        base_url = self.config.base_url
         host = urlparse(base_url).hostname if base_url else "api.openai.com"
         if host in CHAT_ONLY_HOSTS:
             return "completions" if request.model in OPENAI_COMPLETION_MODELS else "chat"
@@ -140,11 +141,11 @@ class OpenAIProvider(Provider):
             import openai
 
             kwargs: dict[str, Any] = {}
-            if self.options.get("transport", "aiohttp") == "aiohttp":
+            if self.opts.transport == "aiohttp":
                 kwargs["http_client"] = openai.DefaultAioHttpClient()
             self._client = openai.AsyncOpenAI(
                 api_key=self._key or "unused",
-                base_url=self.options.get("base_url"),
+                base_url=self.config.base_url,
                 max_retries=0,
                 timeout=None,  # the runner owns timeouts
                 **kwargs,
@@ -166,7 +167,7 @@ class OpenAIProvider(Provider):
             kwargs["messages"] = list(request.messages) or [
                 {"role": "user", "content": request.prompt or ""}
             ]
-        official = self.options.get("base_url") is None
+        official = self.config.base_url is None
         if request.max_tokens is not None:
             name = "max_completion_tokens" if official and api == "chat" else "max_tokens"
             kwargs[name] = request.max_tokens
@@ -175,7 +176,7 @@ class OpenAIProvider(Provider):
                 kwargs[name] = getattr(request, name)
         if request.stop:
             kwargs["stop"] = list(request.stop)
-        kwargs.update(self.options.get("extra_body") or {})
+        kwargs.update(self.opts.extra_body or {})
         path = "/completions" if api == "completions" else "/chat/completions"
         url = self._url(path.lstrip("/"))
         try:

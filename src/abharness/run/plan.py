@@ -234,8 +234,8 @@ def build_plan(spec: LoadedSpec) -> Plan:
         cls = provider_class(endpoint.type)
         key = (arm.provider, arm.model if cls.per_model else "")
         if key not in providers:
-            options = _provider_options(spec, arm.provider, endpoint, cls)
-            provider = cls(arm.provider, arm.model if cls.per_model else None, options)
+            _check_options(spec, arm.provider, endpoint, cls)
+            provider = cls(arm.provider, endpoint, arm.model if cls.per_model else None)
             try:
                 provider.check_setup()
             except SetupError as exc:
@@ -278,13 +278,13 @@ def build_plan(spec: LoadedSpec) -> Plan:
     return Plan(spec, arms, scorers, list(providers.values()), judges=judges)
 
 
-def _provider_options(
+def _check_options(
     spec: LoadedSpec, name: str, endpoint: ProviderSpec, cls: type[Provider]
-) -> dict[str, Any]:
-    """The endpoint's ``options`` checked against the provider's typed model (a typo such
-    as ``hostz`` is an error naming its line), plus the endpoint's address and limits."""
+) -> None:
+    """The endpoint's ``options`` checked against the provider's typed model: a typo such
+    as ``hostz`` is an error naming its line."""
     try:
-        options = cls.Options.model_validate(endpoint.options).model_dump(exclude_none=True)
+        cls.Options.model_validate(endpoint.options)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc: tuple[str | int, ...] = ("providers", name, "options", *err["loc"])
@@ -296,11 +296,6 @@ def _provider_options(
         else:
             problem = f"{err['msg']} (got {err.get('input')!r})"
         raise spec.error_at(problem, loc) from exc
-    for field_name in ("base_url", "api_key_env", "concurrency", "rpm", "tpm"):
-        value = getattr(endpoint, field_name)
-        if value is not None:
-            options[field_name] = value
-    return options
 
 
 def check_cases(plan: Plan) -> int:
