@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from abharness import errors
+from abharness.run.arm import ArmPlan
 from abharness.run.costcap import CostCap
 from abharness.run.endpoints import Endpoints
 from abharness.run.executor import CallJob, Executor, call_id
-from abharness.run.plan import ArmPlan, build_plan
+from abharness.run.plan import build_plan
 from abharness.run.retry import RetryPolicy
 from abharness.spec.load import load_spec
 from abharness.store.records import CallRecord

@@ -35,9 +35,9 @@ from ..providers.base import ProviderRequest, ProviderResponse, Usage, track_att
 from ..spec.dataset import Case
 from ..store.cache import ResponseCache, cache_key
 from ..store.records import USAGE_FIELDS, CallRecord
+from .arm import ArmPlan
 from .costcap import CostCap
 from .endpoints import Circuit, Endpoint, Endpoints
-from .plan import ArmPlan
 from .retry import CircuitOpenError, RetryPolicy, failure_scope
 from .window import ConcurrencyWindow, overload_reason
 
@@ -64,6 +64,32 @@ class CallJob:
     variables: dict[str, Any]
     judged_call_id: str | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Call:
+    """One call on its way down the path: what every step needs, in one place."""
+
+    job: CallJob
+    request: ProviderRequest
+    est_tokens: int
+    endpoint: Endpoint
+    model: Circuit  # the model's circuit on the endpoint, with its concurrency window
+    record: CallRecord
+    waited: float = 0.0  # seconds spent waiting for circuits and retries
+
+    @property
+    def arm(self) -> ArmPlan:
+        return self.job.arm
+
+    @property
+    def circuits(self) -> tuple[Circuit, Circuit]:
+        return self.endpoint.circuit, self.model
+
+    @property
+    def window(self) -> ConcurrencyWindow:
+        assert self.model.window is not None
+        return self.model.window
 
 
 class Executor:
@@ -98,7 +124,6 @@ class Executor:
             job.repeat,
             judged_call_id=job.judged_call_id,
         )
-        endpoint = self.endpoints.of(arm.provider)
         try:
             load_error = self.load_errors.get(id(arm.provider))
             if load_error is not None:
@@ -131,9 +156,16 @@ class Executor:
                     _fill_from_cache(record, hit)
                     self.on_finished(record)
                     return record, ProviderResponse(text=hit["response_text"] or "", usage=Usage())
-            response = await self._reserve_and_call(
-                arm, request, fitted.est_input_tokens, endpoint, record, job
+            endpoint = self.endpoints.of(arm.provider)
+            call = Call(
+                job,
+                request,
+                fitted.est_input_tokens,
+                endpoint,
+                endpoint.model(request.model),
+                record,
             )
+            response = await self._reserve_and_call(call)
             record.status = "ok"
             self.on_finished(record)  # no await since its slot was freed: nothing ran yet
             if key is not None:
@@ -154,23 +186,15 @@ class Executor:
             self.on_finished(record)
             return record, None
 
-    async def _reserve_and_call(
-        self,
-        arm: ArmPlan,
-        request: ProviderRequest,
-        est_tokens: int,
-        endpoint: Endpoint,
-        record: CallRecord,
-        job: CallJob,
-    ) -> ProviderResponse:
+    async def _reserve_and_call(self, call: Call) -> ProviderResponse:
         """Reserve the call's worst case under the cost cap, make it and settle the
         reservation to what it cost (an unknown cost keeps its whole reservation)."""
-        circuits = (endpoint.circuit, endpoint.model(request.model))
-        for circuit in circuits:
+        for circuit in call.circuits:
             if circuit.stopped is not None:
                 circuit.not_called += 1
                 raise _not_called(circuit.stopped)
-        worst = arm.worst_case_cost(est_tokens)
+        arm, record = call.arm, call.record
+        worst = arm.worst_case_cost(call.est_tokens)
         if self.cost_cap.refused or not self.cost_cap.reserve(worst):
             raise BudgetError(
                 f"not dispatched: max_cost_usd={self.cost_cap.max} would be exceeded "
@@ -178,9 +202,7 @@ class Executor:
                 f"this call up to {worst:.6f})"
             )
         try:
-            response = await self._attempts(
-                arm, request, est_tokens, endpoint, circuits, record, job
-            )
+            response = await self._attempts(call)
         except BaseException as exc:
             # refused calls cost nothing; a timed-out or cancelled one may have been billed
             billed = isinstance(exc, TimeoutError_ | asyncio.CancelledError)
@@ -197,51 +219,20 @@ class Executor:
         record.request_id = response.request_id
         record.served_model = response.served_model
         record.usage_source = response.usage_source
-        ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
-        metrics = {**response.metrics, "ignored_params": ignored} if ignored else response.metrics
-        concurrency = circuits[1].window.metrics() if circuits[1].window else None
-        if concurrency is not None:
-            metrics = {**metrics, "concurrency": concurrency}
-        if response.rate_limits is not None:
-            metrics = {**metrics, "rate_limits": response.rate_limits.as_json()}
-        record.provider_metrics_json = json.dumps(metrics) if metrics else None
+        record.provider_metrics_json = _metrics_json(call, response)
         return response
 
-    async def _attempts(
-        self,
-        arm: ArmPlan,
-        request: ProviderRequest,
-        est_tokens: int,
-        endpoint: Endpoint,
-        circuits: tuple[Circuit, Circuit],
-        record: CallRecord,
-        job: CallJob,
-    ) -> ProviderResponse:
-        """Make the call, retrying per the policy; each attempt holds one of the endpoint's
-        slots, and only while it is on the wire. `circuits`: the endpoint's, the model's."""
-        waited = 0.0
+    async def _attempts(self, call: Call) -> ProviderResponse:
+        """Make the call, retrying per the policy; each attempt holds room in the model's
+        window and one of the endpoint's slots, and only while it is on the wire."""
+        record = call.record
         while True:
-            for circuit in circuits:
-                try:
-                    waited += await circuit.breaker.before_call(
-                        self.policy.max_total_wait_s - waited
-                    )
-                except CircuitOpenError as exc:
-                    if circuit.breaker.down is not None:
-                        circuit.stop(circuit.breaker.down)
-                    if record.attempts == 0:
-                        circuit.not_called += 1
-                        raise _not_called(exc) from exc
-                    raise Unfinished(exc) from exc
-            window = circuits[1].window
-            assert window is not None
-            await window.acquire()
+            await self._wait_for_circuits(call)
+            await call.window.acquire()
             try:
-                response, error, blocked = await self._in_slot(
-                    arm, request, est_tokens, endpoint, circuits, record, job, window
-                )
+                response, error, blocked = await self._in_slot(call)
             finally:
-                window.release()
+                call.window.release()
             if blocked:
                 continue  # back to the breakers: wait for the probe, or fail as down
             if response is not None:
@@ -253,35 +244,43 @@ class Executor:
                 "%s attempt %d: %s: %s", record.call_id, record.attempts, error.error_type, error
             )
             if isinstance(error, AuthError):
-                endpoint.circuit.stop(error)
+                call.endpoint.circuit.stop(error)
                 raise error
-            for circuit in circuits:
+            for circuit in call.circuits:
                 if circuit.breaker.down is not None:
                     circuit.stop(circuit.breaker.down)
                     raise Unfinished(error) from error
             if not self.policy.should_retry(error, record.attempts):
                 raise error
             delay = self.policy.delay_s(record.attempts, error.retry_after_s)
-            if waited + delay > self.policy.max_total_wait_s:
+            if call.waited + delay > self.policy.max_total_wait_s:
                 raise error
             log.debug("%s: retry in %.2f s", record.call_id, delay)
             await asyncio.sleep(delay)
-            waited += delay
+            call.waited += delay
 
-    async def _in_slot(
-        self,
-        arm: ArmPlan,
-        request: ProviderRequest,
-        est_tokens: int,
-        endpoint: Endpoint,
-        circuits: tuple[Circuit, Circuit],
-        record: CallRecord,
-        job: CallJob,
-        window: ConcurrencyWindow,
-    ) -> tuple[ProviderResponse | None, CallError | None, bool]:
+    async def _wait_for_circuits(self, call: Call) -> None:
+        """Until the endpoint's and the model's circuits let a call through; a circuit
+        that is down, or stays open past the call's wait budget, ends the call
+        unfinished (or not made, before its first attempt)."""
+        for circuit in call.circuits:
+            try:
+                call.waited += await circuit.breaker.before_call(
+                    self.policy.max_total_wait_s - call.waited
+                )
+            except CircuitOpenError as exc:
+                if circuit.breaker.down is not None:
+                    circuit.stop(circuit.breaker.down)
+                if call.record.attempts == 0:
+                    circuit.not_called += 1
+                    raise _not_called(exc) from exc
+                raise Unfinished(exc) from exc
+
+    async def _in_slot(self, call: Call) -> tuple[ProviderResponse | None, CallError | None, bool]:
         """One attempt in one of the endpoint's slots, once the limits allow it:
         (response, error, blocked: a circuit opened while it waited, nothing was sent).
-        The model's `window` learns from how it ended."""
+        The model's window learns from how it ended."""
+        endpoint, record, window = call.endpoint, call.record, call.window
         response: ProviderResponse | None = None
         error: CallError | None = None
         async with endpoint.slots:
@@ -295,11 +294,13 @@ class Executor:
                     gated = False
             try:
                 # after the gate: the first answer's headers may have set the limits
-                await endpoint.limits.acquire(est_tokens + (arm.params.max_tokens or 0))
+                await endpoint.limits.acquire(call.est_tokens + (call.arm.params.max_tokens or 0))
                 # a circuit may have opened while this call waited for its slot
-                if any(c.breaker.state == "open" or c.breaker.down is not None for c in circuits):
+                if any(
+                    c.breaker.state == "open" or c.breaker.down is not None for c in call.circuits
+                ):
                     return None, None, True
-                stopped = next((c for c in circuits if c.stopped is not None), None)
+                stopped = next((c for c in call.circuits if c.stopped is not None), None)
                 if stopped is not None:
                     assert stopped.stopped is not None
                     if record.attempts == 0:
@@ -308,14 +309,12 @@ class Executor:
                 record.attempts += 1
                 sent = time.perf_counter()
                 if record.queue_ms is None:
-                    record.queue_ms = (sent - job.enqueued_at) * 1000
+                    record.queue_ms = (sent - call.job.enqueued_at) * 1000
                 endpoint.in_flight += 1
                 endpoint.peak_in_flight = max(endpoint.peak_in_flight, endpoint.in_flight)
                 sent_at, in_company = window.sending()
                 try:
-                    response, error = await self._attempt(
-                        arm, request, endpoint, circuits, record, in_company
-                    )
+                    response, error = await self._attempt(call, in_company)
                 finally:
                     endpoint.in_flight -= 1
                     window.answered()
@@ -330,25 +329,20 @@ class Executor:
         return response, error, False
 
     async def _attempt(
-        self,
-        arm: ArmPlan,
-        request: ProviderRequest,
-        endpoint: Endpoint,
-        circuits: tuple[Circuit, Circuit],
-        record: CallRecord,
-        in_company: bool,
+        self, call: Call, in_company: bool
     ) -> tuple[ProviderResponse | None, CallError | None]:
         """One attempt: the response, or the error it ended with (never raised).
         `in_company`: other calls of the model were on the wire when it was sent."""
-        endpoint_circuit, model_circuit = circuits
-        timeout_s = arm.params.timeout_s
+        endpoint = call.endpoint
+        endpoint_breaker, model_breaker = endpoint.circuit.breaker, call.model.breaker
+        timeout_s = call.arm.params.timeout_s
         with track_attempt() as progress:
             try:
                 async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
-                    response = await arm.provider.generate(request)
+                    response = await call.arm.provider.generate(call.request)
             except asyncio.CancelledError:
-                for circuit in circuits:
-                    circuit.breaker.abandon()
+                endpoint_breaker.abandon()
+                model_breaker.abandon()
                 raise
             except TimeoutError as exc:
                 began = progress.first_byte_at is not None
@@ -365,8 +359,8 @@ class Executor:
                 error.__cause__ = exc
             else:
                 endpoint.proven = True
-                endpoint_circuit.breaker.record(None)
-                model_circuit.breaker.record(None)
+                endpoint_breaker.record(None)
+                model_breaker.record(None)
                 if response.rate_limits is not None:
                     endpoint.limits.observe(response.rate_limits)
                 return response, None
@@ -380,11 +374,27 @@ class Executor:
         if scope == "model" and in_company and overload_reason(error) is not None:
             scope = None  # too many at once, not a broken model: the window's to handle
         if scope == "endpoint":
-            endpoint_circuit.breaker.record(error, record.call_id)
+            endpoint_breaker.record(error, call.record.call_id)
         else:  # the server answered: the endpoint is up
-            endpoint_circuit.breaker.record(None)
-            model_circuit.breaker.record(error if scope == "model" else None, record.call_id)
+            endpoint_breaker.record(None)
+            model_breaker.record(error if scope == "model" else None, call.record.call_id)
         return None, error
+
+
+def _metrics_json(call: Call, response: ProviderResponse) -> str | None:
+    """``provider_metrics_json``: the provider's own figures, the parameters its API
+    ignored, the model's concurrency when it was lowered, the rate-limit headers."""
+    arm = call.arm
+    metrics = dict(response.metrics)
+    ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]
+    if ignored:
+        metrics["ignored_params"] = ignored
+    concurrency = call.window.metrics()
+    if concurrency is not None:
+        metrics["concurrency"] = concurrency
+    if response.rate_limits is not None:
+        metrics["rate_limits"] = response.rate_limits.as_json()
+    return json.dumps(metrics) if metrics else None
 
 
 class Unfinished(Exception):  # noqa: N818 - a call's state, not an error of ours

@@ -33,7 +33,8 @@ from ..store.db import MergeResult, Store, merge, staging_dir
 from ..store.health import check_main_db
 from ..store.queries import Results, RunNotFound
 from ..store.records import CallRecord
-from .plan import ArmPlan, Plan, build_plan, check_cases, check_prompt_versions, check_warnings
+from .arm import ArmPlan
+from .plan import Plan, build_plan, check_cases, check_prompt_versions, check_warnings
 from .retry import RetryPolicy
 from .runner import Runner, RunStats
 

@@ -14,10 +14,7 @@ import contextlib
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,119 +26,15 @@ from ..errors import (
     SpecError,
     TemplateError,
 )
-from ..prompts.budget import FittedPrompt, fit_to_budget, input_budget
-from ..prompts.templates import PromptLibrary, PromptTemplate
-from ..prompts.tokenizers import Tokenizer, release_encodings
+from ..prompts.templates import PromptLibrary
+from ..prompts.tokenizers import release_encodings
 from ..providers import Provider, provider_class
-from ..providers.base import ProviderRequest, Usage
-from ..providers.pricing import call_cost
 from ..spec.dataset import Case, check_dataset, iter_cases
 from ..spec.load import LoadedSpec
-from ..spec.models import Arm, GenerationParams, LlmJudgeScorer, Price, ProviderSpec
+from ..spec.models import Arm, LlmJudgeScorer, ProviderSpec
 from ..store.queries import DatabaseBusy, recorded_prompt_hashes
+from .arm import ArmPlan
 from .scorers import Scorer, build_scorers
-
-
-@dataclass(eq=False)  # identity: one arm's plan is one object
-class ArmPlan:
-    arm: Arm
-    endpoint_name: str
-    endpoint: ProviderSpec
-    template: PromptTemplate
-    params: GenerationParams
-    tier: int
-    provider: Provider
-    is_baseline: bool
-    max_input_tokens: int | None
-    _budget: int | None = field(default=None, repr=False)
-    _budget_known: bool = field(default=False, repr=False)
-    _tokenizer: Tokenizer | None = field(default=None, repr=False)
-
-    @property
-    def id(self) -> str:
-        return self.arm.id
-
-    @property
-    def price(self) -> Price | None:
-        return self.arm.price or self.endpoint.price
-
-    def budget(self) -> int | None:
-        if not self._budget_known:
-            self._budget = input_budget(
-                self.max_input_tokens,
-                self.provider.context_window(self.arm.model),
-                self.params.max_tokens,
-            )
-            self._budget_known = True
-        return self._budget
-
-    def tokenizer(self) -> Tokenizer:
-        """The arm's tokenizer, made once (not per call)."""
-        if self._tokenizer is None:
-            self._tokenizer = self.provider.tokenizer(self.arm.model)
-        return self._tokenizer
-
-    def fit_vars(self, variables: dict[str, Any]) -> FittedPrompt:
-        return fit_to_budget(self.template, variables, self.tokenizer(), self.budget())
-
-    def fit(self, case: Case) -> FittedPrompt:
-        return self.fit_vars(case.template_vars())
-
-    def api(self) -> str:
-        """Which API the arm's requests go to (``validate`` shows it)."""
-        raw = self.template.blocks == ["prompt"]
-        probe = ProviderRequest(model=self.arm.model, prompt="" if raw else None)
-        return self.provider.api_for(probe) or ("raw" if raw else "chat")
-
-    def is_priced(self) -> bool:
-        """Whether a cost can be computed for this arm's calls."""
-        return self.price is not None or self.tier == 1 or self._genai_price_known()
-
-    def _genai_price_known(self) -> bool:
-        from ..providers.pricing import genai_price
-
-        e = self.endpoint
-        if not (e.price_provider or e.base_url):
-            return False
-        one = Usage(input_tokens=1, output_tokens=1)
-        return (
-            genai_price(one, self.arm.model, provider_id=e.price_provider, api_url=e.base_url)
-            is not None
-        )
-
-    def worst_case_cost(self, est_input_tokens: int) -> Decimal:
-        """The most one call can cost: its estimated input plus `max_tokens` of output."""
-        usage = Usage(input_tokens=est_input_tokens, output_tokens=self.params.max_tokens or 0)
-        cost, _ = self.cost(usage)
-        return cost if cost is not None else Decimal(0)
-
-    def cost(self, usage: Usage, when: datetime | None = None) -> tuple[Decimal | None, str | None]:
-        """(cost, price_source) of `usage` on this arm: its price, else genai-prices."""
-        return call_cost(
-            usage,
-            self.price,
-            local=self.tier == 1,
-            model=self.arm.model,
-            provider_id=self.endpoint.price_provider,
-            api_url=self.endpoint.base_url,
-            when=when,
-        )
-
-    def request(self, fitted: FittedPrompt) -> ProviderRequest:
-        p = self.params
-        r = fitted.rendered
-        return ProviderRequest(
-            model=self.arm.model,
-            messages=tuple({"role": m.role, "content": m.content} for m in r.messages),
-            prompt=r.prompt,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            top_k=p.top_k,
-            max_tokens=p.max_tokens,
-            seed=p.seed,
-            stop=tuple(p.stop or ()),
-            stream=p.stream if p.stream is not None else True,
-        )
 
 
 @dataclass
