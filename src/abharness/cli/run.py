@@ -107,7 +107,7 @@ def command(
     def on_call(record: CallRecord) -> None:
         nonlocal errors
         errors += not record.ok and record.made  # a call never made is not an error
-        progress.update(task, advance=record.judged_call_id is None, errors=errors)
+        progress.update(task, advance=record.role == "arm", errors=errors)
 
     try:
         outcome = run_experiment(

@@ -22,6 +22,7 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
     from rich.table import Table
 
     from ..errors import CallError, InvalidInput
+    from ..run.arm import CompositePlan
     from ..run.experiment import prepare
     from ..run.plan import check_budgets
 
@@ -44,7 +45,7 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
         table.add_row(
             a.id + role,
             a.endpoint_name,
-            a.arm.model,
+            a.model,
             a.template.ref,
             a.template.hash,
             a.api(),
@@ -52,6 +53,9 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
             str(a.budget() if a.budget() is not None else "unlimited"),
         )
     console.print(table)
+    for arm in plan.arms:
+        if isinstance(arm, CompositePlan):
+            console.print(f"{arm.id}: {arm.describe()}", markup=False, soft_wrap=True)
     if any(a.is_baseline for a in plan.arms) and len(plan.arms) > 1:
         console.print(power_note(plan.n_cases, len(plan.arms) - 1), soft_wrap=True)
     for a, why in missing.items():

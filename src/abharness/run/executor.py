@@ -35,7 +35,7 @@ from ..providers.base import ProviderRequest, ProviderResponse, Usage, track_att
 from ..spec.dataset import Case
 from ..store.cache import ResponseCache, cache_key
 from ..store.records import USAGE_FIELDS, CallRecord
-from .arm import ArmPlan
+from .arm import ArmPlan, CompositePlan
 from .costcap import CostCap
 from .endpoints import Circuit, Endpoint, Endpoints
 from .retry import CircuitOpenError, RetryPolicy, failure_scope
@@ -55,14 +55,18 @@ def call_id(run_id: str, arm_id: str, case_id: str, repeat: int) -> str:
 
 @dataclass
 class CallJob:
-    """One call to make: an arm's on a case, or a judge's on an arm's call."""
+    """One call to make: an arm's on a case, a judge's on an arm's call, or a part's of a
+    composite call (`parent_call_id`). A route arm's job is made by its routes in turn;
+    a panel's by `run.composite`."""
 
-    arm: ArmPlan
+    arm: ArmPlan | CompositePlan
     case: Case
     repeat: int
     call_id: str
     variables: dict[str, Any]
     judged_call_id: str | None = None
+    parent_call_id: str | None = None
+    cost_cap: CostCap | None = None  # a composite call's hold, else the run's cap
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -71,16 +75,15 @@ class Call:
     """One call on its way down the path: what every step needs, in one place."""
 
     job: CallJob
+    arm: ArmPlan  # the job's, or the route's that makes it
     request: ProviderRequest
     est_tokens: int
     endpoint: Endpoint
     model: Circuit  # the model's circuit on the endpoint, with its concurrency window
     record: CallRecord
+    cost_cap: CostCap
     waited: float = 0.0  # seconds spent waiting for circuits and retries
-
-    @property
-    def arm(self) -> ArmPlan:
-        return self.job.arm
+    fallback_on: frozenset[str] = frozenset()  # a route's: errors that move on, not retried
 
     @property
     def circuits(self) -> tuple[Circuit, Circuit]:
@@ -114,8 +117,72 @@ class Executor:
         self.on_finished = on_finished
 
     async def execute(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:
-        """Make `job`'s call; its record, and the response when it succeeded."""
-        arm = job.arm
+        """Make `job`'s call; its record, and the response when it succeeded. The record
+        is handed to `on_finished` (the journal) before anything else runs."""
+        if isinstance(job.arm, CompositePlan):
+            record, response = await self._route(job)
+            self.on_finished(record)
+            return record, response
+        return await self._run(job, job.arm, self.on_finished)
+
+    async def _route(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:
+        """A route arm: its models in order until one answers. A route whose endpoint's or
+        model's circuit is open or down is skipped at once; an error of a type in
+        `fallback_on` moves on; anything else ends the call. The record is the serving
+        route's, with `served_by`, every attempt counted and every failed route's error."""
+        route = job.arm
+        assert isinstance(route, CompositePlan)
+        attempts = 0
+        errors: list[dict[str, Any]] = []
+        record: CallRecord | None = None
+        response: ProviderResponse | None = None
+        for part in route.parts:
+            label = f"{part.endpoint_name}:{part.model}"
+            endpoint = self.endpoints.of(part.provider)
+            closed = [
+                c
+                for c in (endpoint.circuit, endpoint.model(part.model))
+                if c.stopped is not None or c.breaker.state == "open" or c.breaker.down
+            ]
+            if closed:
+                errors.append(
+                    {
+                        "route": label,
+                        "error_type": "server",
+                        "message": f"skipped: {closed[0].breaker.name}: circuit open",
+                    }
+                )
+                continue
+            record, response = await self._run(job, part, lambda r: None, route.fallback_on)
+            attempts += record.attempts
+            record.attempts = attempts
+            if record.ok or record.error_type not in route.fallback_on:
+                break
+            errors.append(
+                {"route": label, "error_type": record.error_type, "message": record.error_message}
+            )
+        if record is None:  # every route skipped
+            record = CallRecord(job.call_id, self.run_id, route.id, job.case.id, job.repeat)
+            record.fail("server", "not called: every route's circuit is open")
+            record.unfinished = True
+        record.arm_id, record.role = route.id, "arm"
+        record.served_by = label if record.ok else None
+        # each route it moved on from, then the last route's own attempts
+        tried = json.loads(record.attempt_errors_json) if record.attempt_errors_json else []
+        routed = [*errors, *tried]
+        record.attempt_errors_json = json.dumps(routed, ensure_ascii=False) if routed else None
+        return record, response
+
+    async def _run(
+        self,
+        job: CallJob,
+        arm: ArmPlan,
+        finished: Callable[[CallRecord], None],
+        fallback_on: frozenset[str] = frozenset(),
+    ) -> tuple[CallRecord, ProviderResponse | None]:
+        """`job`'s call made by `arm` (its own, or a route's); `finished` gets the record
+        as soon as it is final, before the cache is written. A route's errors of a type
+        in `fallback_on` are not retried: the next route is tried instead."""
         record = CallRecord(
             job.call_id,
             self.run_id,
@@ -123,7 +190,10 @@ class Executor:
             job.case.id,
             job.repeat,
             judged_call_id=job.judged_call_id,
+            role=arm.role if arm.role in ("judge", "member", "synthesizer") else "arm",
+            parent_call_id=job.parent_call_id,
         )
+        cap = job.cost_cap or self.cost_cap
         try:
             load_error = self.load_errors.get(id(arm.provider))
             if load_error is not None:
@@ -154,20 +224,23 @@ class Executor:
                 hit = await asyncio.to_thread(self.cache.get, key)
                 if hit is not None:
                     _fill_from_cache(record, hit)
-                    self.on_finished(record)
+                    finished(record)
                     return record, ProviderResponse(text=hit["response_text"] or "", usage=Usage())
             endpoint = self.endpoints.of(arm.provider)
             call = Call(
                 job,
+                arm,
                 request,
                 fitted.est_input_tokens,
                 endpoint,
                 endpoint.model(request.model),
                 record,
+                cap,
+                fallback_on=fallback_on,
             )
             response = await self._reserve_and_call(call)
             record.status = "ok"
-            self.on_finished(record)  # no await since its slot was freed: nothing ran yet
+            finished(record)  # no await since its slot was freed: nothing ran yet
             if key is not None:
                 assert self.cache is not None
                 await asyncio.to_thread(self.cache.put, key, record)
@@ -177,13 +250,13 @@ class Executor:
         except Unfinished as stop:  # its circuit went down: missing data, resume makes it
             record.fail(stop.cause.error_type, _describe(stop.cause))
             record.unfinished = True
-            self.on_finished(record)
+            finished(record)
             return record, None
         except Exception as exc:  # every failure is a record; nothing a call raises stops the run
             record.fail(error_type_of(exc), _describe(exc))
             if isinstance(exc, CallError) and exc.request_id and record.request_id is None:
                 record.request_id = exc.request_id
-            self.on_finished(record)
+            finished(record)
             return record, None
 
     async def _reserve_and_call(self, call: Call) -> ProviderResponse:
@@ -193,23 +266,23 @@ class Executor:
             if circuit.stopped is not None:
                 circuit.not_called += 1
                 raise _not_called(circuit.stopped)
-        arm, record = call.arm, call.record
+        arm, record, cap = call.arm, call.record, call.cost_cap
         worst = arm.worst_case_cost(call.est_tokens)
-        if self.cost_cap.refused or not self.cost_cap.reserve(worst):
+        if cap.refused or not cap.reserve(worst):
             raise BudgetError(
                 f"not dispatched: max_cost_usd={self.cost_cap.max} would be exceeded "
-                f"(spent {self.cost_cap.spent:.6f}, reserved {self.cost_cap.reserved:.6f}, "
-                f"this call up to {worst:.6f})"
+                f"(spent {cap.spent:.6f}, reserved {cap.reserved:.6f}, this call up to "
+                f"{worst:.6f})"
             )
         try:
             response = await self._attempts(call)
         except BaseException as exc:
             # refused calls cost nothing; a timed-out or cancelled one may have been billed
             billed = isinstance(exc, TimeoutError_ | asyncio.CancelledError)
-            self.cost_cap.settle(worst, None if billed else Decimal(0))
+            cap.settle(worst, None if billed else Decimal(0))
             raise
         cost, source = arm.cost(response.usage, record.started_at)
-        self.cost_cap.settle(worst, cost)
+        cap.settle(worst, cost)
         record.usage = response.usage
         record.cost_usd = float(cost) if cost is not None else None
         record.price_source = source
@@ -250,7 +323,9 @@ class Executor:
                 if circuit.breaker.down is not None:
                     circuit.stop(circuit.breaker.down)
                     raise Unfinished(error) from error
-            if not self.policy.should_retry(error, record.attempts):
+            if error.error_type in call.fallback_on or not self.policy.should_retry(
+                error, record.attempts
+            ):
                 raise error
             delay = self.policy.delay_s(record.attempts, error.retry_after_s)
             if call.waited + delay > self.policy.max_total_wait_s:
@@ -264,6 +339,16 @@ class Executor:
         that is down, or stays open past the call's wait budget, ends the call
         unfinished (or not made, before its first attempt)."""
         for circuit in call.circuits:
+            if call.fallback_on and circuit.breaker.state != "closed":
+                # a route does not wait out a cool-down: the next route is tried at once
+                raise _not_called(
+                    CircuitOpenError(
+                        f"skipped: {circuit.breaker.name}: circuit open",
+                        circuit.breaker.last_error.error_type
+                        if circuit.breaker.last_error
+                        else "server",
+                    )
+                )
             try:
                 call.waited += await circuit.breaker.before_call(
                     self.policy.max_total_wait_s - call.waited

@@ -23,17 +23,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..errors import CallError, EnvironmentFailure, InvalidInput, StoreWriteError
 from ..providers.base import Usage
 from ..spec.load import load_spec
+from ..spec.models import GenerationParams
 from ..store.cache import ResponseCache, open_cache
 from ..store.db import MergeResult, Store, merge, staging_dir
 from ..store.health import check_main_db
 from ..store.queries import Results, RunNotFound
 from ..store.records import CallRecord
-from .arm import ArmPlan
+from .arm import ArmPlan, CompositePlan, parts_of
 from .plan import Plan, build_plan, check_cases, check_prompt_versions, check_warnings
 from .retry import RetryPolicy
 from .runner import Runner, RunStats
@@ -123,7 +125,11 @@ def _git_sha(where: Path) -> str | None:
 
 
 def _record_start(
-    store: Store, plan: Plan, run_id: str, not_run: list[tuple[ArmPlan, str]], kind: str
+    store: Store,
+    plan: Plan,
+    run_id: str,
+    not_run: list[tuple[ArmPlan | CompositePlan, str]],
+    kind: str,
 ) -> None:
     spec = plan.spec
     x = spec.experiment
@@ -147,32 +153,44 @@ def _record_start(
             }
         ],
     )
-    store.insert(
-        "arms",
-        [
-            {
-                "run_id": run_id,
-                "arm_id": a.id,
-                "provider": a.endpoint_name,
-                "endpoint": a.endpoint.base_url,
-                "model": a.arm.model,
-                "tier": a.tier,
-                "prompt_name": a.template.name,
-                "prompt_version": a.template.version,
-                "prompt_hash": a.template.hash,
-                "params_json": json.dumps(a.params.model_dump(exclude_none=True)),
-                "is_baseline": a.is_baseline,
-                "position": i,
-                "role": role,
-                "not_run_reason": why,
-            }
-            for i, (a, role, why) in enumerate(
-                [(a, "arm", None) for a in plan.arms]
-                + [(a, "arm", why) for a, why in not_run]
-                + [(j, "judge", None) for j in plan.judges.values()]
-            )
-        ],
-    )
+    rows = [_arm_row(run_id, a, None) for a in plan.arms]
+    rows += [_arm_row(run_id, a, why) for a, why in not_run]
+    rows += [
+        _arm_row(run_id, p, None)
+        for a in plan.arms
+        if isinstance(a, CompositePlan)
+        for p in a.parts
+    ]
+    rows += [_arm_row(run_id, j, None) for j in plan.judges.values()]
+    store.insert("arms", [{**row, "position": i} for i, row in enumerate(rows)])
+
+
+def _arm_row(run_id: str, a: ArmPlan | CompositePlan, not_run: str | None) -> dict[str, Any]:
+    """The arm's row in ``arms``: a composite's provider is its kind (``panel``,
+    ``route``) and its model the list of its parts; each part has a row of its own."""
+    if isinstance(a, CompositePlan):
+        provider, endpoint, model = a.kind, None, a.describe()
+        tier = max(p.tier for p in a.parts)
+        params = a.arm.model_dump(exclude_none=True, include=set(GenerationParams.model_fields))
+    else:
+        provider, endpoint, model = a.endpoint_name, a.endpoint.base_url, a.model
+        tier, params = a.tier, a.params.model_dump(exclude_none=True)
+    return {
+        "run_id": run_id,
+        "arm_id": a.id,
+        "provider": provider,
+        "endpoint": endpoint,
+        "model": model,
+        "tier": tier,
+        "prompt_name": a.template.name,
+        "prompt_version": a.template.version,
+        "prompt_hash": a.template.hash,
+        "params_json": json.dumps(params),
+        "is_baseline": a.is_baseline,
+        "role": "arm" if isinstance(a, CompositePlan) else a.role,
+        "parent_arm_id": None if isinstance(a, CompositePlan) else a.parent,
+        "not_run_reason": not_run,
+    }
 
 
 def run_experiment(
@@ -345,25 +363,35 @@ def dry_run(spec_path: str | Path, db: Path | None = None) -> tuple[list[Project
     plan, warnings = prepare(spec_path, db or default_db())
     out = {a.id: Projection(a.id) for a in plan.arms}
     missing = dict(plan.unavailable())
-    for arm, why in missing.items():
-        if arm.id in out:
-            out[arm.id].not_run = why
+    for part, why in missing.items():
+        owner = part.parent or part.id
+        if owner in out:
+            out[owner].not_run = why
         else:
-            warnings.append(f"{arm.id} cannot run here: {why}; the run would refuse the spec")
-    runnable = [a for a in plan.arms if a not in missing]
+            warnings.append(f"{part.id} cannot run here: {why}; the run would refuse the spec")
+    runnable = [a for a in plan.arms if not any(p in missing for p in parts_of(a))]
+    n = plan.spec.experiment.repeats
     for case in plan.cases():
         for arm in runnable:
             p = out[arm.id]
+            first = parts_of(arm)[0]  # a composite's members and routes get the same prompt
             try:
-                est = arm.fit(case).est_input_tokens
+                est = first.fit(case).est_input_tokens
             except CallError:
-                p.unfit += plan.spec.experiment.repeats
+                p.unfit += n
                 continue
-            low, _ = arm.cost(Usage(input_tokens=est, output_tokens=0))
-            p.priced = p.priced and low is not None
-            n = plan.spec.experiment.repeats
+            # the least: the prompt read and nothing written, by every member and the
+            # synthesizer of a panel, by the first model of a route
+            panel = isinstance(arm, CompositePlan) and arm.kind == "panel"
+            asked = (
+                [*arm.members, arm.synthesizer]
+                if isinstance(arm, CompositePlan) and panel
+                else [first]
+            )
+            lows = [a.cost(Usage(input_tokens=est, output_tokens=0))[0] for a in asked]
+            p.priced = p.priced and all(low is not None for low in lows)
             p.calls += n
             p.est_input_tokens += est * n
-            p.min_usd += (low or Decimal(0)) * n
+            p.min_usd += sum((low or Decimal(0) for low in lows), Decimal(0)) * n
             p.max_usd += arm.worst_case_cost(est) * n
     return list(out.values()), warnings

@@ -15,6 +15,7 @@ import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,17 +31,24 @@ from ..prompts.templates import PromptLibrary
 from ..prompts.tokenizers import release_encodings
 from ..providers import Provider, provider_class
 from ..spec.dataset import Case, check_dataset, iter_cases
-from ..spec.load import LoadedSpec
-from ..spec.models import Arm, LlmJudgeScorer, ProviderSpec
+from ..spec.load import LoadedSpec, part_ids
+from ..spec.models import (
+    DEFAULT_FALLBACK_ON,
+    Arm,
+    GenerationParams,
+    LlmJudgeScorer,
+    Part,
+    ProviderSpec,
+)
 from ..store.queries import DatabaseBusy, recorded_prompt_hashes
-from .arm import ArmPlan
+from .arm import ArmPlan, CompositePlan, parts_of
 from .scorers import Scorer, build_scorers
 
 
 @dataclass
 class Plan:
     spec: LoadedSpec
-    arms: list[ArmPlan]
+    arms: list[ArmPlan | CompositePlan]  # the compared arms, in spec order
     scorers: list[Scorer]
     providers: list[Provider]
     n_cases: int = 0
@@ -54,14 +62,21 @@ class Plan:
         """Arms and judges that cannot be called here, with why (an API key unset)."""
         return [(a, why) for a in self.all_arms() if (why := a.provider.unavailable())]
 
-    def drop_unavailable(self, skip: bool) -> list[tuple[ArmPlan, str]]:
+    def drop_unavailable(self, skip: bool) -> list[tuple[ArmPlan | CompositePlan, str]]:
         """Leave out the arms that cannot run when `skip`, else refuse them; return them.
+        A composite cannot run when one of its parts cannot.
 
         A judge or the baseline that cannot run is refused either way: without it no
         arm could be scored or compared."""
-        missing = self.unavailable()
-        if not missing:
+        part_missing = dict(self.unavailable())
+        if not part_missing:
             return []
+        missing: list[tuple[ArmPlan | CompositePlan, str]] = []
+        for arm in self.arms:
+            whys = [part_missing[p] for p in parts_of(arm) if p in part_missing]
+            if whys:
+                missing.append((arm, whys[0]))
+        missing += [(j, part_missing[j]) for j in self.judges.values() if j in part_missing]
         lines = "; ".join(f"{a.id}: {why}" for a, why in missing)
         essential = [a.id for a, _ in missing if a.is_baseline or a in self.judges.values()]
         if essential:
@@ -103,9 +118,13 @@ class Plan:
             arm._tokenizer = None
         release_encodings()
 
+    def callers(self) -> list[ArmPlan]:
+        """What the arms call with: the arms, a composite's parts in its place."""
+        return [part for arm in self.arms for part in parts_of(arm)]
+
     def all_arms(self) -> list[ArmPlan]:
-        """The arms, then the judges: everything that makes calls."""
-        return [*self.arms, *self.judges.values()]
+        """Everything that makes calls: `callers`, then the judges."""
+        return [*self.callers(), *self.judges.values()]
 
     def cases(self) -> Iterator[Case]:
         x = self.spec.experiment
@@ -118,7 +137,14 @@ def build_plan(spec: LoadedSpec) -> Plan:
     library = PromptLibrary(spec.prompts_dir)
     providers: dict[tuple[str, str], Provider] = {}
 
-    def arm_plan(arm: Arm, where: str, model_key: tuple[str | int, ...]) -> ArmPlan:
+    def arm_plan(
+        arm: Arm,
+        where: str,
+        model_key: tuple[str | int, ...],
+        role: str = "arm",
+        parent: str | None = None,
+    ) -> ArmPlan:
+        assert arm.provider is not None and arm.model is not None
         try:
             template = library.resolve(spec.prompt_ref(arm))
         except TemplateError as exc:
@@ -143,14 +169,49 @@ def build_plan(spec: LoadedSpec) -> Plan:
             params=spec.params(arm),
             tier=spec.tier(arm),
             provider=providers[key],
-            is_baseline=arm.id == spec.baseline,
+            is_baseline=arm.id == spec.baseline and role == "arm",
             max_input_tokens=x.budget.max_input_tokens,
+            role=role,
+            parent=parent,
         )
 
-    arms = [
-        arm_plan(arm, f"arms[{i}].prompt" if arm.prompt else "prompt", ("arms", i, "model"))
-        for i, arm in enumerate(x.arms)
-    ]
+    arms: list[ArmPlan | CompositePlan] = []
+    for i, arm in enumerate(x.arms):
+        where = f"arms[{i}].prompt" if arm.prompt else "prompt"
+        if arm.kind == "model":
+            arms.append(arm_plan(arm, where, ("arms", i, "model")))
+            continue
+        ids = part_ids(arm)
+        inherited = arm.model_dump(exclude_none=True, include=set(GenerationParams.model_fields))
+        specs: list[tuple[Part, str, str | None, tuple[str | int, ...]]] = []
+        if arm.panel is not None:
+            specs += [
+                (m, "member", arm.prompt, ("arms", i, "panel", "members", j, "model"))
+                for j, m in enumerate(arm.panel.members)
+            ]
+            synth = arm.panel.synthesizer
+            specs.append(
+                (synth, "synthesizer", synth.prompt, ("arms", i, "panel", "synthesizer", "model"))
+            )
+        else:
+            specs += [
+                (r, "route", arm.prompt, ("arms", i, "route", j, "model"))
+                for j, r in enumerate(arm.route or [])
+            ]
+        parts = []
+        for part_id, (part, role, prompt, loc) in zip(ids, specs, strict=True):
+            own = part.model_dump(exclude_none=True, exclude={"prompt"})
+            part_arm = Arm(id=part_id, **{**inherited, **own}, prompt=prompt, tier=arm.tier)
+            parts.append(arm_plan(part_arm, where, loc, role, arm.id))
+        arms.append(
+            CompositePlan(
+                arm,
+                parts,
+                is_baseline=arm.id == spec.baseline,
+                required=arm.panel.required if arm.panel is not None else 0,
+                fallback_on=frozenset(arm.fallback_on or DEFAULT_FALLBACK_ON),
+            )
+        )
     try:
         scorers = build_scorers(x.scorers, spec.path.parent)
     except SpecError as exc:
@@ -167,7 +228,9 @@ def build_plan(spec: LoadedSpec) -> Plan:
                 max_tokens=sc.max_tokens,
                 price=sc.price,
             )
-            judges[scorer.name] = arm_plan(judge, f"scorers[{i}].rubric", ("scorers", i, "model"))
+            judges[scorer.name] = arm_plan(
+                judge, f"scorers[{i}].rubric", ("scorers", i, "model"), role="judge"
+            )
     return Plan(spec, arms, scorers, list(providers.values()), judges=judges)
 
 
@@ -200,9 +263,10 @@ def check_cases(plan: Plan) -> int:
     )
     for case in plan.cases():
         variables = case.template_vars()
-        for arm in plan.arms:
+        for arm in plan.callers():
+            extra: dict[str, Any] = {"members": []} if arm.role == "synthesizer" else {}
             try:
-                arm.template.render(variables)
+                arm.template.render({**variables, **extra})
             except TemplateError as exc:
                 raise TemplateError(
                     f"arm {arm.id} ({arm.template.ref}, {arm.template.path}): {exc.problem}",
@@ -243,7 +307,7 @@ def check_prompt_versions(plan: Plan, db: Path, *, allow_changed: bool = False) 
             f"prompt versions not checked against the database: {exc}; "
             "the merge at the end will wait for it"
         ]
-    for arm in plan.arms:
+    for arm in plan.callers():
         t = arm.template
         hashes = recorded.get((t.name, t.version), set())
         if hashes and t.hash not in hashes:
@@ -264,7 +328,9 @@ def check_budgets(plan: Plan) -> list[InvalidInput]:
     problems: list[InvalidInput] = []
     source = plan.spec.dataset_path() or plan.spec.path
     for case in plan.cases():
-        for arm in plan.arms:
+        for arm in plan.callers():
+            if arm.role == "synthesizer":
+                continue  # its prompt holds the members' answers: fitted when they come
             try:
                 arm.fit(case)
             except (
@@ -284,18 +350,18 @@ def check_warnings(plan: Plan) -> list[str]:
     With ``max_cost_usd`` set, an unpriced arm is an error instead: the cap could not
     be enforced for it."""
     warnings = []
-    for arm in plan.arms:
+    for arm in plan.callers():
         if not arm.is_priced():
             if plan.spec.experiment.max_cost_usd is not None:
                 raise SpecError(
-                    f"arm {arm.id}: no price is known for {arm.arm.model!r} on {arm.endpoint_name}, "
+                    f"arm {arm.id}: no price is known for {arm.model!r} on {arm.endpoint_name}, "
                     "so max_cost_usd cannot be enforced; set price: {input_per_mtok, "
                     "output_per_mtok} on the arm or its provider",
                     file=plan.spec.path,
                     key="max_cost_usd",
                 )
             warnings.append(
-                f"arm {arm.id}: genai-prices has no price for {arm.arm.model!r} on "
+                f"arm {arm.id}: genai-prices has no price for {arm.model!r} on "
                 f"{arm.endpoint_name}; its cost will be null (set price: on the arm)"
             )
         ignored = [n for n in arm.provider.unsupported_params if getattr(arm.params, n) is not None]

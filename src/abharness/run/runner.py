@@ -33,6 +33,8 @@ from ..providers.base import ProviderResponse, Usage
 from ..store.cache import ResponseCache
 from ..store.db import Store
 from ..store.records import CallRecord, ScoreRecord
+from .arm import CompositePlan, parts_of
+from .composite import panel_call
 from .costcap import CostCap
 from .endpoints import Endpoints
 from .executor import CallJob, Executor, NotStarted, call_id
@@ -255,8 +257,10 @@ class Runner:
     async def _produce(self) -> None:
         repeats = self.plan.spec.experiment.repeats
         endpoints = {
-            a.id: self.endpoints.of(a.provider, a.id, a.arm.model) for a in self.plan.all_arms()
+            a.id: self.endpoints.of(a.provider, a.id, a.model) for a in self.plan.all_arms()
         }
+        for arm in self.plan.arms:  # a composite's calls wait with its first part's
+            endpoints.setdefault(arm.id, endpoints[parts_of(arm)[0].id])
         for case in self.plan.cases():
             if self.stopping:
                 return
@@ -281,10 +285,26 @@ class Runner:
 
     async def _call(self, job: CallJob) -> None:
         try:
-            record, response = await self._execute(job)
+            arm = job.arm
+            if isinstance(arm, CompositePlan) and arm.kind == "panel":
+                record, response = await panel_call(
+                    job, self.run_id, self.cost_cap, self._execute, self._write_part
+                )
+            else:
+                record, response = await self._execute(job)
             scores = [] if response is None else await self._score(job, record, response)
         except NotStarted:
             return  # no record: resume makes it
+        await self._write(record, scores)
+
+    async def _write_part(
+        self, job: CallJob, record: CallRecord, response: ProviderResponse | None
+    ) -> None:
+        """A panel's part as soon as it is made: a member scored by the spec's scorers
+        (the report compares the panel with each of its members), the synthesizer not
+        (its answer is the panel's, scored as the panel's)."""
+        member = record.role == "member" and response is not None
+        scores = await self._score(job, record, response) if member and response else []
         await self._write(record, scores)
 
     async def _execute(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:

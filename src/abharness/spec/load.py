@@ -72,6 +72,7 @@ class LoadedSpec:
         plain ``type: openai`` or ``type: anthropic`` entry without ``base_url`` talks to
         the official API and authenticates and prices like the built-in.
         """
+        assert arm.provider is not None, "a composite arm's parts have the endpoints"
         spec = self.experiment.providers.get(arm.provider)
         builtin = BUILTIN_ENDPOINTS.get(arm.provider)
         if spec is None:
@@ -159,17 +160,16 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
                 f"arm id {arm.id!r} is already used by arms[{seen[arm.id]}]", "arms", i, "id"
             )
         seen[arm.id] = i
-        if arm.provider not in x.providers and arm.provider not in BUILTIN_ENDPOINTS:
-            known = sorted({*BUILTIN_ENDPOINTS, *x.providers})
-            raise fail(
-                f"unknown provider {arm.provider!r}; expected one of {', '.join(known)} "
-                "or a name defined under providers:",
-                "arms",
-                i,
-                "provider",
-            )
-        if arm.prompt is None and x.prompt is None:
-            raise fail("no prompt: set prompt on the arm or at the top of the spec", "arms", i)
+        _check_arm(arm, i, x, fail)
+    for arm in x.arms:
+        for part in part_ids(arm):
+            if part in seen:
+                raise fail(
+                    f"arm id {part!r} is the name of one of {arm.id}'s parts: rename it",
+                    "arms",
+                    seen[part],
+                    "id",
+                )
     for name, p in x.providers.items():
         if p.type not in PROVIDER_TYPES:
             raise fail(
@@ -202,6 +202,73 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
     if not prompts_dir.is_dir():
         raise fail(f"prompts directory not found: {prompts_dir}", "prompts_dir")
     return LoadedSpec(path, source, experiment, prompts_dir, root)
+
+
+def part_ids(arm: Arm) -> list[str]:
+    """The arm ids of a composite arm's parts (its rows in ``arms`` and ``calls``)."""
+    if arm.panel is not None:
+        members = [f"{arm.id}.member{j + 1}" for j in range(len(arm.panel.members))]
+        return [*members, f"{arm.id}.synthesizer"]
+    return [f"{arm.id}.route{j + 1}" for j in range(len(arm.route or []))]
+
+
+def _check_arm(arm: Arm, i: int, x: Experiment, fail: Any) -> None:
+    """One model (provider and model), or one composite (a panel or a route), whose
+    providers all exist."""
+    known = {*BUILTIN_ENDPOINTS, *x.providers}
+
+    def known_provider(name: str | None, *loc: str | int) -> None:
+        if name not in known:
+            raise fail(
+                f"unknown provider {name!r}; expected one of {', '.join(sorted(known))} "
+                "or a name defined under providers:",
+                "arms",
+                i,
+                *loc,
+            )
+
+    composites = [k for k in ("panel", "route") if getattr(arm, k) is not None]
+    if len(composites) > 1:
+        raise fail("an arm is a panel or a route, not both", "arms", i)
+    if composites:
+        for key in ("provider", "model"):
+            if getattr(arm, key) is not None:
+                raise fail(
+                    f"a {composites[0]} arm names its models inside {composites[0]}:, "
+                    f"not with {key}:",
+                    "arms",
+                    i,
+                    key,
+                )
+    else:
+        for key in ("provider", "model"):
+            if getattr(arm, key) is None:
+                raise fail(
+                    "required key is missing (or make the arm a panel: or a route:)",
+                    "arms",
+                    i,
+                    key,
+                )
+        known_provider(arm.provider, "provider")
+    if arm.fallback_on is not None and arm.route is None:
+        raise fail("fallback_on belongs to a route arm", "arms", i, "fallback_on")
+    if arm.panel is not None:
+        for j, member in enumerate(arm.panel.members):
+            known_provider(member.provider, "panel", "members", j, "provider")
+        known_provider(arm.panel.synthesizer.provider, "panel", "synthesizer", "provider")
+        n = len(arm.panel.members)
+        if arm.panel.min_members is not None and arm.panel.min_members > n:
+            raise fail(
+                f"min_members {arm.panel.min_members} is more than the panel's {n} members",
+                "arms",
+                i,
+                "panel",
+                "min_members",
+            )
+    for j, route in enumerate(arm.route or []):
+        known_provider(route.provider, "route", j, "provider")
+    if arm.prompt is None and x.prompt is None:
+        raise fail("no prompt: set prompt on the arm or at the top of the spec", "arms", i)
 
 
 _SCORER_MODELS: dict[str, type[BaseModel]] = {

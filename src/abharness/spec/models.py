@@ -82,13 +82,71 @@ class ProviderSpec(_Model):
         return value
 
 
-class Arm(GenerationParams):
-    id: Annotated[str, Field(pattern=_ARM_ID)]
+ErrorType = Literal[
+    "rate_limit",
+    "timeout",
+    "connection",
+    "server",
+    "auth",
+    "bad_request",
+    "context_length",
+    "content_filter",
+    "other",
+]
+
+
+class Part(GenerationParams):
+    """One model inside a composite arm: a panel's member or synthesizer, or a route.
+    Its parameters override the arm's."""
+
     provider: str
     model: str
+    price: Price | None = None
+
+
+class Synthesizer(Part):
+    prompt: str = Field(description="template (name@N) that sees the case and `members`")
+
+
+class Panel(_Model):
+    """Ask every member at once, then have the synthesizer answer from what they said."""
+
+    members: list[Part] = Field(min_length=1)
+    synthesizer: Synthesizer
+    min_members: int | None = Field(
+        None,
+        ge=1,
+        description="members that must answer, else the call fails (default: a majority)",
+    )
+
+    @property
+    def required(self) -> int:
+        return self.min_members or len(self.members) // 2 + 1
+
+
+DEFAULT_FALLBACK_ON: tuple[str, ...] = ("rate_limit", "server", "timeout", "connection")
+
+
+class Arm(GenerationParams):
+    """An arm: one model (`provider` and `model`), or a composite: a `panel` of models
+    and a synthesizer, or a `route` of models tried in order (`fallback_on`)."""
+
+    id: Annotated[str, Field(pattern=_ARM_ID)]
+    provider: str | None = None
+    model: str | None = None
     prompt: str | None = None
     tier: Literal[1, 2] | None = None
     price: Price | None = None
+    panel: Panel | None = None
+    route: list[Part] | None = Field(None, min_length=1)
+    fallback_on: list[ErrorType] | None = Field(
+        None,
+        description="error types that move a route on (default: rate_limit, server, timeout, connection)",
+    )
+
+    @property
+    def kind(self) -> Literal["model", "panel", "route"]:
+        return "panel" if self.panel is not None else "route" if self.route is not None else "model"
 
 
 class ExactScorer(_Model):

@@ -177,26 +177,30 @@ class Store:
     def reopen(self, run_id: str) -> set[str]:
         """Resume `run_id` in this staging file: return the calls made (`MADE_SQL`), which
         the resumed run skips, and delete what it writes again: its cases, the calls
-        never made or left unfinished (budget, credentials, an endpoint down), the
-        judges' calls on those, and their scores."""
+        never made or left unfinished (budget, credentials, an endpoint down), the parts
+        of composite calls not made (the parts that were made go to `answered`, to be
+        reused, not paid again), the judges' calls on those, and their scores."""
+        self.answered.update(self._parts_to_reuse("calls", run_id))
         finished = {
             r[0]
             for r in self.con.execute(
                 f"SELECT call_id FROM calls WHERE run_id = ? AND {MADE_SQL}", [run_id]
             ).fetchall()
-        }
+        } - set(self.answered)
         with transaction(self.con):
             self.con.execute(
-                f"""
+                """
                 CREATE TEMP TABLE redo AS
-                WITH arm AS (
+                WITH done AS (SELECT unnest(?::VARCHAR[]) AS call_id),
+                arm AS (  -- not done, and not a part of a composite call that is
                     SELECT call_id FROM calls
-                    WHERE run_id = ? AND judged_call_id IS NULL AND NOT {MADE_SQL}
+                    WHERE run_id = ? AND judged_call_id IS NULL AND call_id NOT IN (FROM done)
+                      AND (parent_call_id IS NULL OR parent_call_id NOT IN (FROM done))
                 )
                 SELECT call_id FROM arm
                 UNION ALL SELECT call_id FROM calls WHERE judged_call_id IN (FROM arm)
                 """,
-                [run_id],
+                [list(finished), run_id],
             )
             for table in ("scores", "calls"):
                 self.con.execute(f"DELETE FROM {table} WHERE call_id IN (FROM redo)")
@@ -222,9 +226,40 @@ class Store:
             rows = self.con.execute(
                 f"SELECT call_id FROM main_db.calls WHERE run_id = ? AND {made}", [run_id]
             ).fetchall()
+            self.answered.update(self._parts_to_reuse("main_db.calls", run_id))
         finally:
             self.con.execute("DETACH main_db")
-        return {r[0] for r in rows}
+        return {r[0] for r in rows} - set(self.answered)
+
+    def _parts_to_reuse(self, calls: str, run_id: str) -> dict[str, CallRecord]:
+        """The parts a composite call had made (and the judges' calls grading them) when
+        the composite itself was not: the resumed run makes the composite again from
+        them, without paying for them again."""
+        columns = {
+            r[0]
+            for r in self.con.execute(
+                f"SELECT column_name FROM (DESCRIBE {calls})"  # an older main has none
+            ).fetchall()
+        }
+        if "parent_call_id" not in columns:
+            return {}
+        rows = self.con.execute(
+            f"""
+            WITH parts AS (
+                SELECT * FROM {calls} WHERE run_id = $run AND parent_call_id IS NOT NULL
+                  AND {MADE_SQL}
+                  AND parent_call_id NOT IN (
+                      SELECT call_id FROM {calls} WHERE run_id = $run AND {MADE_SQL})
+            )
+            SELECT {", ".join(CALL_COLUMNS)} FROM parts
+            UNION ALL
+            SELECT {", ".join(CALL_COLUMNS)} FROM {calls}
+            WHERE judged_call_id IN (SELECT call_id FROM parts)
+            """,
+            {"run": run_id},
+        ).fetchall()
+        records = [CallRecord.from_columns(dict(zip(CALL_COLUMNS, r, strict=True))) for r in rows]
+        return {r.call_id: r for r in records}
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)

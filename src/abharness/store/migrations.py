@@ -181,7 +181,7 @@ _CALL_FACTS = """
                    count(*) FILTER (WHERE passed IS NULL) AS scorer_errors
             FROM scores GROUP BY call_id
         )
-        SELECT c.*, coalesce(a.role, 'arm') AS role,
+        SELECT {columns},
                {made} AS made,
                c.status = 'ok' AND coalesce(s.passed, FALSE) AS passed,
                CASE WHEN c.status = 'ok' AND coalesce(s.scorer_errors, 0) = 0
@@ -206,7 +206,10 @@ def m005_views(con: duckdb.DuckDBPyConnection) -> None:
     has them; ``nightly_trend`` has one row per nightly run and arm."""
     con.execute("ALTER TABLE runs ADD COLUMN kind VARCHAR DEFAULT 'run'")
     con.execute(
-        _CALL_FACTS.format(made="c.attempts > 0 OR c.cache_hit OR c.error_type = 'context_length'")
+        _CALL_FACTS.format(
+            columns="c.*, coalesce(a.role, 'arm') AS role",
+            made="c.attempts > 0 OR c.cache_hit OR c.error_type = 'context_length'",
+        )
     )
     con.execute(_SUMMARY.format(name="arm_summary", role="arm"))
     con.execute(_SUMMARY.format(name="judge_summary", role="judge"))
@@ -240,7 +243,36 @@ def m006_not_made_and_usage_source(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE runs ADD COLUMN not_made_calls INTEGER DEFAULT 0")
     con.execute("ALTER TABLE calls ADD COLUMN usage_source VARCHAR")
     con.execute("ALTER TABLE calls ADD COLUMN unfinished BOOLEAN DEFAULT FALSE")
-    con.execute(_CALL_FACTS.format(made=MADE_SQL))
+    con.execute(_CALL_FACTS.format(columns="c.*, coalesce(a.role, 'arm') AS role", made=MADE_SQL))
+
+
+@migration(7, "composite_arms")
+def m007_composite_arms(con: duckdb.DuckDBPyConnection) -> None:
+    """Panels and routes (SPEC §14). ``calls.role`` (``arm``, ``judge``, ``member``,
+    ``synthesizer``) and ``parent_call_id`` (a part's composite call), ``served_by`` (the
+    route that answered a route arm's call, ``provider:model``); ``arms.parent_arm_id``
+    (a part's composite arm). ``call_facts.role`` is the call's own role, else its arm's;
+    ``composite_calls`` has a composite call with each of its parts."""
+    con.execute("ALTER TABLE arms ADD COLUMN parent_arm_id VARCHAR")
+    con.execute("ALTER TABLE calls ADD COLUMN role VARCHAR")
+    con.execute("ALTER TABLE calls ADD COLUMN parent_call_id VARCHAR")
+    con.execute("ALTER TABLE calls ADD COLUMN served_by VARCHAR")
+    con.execute(
+        _CALL_FACTS.format(
+            columns="c.* EXCLUDE (role), coalesce(c.role, a.role, 'arm') AS role", made=MADE_SQL
+        )
+    )
+    con.execute("""
+        CREATE OR REPLACE VIEW composite_calls AS
+        SELECT p.run_id, p.call_id AS composite_call_id, p.arm_id AS composite_arm_id,
+               p.case_id, p.repeat, p.status AS composite_status,
+               p.latency_ms AS composite_latency_ms, p.cost_usd AS composite_cost_usd,
+               c.call_id AS part_call_id, c.arm_id AS part_arm_id, c.role AS part_role,
+               a.provider, a.model, c.status, c.error_type, c.error_message, c.attempts,
+               c.latency_ms, c.input_tokens, c.output_tokens, c.cost_usd, c.response_text
+        FROM calls p
+        JOIN calls c ON c.parent_call_id = p.call_id
+        JOIN arms a ON a.run_id = c.run_id AND a.arm_id = c.arm_id""")
 
 
 @contextmanager

@@ -76,6 +76,9 @@ class CallRecord:
     attempt_errors_json: str | None = None  # each failed attempt: [{attempt, error_type, message}]
     usage_source: str | None = None  # final_chunk | body | missing | proxy_estimate | cache
     unfinished: bool = False  # ended because its endpoint or model went down: resume makes it
+    role: str = "arm"  # arm | judge | member | synthesizer
+    parent_call_id: str | None = None  # a panel part's: the panel's call
+    served_by: str | None = None  # a route arm's: provider:model of the route that answered
 
     @property
     def ok(self) -> bool:
