@@ -82,3 +82,70 @@ def toward_middle(cell: Cell, size: float) -> Cell:
     return Cell(
         cell.n, cell.p, cell.repeats, cell.temperature0, cell.kind, size if cell.p <= 0.5 else -size
     )
+
+
+# -- continuous scores: families whose spread is not the scale's -------------------------
+
+SCORE_FAMILIES = ("low-spread", "skewed", "bimodal", "tied")
+
+
+@dataclass(frozen=True)
+class ScoreCell:
+    """Case-level continuous scores of two arms, one call per case. `effect` moves arm
+    B's population mean by exactly that much (a uniform gain for ``low-spread``; toward
+    the scale's far end, proportionally, for the others, so scores stay in [0, 1]).
+
+    - ``low-spread``: a similarity scorer on answers that are all fairly good: a case's
+      quality 0.6–0.9 (SD 0.045), each arm's own noise within ±0.04 (SD 0.015).
+    - ``skewed``: most cases near 1, a long tail toward 0 (1 − Beta(0.6, 6)), each arm
+      losing up to 5% of it.
+    - ``bimodal``: a judge that says ~0.1 or ~0.9; on a quarter of the cases B's mode is
+      its own draw.
+    - ``tied``: 70% of cases get the same output from both arms (the same score, a
+      difference of exactly 0); on the rest B's score is its own Beta(2, 2) draw.
+    """
+
+    family: str
+    n: int
+    effect: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.family} n={self.n} effect={self.effect:+.2f}"
+
+
+TIED_SHARE = 0.7
+
+
+def _toward_far_end(x: np.ndarray, mean: float, effect: float) -> np.ndarray:
+    if effect >= 0:
+        return x + effect * (1 - x) / (1 - mean)
+    return x * (1 + effect / mean)
+
+
+def draw_scores(rng: np.random.Generator, cell: ScoreCell) -> tuple[np.ndarray, np.ndarray]:
+    """Case-level scores of arm B and arm A, shape (n, 1) like `draw`'s calls."""
+    n, effect = cell.n, cell.effect
+    if cell.family == "low-spread":
+        q = 0.6 + 0.3 * rng.beta(5, 5, n)
+
+        def noise() -> np.ndarray:
+            return 0.08 * (rng.beta(3, 3, n) - 0.5)
+
+        a, b = q + noise(), q + noise() + effect
+    elif cell.family == "skewed":
+        q = 1 - rng.beta(0.6, 6, n)
+        a, b = q * (1 - 0.05 * rng.random(n)), q * (1 - 0.05 * rng.random(n))
+        b = _toward_far_end(b, (1 - 0.6 / 6.6) * 0.975, effect)
+    elif cell.family == "bimodal":
+        mode_a = rng.random(n) < 0.5
+        mode_b = np.where(rng.random(n) < 0.25, rng.random(n) < 0.5, mode_a)
+        a = np.where(mode_a, 0.85, 0.05) + 0.1 * rng.random(n)
+        b = np.where(mode_b, 0.85, 0.05) + 0.1 * rng.random(n)
+        b = _toward_far_end(b, 0.5, effect)
+    elif cell.family == "tied":
+        a = rng.beta(2, 2, n)
+        own = rng.random(n) >= TIED_SHARE
+        b = np.where(own, _toward_far_end(rng.beta(2, 2, n), 0.5, effect / (1 - TIED_SHARE)), a)
+    else:
+        raise ValueError(f"unknown score family {cell.family!r}")
+    return b[:, None], a[:, None]

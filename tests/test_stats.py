@@ -30,11 +30,21 @@ from abharness.report.stats import (
     mcnemar_exact,
     mean_ci,
     minimum_detectable_effect,
+    paired_interval,
     quantile_ci,
     sign_flip_p,
 )
 
-from .simulation import CELLS, Cell, draw, toward_middle, verdict
+from .simulation import (
+    CELLS,
+    SCORE_FAMILIES,
+    Cell,
+    ScoreCell,
+    draw,
+    draw_scores,
+    toward_middle,
+    verdict,
+)
 
 RUNS = 400
 
@@ -132,12 +142,20 @@ def test_repeats_are_not_independent_pairs() -> None:
     assert decide(five).verdict == "inconclusive"
 
 
+@pytest.mark.parametrize("metric", ["pass_rate", "mean_score"])
 @pytest.mark.parametrize(
     ("arm", "base"),
-    [([1.0], [1.0]), ([0.0] * 3, [0.0] * 3), ([1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0])],
+    [
+        ([1.0], [1.0]),
+        ([0.0] * 3, [0.0] * 3),
+        ([1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0]),
+        ([0.8, 0.41, 0.6, 0.7], [0.8, 0.4, 0.6, 0.7]),  # one case moved by a point
+    ],
 )
-def test_tiny_samples_are_never_no_difference(arm: list[float], base: list[float]) -> None:
-    c = decide(compare_paired(arm, base, "pass_rate"))
+def test_tiny_samples_are_never_no_difference(
+    arm: list[float], base: list[float], metric: str
+) -> None:
+    c = decide(compare_paired(arm, base, metric))
     assert c.verdict == "inconclusive" and c.ci_low < -0.3 and c.ci_high > 0.3
     assert c.mde is not None and c.n_needed is not None and c.n_needed > len(arm)
 
@@ -311,3 +329,74 @@ def test_clustered_cases_keep_a_a_false_claims_at_5_percent() -> None:
             c = compare_paired(arm, base, "pass_rate", clusters=topic if clustered else None)
             claims[clustered] += compare_arms({"b": c})["b"].verdict in ("better", "worse")
     assert claims[True] / RUNS <= 0.05 < claims[False] / RUNS, claims
+
+
+# -- mean scores: an interval as wide as the scores' own spread -------------------------
+
+
+def test_a_uniform_4_point_gain_in_a_similarity_score_is_called_better() -> None:
+    """30 cases, every one 4.4 points better (give or take a point): the pseudo-cases
+    at the ends of the scale made this −5.1…+13.3 and 'inconclusive'. (Its 90% interval
+    lies inside the ±5-point margin, so it is also flagged negligible.)"""
+    rng = np.random.default_rng(44)
+    base = rng.uniform(0.6, 0.9, 30)
+    arm = base + 0.044 + rng.uniform(-0.01, 0.01, 30)
+    c = compare_arms({"b": compare_paired(arm, base, "mean_score")})["b"]
+    assert c.verdict == "better", (c.ci_low, c.ci_high)
+    assert c.ci_low is not None and c.ci_high is not None
+    assert 0.03 < c.ci_low < c.diff < c.ci_high < 0.06
+    assert c.n_needed is None
+
+
+@pytest.mark.parametrize("metric", ["pass_rate", "mean_score"])
+def test_pass_rates_keep_bonett_price(metric: str) -> None:
+    """0/1 values: the mean score's pseudo-cases sit where the pass rate's do (±1), so
+    both metrics give the same interval when the score is a pass."""
+    d = np.array([1.0] * 7 + [-1.0] * 2 + [0.0] * 21)
+    assert paired_interval(d, metric) == adjusted_interval(d, np.ones(30), 1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", SCORE_FAMILIES)
+def test_score_families_a_a_false_claims_are_at_most_5_percent(family: str) -> None:
+    """Equal arms, continuous scores of four shapes, n from 8 to 400: the verdict's
+    false claims are not significantly above 5% in any cell, and at most 5% pooled."""
+    runs, total = 250, 0
+    cells = [ScoreCell(family, n) for n in (8, 30, 400)]
+    for cell in cells:
+        rng = np.random.default_rng(_seed(cell, 7))
+        claims = sum(
+            verdict(*draw_scores(rng, cell), "mean_score").verdict in ("better", "worse")
+            for _ in range(runs)
+        )
+        assert sps.binomtest(claims, runs, 0.05, alternative="greater").pvalue >= 0.01, (
+            str(cell),
+            claims / runs,
+        )
+        total += claims
+    assert total / (runs * len(cells)) <= 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", SCORE_FAMILIES)
+def test_score_families_intervals_cover_the_true_difference(family: str) -> None:
+    """The mean-score interval covers a true 4-point difference (and a true 0) in at
+    least 93% of experiments at every n from 8 to 400."""
+    for n in (8, 12, 20, 30, 50, 100, 400):
+        for effect in (0.0, 0.04):
+            cell = ScoreCell(family, n, effect)
+            rng = np.random.default_rng(_seed(cell, 8))
+            covered = 0
+            for _ in range(RUNS):
+                b, a = draw_scores(rng, cell)
+                low, high, _ = paired_interval((b - a)[:, 0], "mean_score")
+                covered += low <= effect <= high
+            assert covered / RUNS >= 0.93, (str(cell), covered / RUNS)
+
+
+@pytest.mark.slow
+def test_a_uniform_4_point_gain_on_30_cases_is_called_with_80_percent_power() -> None:
+    cell = ScoreCell("low-spread", 30, 0.04)
+    rng = np.random.default_rng(_seed(cell, 9))
+    verdicts = [verdict(*draw_scores(rng, cell), "mean_score").verdict for _ in range(200)]
+    assert verdicts.count("better") / 200 >= 0.8, verdicts.count("better")

@@ -13,10 +13,13 @@ Against the baseline, on the case-level differences d (arm − baseline):
   or a lattice convolution when repeats make d a multiple of 1/R); Monte Carlo with
   `N_FLIPS` seeded flips for continuous scores; the normal limit past `NORMAL_FROM`
   non-zero units. Holm's step-down correction across arms.
-- **interval**: the mean of d with two pseudo-cases at ±bound added (+1 and −1 for
-  pass rates), a cluster-robust standard error and Student's t. For one call per case
-  this is the Bonett–Price adjusted Wald interval for paired proportions; it never
-  collapses to zero width, so one tied pair is not evidence of "no difference".
+- **interval**: the mean of d with two pseudo-cases added, a cluster-robust standard
+  error and Student's t. For pass rates they sit at +1 and −1: with one call per case
+  this is the Bonett–Price adjusted Wald interval for paired proportions. For mean
+  scores they sit at the largest case difference seen (toward the scale's bound while
+  few cases differ, `pseudo_case_scale`), so the width follows the scores' own spread.
+  Either way it never collapses to zero width, so one tied pair is not evidence of "no
+  difference".
 - **verdict**: ``better``/``worse`` when the adjusted p < `ALPHA` and the 95% interval
   excludes 0 on that side (a mean-score verdict also needs the cases' own direction
   not to be significantly the other way); ``negligible`` is set when such an effect's
@@ -132,12 +135,19 @@ def _exact_lattice_p(ints: np.ndarray, observed: int) -> float:
 
 
 def adjusted_interval(
-    totals: np.ndarray, sizes: np.ndarray, bound: float, level: float = 0.95, centre: float = 0.0
+    totals: np.ndarray,
+    sizes: np.ndarray,
+    bound: float,
+    level: float = 0.95,
+    centre: float = 0.0,
+    pseudo: float | None = None,
 ) -> tuple[float, float, float]:
     """(low, high, standard error) of the mean Σtotals/Σsizes with two pseudo-units of
-    one case each at centre ± bound, a cluster-robust variance and Student's t."""
+    one case each at centre ± `pseudo` (default: the bound), a cluster-robust variance
+    and Student's t; clipped to centre ± bound."""
     g_real = totals.size
-    t2 = np.append(totals, [centre + bound, centre - bound])
+    half = bound if pseudo is None else pseudo
+    t2 = np.append(totals, [centre + half, centre - half])
     m2 = np.append(sizes, [1.0, 1.0])
     n = float(m2.sum())
     mean = float(t2.sum()) / n
@@ -147,6 +157,21 @@ def adjusted_interval(
     q = float(sps.t.ppf(0.5 + level / 2, max(g_real - 1, 1)))
     low, high = mean - q * se, mean + q * se
     return max(low, centre - bound), min(high, centre + bound), se
+
+
+def pseudo_case_scale(d: np.ndarray, bound: float) -> float:
+    """How far out a mean-score interval's two pseudo-cases sit: at the largest case
+    difference seen, and nearer the scale's bound while few cases differ — at least
+    bound/(k+1), k the cases whose scores differ. All tied, they sit at the bound, as for
+    pass rates (nothing seen says how far apart the arms could be); thirty cases that
+    each moved a few points put them a few points out, so the interval's width follows
+    the data's own spread instead of the scale's (tests/test_stats.py validates it on
+    low-spread, skewed, bimodal and tied scores)."""
+    if d.size == 0:
+        return bound
+    moved = np.abs(d) > 1e-12
+    largest = float(np.abs(d).max())
+    return min(bound, max(largest, bound / (int(moved.sum()) + 1)))
 
 
 def _units(values: np.ndarray, clusters: Sequence[object] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -254,6 +279,21 @@ def not_compared(metric: str, reason: str, excluded: dict[str, int] | None = Non
     return c
 
 
+def paired_interval(
+    d: np.ndarray,
+    metric: str,
+    *,
+    clusters: Sequence[object] | None = None,
+    bound: float = 1.0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """(low, high, standard error) of the mean case difference `d`: pass rates with
+    pseudo-cases at ±bound (Bonett–Price), other metrics at `pseudo_case_scale`."""
+    totals, sizes = _units(d, clusters)
+    pseudo = bound if metric == "pass_rate" else pseudo_case_scale(d, bound)
+    return adjusted_interval(totals, sizes, bound, level=level, pseudo=pseudo)
+
+
 def compare_paired(
     arm: Sequence[float] | np.ndarray,
     base: Sequence[float] | np.ndarray,
@@ -266,16 +306,18 @@ def compare_paired(
 ) -> Comparison:
     """Compare case-level values (a case's mean over its repeats) of an arm and the
     baseline, aligned by case; `bound` is the largest possible |difference|. The
-    interval is at `level` (gates use a stricter one than reports)."""
+    interval is at `level` (gates use a stricter one than reports). Pass rates put the
+    pseudo-cases at ±bound (Bonett–Price); other metrics (mean score) at
+    `pseudo_case_scale`, so a small, consistent change in a continuous score is seen."""
     a = np.asarray(arm, dtype=float)
     b = np.asarray(base, dtype=float)
     if a.size == 0:
         return not_compared(metric, "no case has a value in both arms")
     d = a - b
     wins, losses = int((d > 1e-12).sum()), int((d < -1e-12).sum())
-    totals, sizes = _units(d, clusters)
-    lo, hi, se = adjusted_interval(totals, sizes, bound, level=level)
-    lo90, hi90, _ = adjusted_interval(totals, sizes, bound, level=0.90)
+    totals, _ = _units(d, clusters)
+    lo, hi, se = paired_interval(d, metric, clusters=clusters, bound=bound, level=level)
+    lo90, hi90, _ = paired_interval(d, metric, clusters=clusters, bound=bound, level=0.90)
     return Comparison(
         metric,
         int(a.size),
