@@ -32,8 +32,8 @@ Against the baseline, on the case-level differences d (arm − baseline):
   observed spread of case-level differences — so discordance and repeats count.
 
 Latency and cost are compared as ratios: per case, the log of arm ÷ baseline (median
-latency over repeats, summed cost); the geometric mean with a percentile bootstrap
-over cases, resampled in chunks so memory stays bounded.
+latency over repeats, mean cost per call); the geometric mean with Student's t interval
+on the logs (from `MIN_RATIO_CASES` cases; "no difference" from `MIN_RATIO_EQUIVALENCE`).
 
 Per arm: pass rate and mean score over case means with the same pseudo-case t interval
 (one pseudo-case at each end of the scale; Agresti–Coull-like for one call per case), latency
@@ -52,16 +52,19 @@ from scipy import stats as sps
 
 ALPHA = 0.05
 POWER = 0.8
-N_BOOT = 2000
 N_FLIPS = 10_000
 NORMAL_FROM = 100  # non-zero units: from here the (symmetric) permutation law is normal
-# Values drawn per chunk of resamples or flips: about 1 MB each way. The draws do not
-# depend on it, so neither do the figures (tests/test_stats.py).
+# Values drawn per chunk of sign flips: about 1 MB each way. The draws do not depend on
+# it, so neither do the figures (tests/test_stats.py).
 CHUNK_VALUES = 65_536
 SEED = 20261122
 EQUIVALENCE_MARGIN = 0.05  # 5 points of pass rate or mean score
 RATIO_MARGIN = 0.10  # latency and cost: within ±10% is "no difference"
 MIN_CALLS_FOR = {0.5: 5, 0.9: 20, 0.99: 200}  # below this a quantile is not estimable
+MIN_RATIO_CASES = 2  # a latency or cost ratio from fewer cases has no interval
+# "no difference" on a ratio needs this many cases: a handful of cases with the same
+# tokens at the same price have ratios without spread, and an interval without width
+MIN_RATIO_EQUIVALENCE = 5
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -183,33 +186,6 @@ def _units(values: np.ndarray, clusters: Sequence[object] | None) -> tuple[np.nd
     totals = np.bincount(inverse, weights=values)
     sizes = np.bincount(inverse).astype(float)
     return totals, sizes
-
-
-def bootstrap_mean_ci(
-    values: np.ndarray,
-    levels: Sequence[float] = (0.95,),
-    n_boot: int = N_BOOT,
-    seed: int = SEED,
-) -> list[tuple[float, float]]:
-    """Expanded percentile bootstrap intervals of the mean (Hesterberg 2015), one per
-    level, from one set of resamples: the tail is Φ(−√(n/(n−1))·t_{n−1}) rather than
-    α/2, which corrects the percentile interval's narrowness at small n. Resampled
-    `CHUNK_VALUES` values at a time, so memory does not grow with the cases."""
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    chunk = max(1, CHUNK_VALUES // max(values.size, 1))
-    for start in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - start)
-        idx = rng.integers(0, values.size, size=(rows, values.size))
-        means[start : start + rows] = values[idx].mean(axis=1)
-    n = values.size
-    out = []
-    for level in levels:
-        t = float(sps.t.ppf(0.5 + level / 2, max(n - 1, 1)))
-        tail = float(sps.norm.cdf(-math.sqrt(n / max(n - 1, 1)) * t))
-        low, high = np.quantile(means, [tail, 1 - tail])
-        out.append((float(low), float(high)))
-    return out
 
 
 def quantile_ci(
@@ -336,6 +312,17 @@ def compare_paired(
     )
 
 
+def log_t_interval(logs: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student's t interval of the mean of `logs` (at least 2 values). A bootstrap
+    cannot reach beyond the data it resamples: at 2 cases its 95% interval covered the
+    true ratio half the time; t's covers it at the nominal rate from 2 cases up when the
+    logs are roughly symmetric, as a ratio's are (tests/test_stats.py)."""
+    n = logs.size
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * float(logs.std(ddof=1)) / math.sqrt(n)
+    mean = float(logs.mean())
+    return mean - half, mean + half
+
+
 def compare_ratio(
     arm: Sequence[float] | np.ndarray,
     base: Sequence[float] | np.ndarray,
@@ -345,16 +332,18 @@ def compare_ratio(
     seed: int = SEED,
 ) -> Comparison:
     """Compare positive per-case values (latency, cost) as arm ÷ baseline: geometric
-    mean of the per-case ratios, bootstrap interval over cases at `level`, sign-flip
-    test on logs."""
+    mean of the per-case ratios, a t interval on their logs at `level`, sign-flip test
+    on the logs. One case gives no interval: not compared."""
     a = np.asarray(arm, dtype=float)
     b = np.asarray(base, dtype=float)
     keep = (a > 0) & (b > 0) & np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
-    if a.size < 2:
-        return not_compared(metric, "fewer than 2 cases measured in both arms")
+    if a.size < MIN_RATIO_CASES:
+        measured = "no case" if a.size == 0 else "only one case"
+        return not_compared(metric, f"{measured} measured in both arms")
     logs = np.log(a) - np.log(b)
-    (lo, hi), (lo90, hi90) = bootstrap_mean_ci(logs, (level, 0.90), seed=seed)
+    lo, hi = log_t_interval(logs, level)
+    lo90, hi90 = log_t_interval(logs, 0.90)
     wins, losses = int((logs < 0).sum()), int((logs > 0).sum())  # lower is better
     return Comparison(
         metric,
@@ -390,7 +379,11 @@ def decide(
     ratio = c.metric in RATIO_METRICS
     zero, lower_is_better = (1.0, True) if ratio else (0.0, False)
     inside = (
-        (c.ci90_low > 1 / (1 + RATIO_MARGIN) and c.ci90_high < 1 + RATIO_MARGIN)
+        (
+            c.ci90_low > 1 / (1 + RATIO_MARGIN)
+            and c.ci90_high < 1 + RATIO_MARGIN
+            and c.n_units >= MIN_RATIO_EQUIVALENCE
+        )
         if ratio
         else (-margin < c.ci90_low and c.ci90_high < margin)
     )
