@@ -63,9 +63,12 @@ def draw(rng: np.random.Generator, cell: Cell) -> tuple[np.ndarray, np.ndarray]:
     return calls(q_b), calls(q_a)
 
 
-def verdict(arm_calls: np.ndarray, base_calls: np.ndarray, metric: str = "pass_rate") -> Comparison:
+def verdict(
+    arm_calls: np.ndarray, base_calls: np.ndarray, metric: str = "pass_rate", power: bool = False
+) -> Comparison:
+    """The verdict; what the cases could detect only when `power` (it takes longer)."""
     c = compare_paired(arm_calls.mean(axis=1), base_calls.mean(axis=1), metric)
-    return compare_arms({"b": c})["b"]
+    return compare_arms({"b": c}, power=power)["b"]
 
 
 CELLS = [

@@ -29,7 +29,6 @@ from abharness.report.stats import (
     log_t_interval,
     mcnemar_exact,
     mean_ci,
-    minimum_detectable_effect,
     paired_interval,
     quantile_ci,
     sign_flip_p,
@@ -163,7 +162,8 @@ def test_tiny_samples_are_never_no_difference(
 ) -> None:
     c = decide(compare_paired(arm, base, metric))
     assert c.verdict == "inconclusive" and c.ci_low < -0.3 and c.ci_high > 0.3
-    assert c.mde is not None and c.n_needed is not None and c.n_needed > len(arm)
+    # fewer cases than the test could ever reject with: no detectable effect is quoted
+    assert c.min_units == 6 and c.mde is None and c.n_needed is None
 
 
 def test_zero_pairs_are_not_compared_with_a_reason() -> None:
@@ -266,35 +266,6 @@ def test_a_20_point_effect_on_100_cases_is_called_better(repeats: int, temperatu
     rng = np.random.default_rng(_seed(cell, 4))
     verdicts = [verdict(*draw(rng, cell)).verdict for _ in range(RUNS)]
     assert verdicts.count("better") / RUNS >= 0.85 and "worse" not in verdicts
-
-
-def test_cases_needed_delivers_the_promised_power() -> None:
-    """Pilots of 40 cases with a true 10-point effect quote a number of cases; a run of
-    the median quoted size detects the effect in about 80% of experiments."""
-    cell = Cell(40, 0.5, 1, True, "pass", 0.10)
-    rng = np.random.default_rng(6)
-    quoted = []
-    for _ in range(200):
-        c = verdict(*draw(rng, cell))
-        if c.n_needed and c.diff is not None and c.diff >= 0.05:
-            quoted.append(c.n_needed)
-    # the quote uses the pilot's own effect; with the true effect and the pilot's spread:
-    sd = float(np.median([verdict(*draw(rng, cell)).sd for _ in range(50)]))
-    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
-    needed_at_truth = math.ceil((z * sd / 0.10) ** 2)
-    big = Cell(needed_at_truth, 0.5, 1, True, "pass", 0.10)
-    power = np.mean([verdict(*draw(rng, big)).verdict == "better" for _ in range(RUNS)])
-    assert 0.72 <= power <= 0.90, (needed_at_truth, power)
-    assert 0.5 * needed_at_truth <= np.median(quoted) <= 2.0 * needed_at_truth, (
-        np.median(quoted),
-        needed_at_truth,
-    )
-
-
-def test_minimum_detectable_effect_shrinks_with_cases_and_grows_with_arms() -> None:
-    assert minimum_detectable_effect(20) > minimum_detectable_effect(200)
-    assert minimum_detectable_effect(100, arms_compared=3) > minimum_detectable_effect(100)
-    assert minimum_detectable_effect(0) == math.inf
 
 
 def test_verdict_needs_test_and_interval_to_agree() -> None:

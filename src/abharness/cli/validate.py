@@ -72,15 +72,41 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
 
 
 def power_note(n_cases: int, arms_compared: int) -> str:
-    """What this many cases can tell, before any money is spent."""
-    from ..report.stats import minimum_detectable_effect
+    """What this many cases can tell, before any money is spent: the exact test's power
+    with one call per case, for two shares of cases that differ between the arms (a
+    difference can be no larger than that share)."""
+    from ..report.power import binary_detectable, min_units_to_reject
+    from ..report.stats import ALPHA
 
-    typical = minimum_detectable_effect(n_cases, arms_compared, discordance=0.2)
-    many = minimum_detectable_effect(n_cases, arms_compared, discordance=0.5)
     against = f"{arms_compared} arm{'s' if arms_compared > 1 else ''} against the baseline"
+    least = min_units_to_reject(ALPHA, arms_compared)
+    if n_cases < least:
+        return (
+            f"With {n_cases} cases and {against}, no pass-rate difference can be detected: the "
+            f"exact test needs at least {least} cases that differ to reject at 5%"
+            + (" (Holm across the arms)." if arms_compared > 1 else ".")
+        )
+    level = ALPHA / arms_compared
+    typical = binary_detectable(n_cases, 0.2, level, cap=0.2)
+    many = binary_detectable(n_cases, 0.5, level, cap=0.5)
+    head = f"With {n_cases} cases and {against}, "
+    tail = (
+        " Repeats at temperature > 0 narrow this a little; at temperature 0 they are copies "
+        "and do not."
+    )
+    if many is None:
+        return (
+            head + "no pass-rate difference would be detected reliably (80% power), even if half "
+            "of the cases differed between the arms." + tail
+        )
+    if typical is None:
+        return (
+            head + f"the smallest pass-rate difference detectable with 80% power is about "
+            f"±{many * 100:.0f} points if half of the cases differ between the arms; if only 20% "
+            "do, no difference would be (it could be no larger than 20 points)." + tail
+        )
     return (
-        f"With {n_cases} cases and {against}, the smallest pass-rate difference detectable "
-        f"with 80% power is about ±{min(typical, 1) * 100:.0f} points if 20% of cases differ "
-        f"between the arms, ±{min(many, 1) * 100:.0f} if half do. Repeats at temperature > 0 "
-        "narrow this a little; at temperature 0 they are copies and do not."
+        head + f"the smallest pass-rate difference detectable with 80% power is about "
+        f"±{typical * 100:.0f} points if 20% of cases differ between the arms, "
+        f"±{many * 100:.0f} if half do." + tail
     )

@@ -166,8 +166,10 @@ def _comparisons(
             elif mine["ok"].sum() == 0 and base["ok"].sum() == 0:
                 comp = not_compared(metric, "every call failed in both arms", excluded)
             else:
-                bound = 1.0 if column == "passed" else score_range[1] - score_range[0]
-                comp = compare_paired(mine[column], base[column], metric, clusters=cl, bound=bound)
+                low, high = (0.0, 1.0) if column == "passed" else score_range
+                comp = compare_paired(
+                    mine[column], base[column], metric, clusters=cl, bound=high - low, low=low
+                )
                 comp.excluded = excluded
             results[metric][arm] = comp
         for metric in RATIO_METRICS:
@@ -241,6 +243,10 @@ def _comparison_json(arm: str, baseline: str, c: Comparison) -> dict[str, Any]:
         "mde": c.mde,
         "n_needed": c.n_needed,
         "excluded": c.excluded,
+        "n_needed_range": list(c.n_needed_range) if c.n_needed_range else None,
+        "n_needed_goal": c.n_needed_goal,
+        "min_units": c.min_units,
+        "caveats": c.caveats,
     }
 
 

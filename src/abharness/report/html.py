@@ -20,6 +20,7 @@ from .markdown import (
     _estimate,
     _fmt,
     _interval,
+    detectable_text,
     verdict_sentence,
     verdict_word,
 )
@@ -297,7 +298,7 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
         )
         for c in comps:
             word = verdict_word(c) + (" (negligible)" if c["negligible"] else "")
-            mde = f"±{c['mde'] * 100:.0f} pts" if c.get("mde") is not None else "–"
+            mde = e(detectable_text(c))
             out.append(
                 f'<tr><td>{e(c["arm_id"])}</td><td class="l">{METRIC_WORDS[c["metric"]]}</td>'
                 f"<td>{e(_estimate(c))}</td><td>{e(_interval(c))}</td><td>{c['n_pairs']}</td>"

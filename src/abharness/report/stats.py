@@ -26,10 +26,12 @@ Against the baseline, on the case-level differences d (arm − baseline):
   90% interval lies inside ±`EQUIVALENCE_MARGIN`. ``no_difference`` is the TOST
   equivalence claim: the 90% interval inside ±margin. Otherwise ``inconclusive``.
   With no usable case the comparison is not made and says why.
-- **power**: the minimum detectable effect (80% power, α Bonferroni-split over the
-  arms, Holm's first step) for the cases at hand, and the cases needed to detect the
-  effect seen (or to show equivalence when the effect is inside the margin), from the
-  observed spread of case-level differences — so discordance and repeats count.
+- **power** (`report.power`): the effect detectable with 80% power (α Bonferroni-split
+  over the arms, Holm's first step) with the cases at hand — exact for pass/fail with
+  one call per case, from the observed spread otherwise; none when no difference that
+  can exist would be, and nothing at all when the units are too few for the test ever
+  to reject. When inconclusive, the cases needed to detect a margin-sized difference
+  (or to show one inside the margin), with a range from the spread's uncertainty.
 
 Latency and cost are compared as ratios: per case, the log of arm ÷ baseline (median
 latency over repeats, mean cost per call); the geometric mean with Student's t interval
@@ -50,8 +52,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats as sps
 
+from .power import (
+    binary_cases_needed,
+    binary_detectable,
+    cases_needed,
+    detectable_shift,
+    discordance_range,
+    min_units_to_reject,
+    spread_range,
+)
+
 ALPHA = 0.05
-POWER = 0.8
 N_FLIPS = 10_000
 NORMAL_FROM = 100  # non-zero units: from here the (symmetric) permutation law is normal
 # Values drawn per chunk of sign flips: about 1 MB each way. The draws do not depend on
@@ -239,10 +250,16 @@ class Comparison:
     verdict: str = "inconclusive"
     negligible: bool = False
     reason: str | None = None  # why not compared, or why inconclusive despite p
-    n_needed: int | None = None
-    mde: float | None = None
+    n_needed: int | None = None  # cases to detect a margin-sized difference (or show none)
+    mde: float | None = None  # detectable with 80% power here; ratios: as a factor
     direction_p: float | None = None  # sign test of the cases' own direction
     excluded: dict[str, int] = field(default_factory=dict)
+    discordance: float | None = None  # pass/fail, one call per case: share of cases differing
+    room: float | None = None  # the largest |difference| that can exist (the scale's ends)
+    min_units: int | None = None  # fewest non-zero units with which the test can reject
+    n_needed_range: tuple[int, int] | None = None  # from the spread's 90% interval
+    n_needed_goal: str | None = None  # "detect" the margin, or show "equivalence" within it
+    caveats: list[str] = field(default_factory=list)
 
     @property
     def compared(self) -> bool:
@@ -279,12 +296,14 @@ def compare_paired(
     bound: float = 1.0,
     level: float = 0.95,
     seed: int = SEED,
+    low: float = 0.0,
 ) -> Comparison:
     """Compare case-level values (a case's mean over its repeats) of an arm and the
-    baseline, aligned by case; `bound` is the largest possible |difference|. The
-    interval is at `level` (gates use a stricter one than reports). Pass rates put the
-    pseudo-cases at ±bound (Bonett–Price); other metrics (mean score) at
-    `pseudo_case_scale`, so a small, consistent change in a continuous score is seen."""
+    baseline, aligned by case; values lie in [low, low + bound], so `bound` is the
+    largest possible |difference|. The interval is at `level` (gates use a stricter
+    one than reports). Pass rates put the pseudo-cases at ±bound (Bonett–Price); other
+    metrics (mean score) at `pseudo_case_scale`, so a small, consistent change in a
+    continuous score is seen."""
     a = np.asarray(arm, dtype=float)
     b = np.asarray(base, dtype=float)
     if a.size == 0:
@@ -294,7 +313,9 @@ def compare_paired(
     totals, _ = _units(d, clusters)
     lo, hi, se = paired_interval(d, metric, clusters=clusters, bound=bound, level=level)
     lo90, hi90, _ = paired_interval(d, metric, clusters=clusters, bound=bound, level=0.90)
-    return Comparison(
+    binary = clusters is None and bool(np.all(np.isin(np.abs(d), (0.0, bound))))
+    base_mean = float(b.mean())
+    c = Comparison(
         metric,
         int(a.size),
         wins,
@@ -310,6 +331,9 @@ def compare_paired(
         sd=se * math.sqrt(a.size),  # per case, clusters' design effect included
         direction_p=mcnemar_exact(wins, losses),
     )
+    c.discordance = (wins + losses) / a.size if binary and metric == "pass_rate" else None
+    c.room = max(low + bound - base_mean, base_mean - low)
+    return c
 
 
 def log_t_interval(logs: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -362,15 +386,16 @@ def compare_ratio(
     )
 
 
-def _z(p: float) -> float:
-    return float(sps.norm.ppf(p))
-
-
 def decide(
-    c: Comparison, m: int = 1, alpha: float = ALPHA, margin: float = EQUIVALENCE_MARGIN
+    c: Comparison,
+    m: int = 1,
+    alpha: float = ALPHA,
+    margin: float = EQUIVALENCE_MARGIN,
+    power: bool = True,
 ) -> Comparison:
     """Fill in the verdict (needs `p_adjusted`), the effect detectable at this n and,
-    when inconclusive, the cases needed. `m` is the number of arms compared (Holm)."""
+    when inconclusive, the cases needed (unless not `power`: simulations of the
+    verdict alone skip them). `m` is the number of arms compared (Holm)."""
     if not c.compared:
         c.verdict = "inconclusive"
         return c
@@ -405,43 +430,62 @@ def decide(
         c.verdict = "no_difference"
     else:
         c.verdict = "inconclusive"
-    _power(c, m, alpha, margin)
+    if power:
+        _power(c, m, alpha, margin)
     return c
 
 
 def _power(c: Comparison, m: int, alpha: float, margin: float) -> None:
-    """Minimum detectable effect at this n, and the n needed when inconclusive."""
-    if c.sd is None or c.n_units == 0 or c.metric in RATIO_METRICS:
-        return
-    z_test = _z(1 - alpha / (2 * max(m, 1))) + _z(POWER)
-    per_case = c.sd
-    c.mde = z_test * per_case / math.sqrt(c.n_pairs)
+    """What these cases can detect, and, when the verdict is inconclusive, how many
+    would detect a margin-sized difference (or show one inside the margin) — from the
+    spread alone, never from the effect seen (`report.power`)."""
+    level = alpha / max(m, 1)  # Holm's first step
+    c.min_units = min_units_to_reject(alpha, m)
+    if c.sd is None or c.n_units == 0 or c.n_units < c.min_units:
+        return  # no test at this level can reject: the report says so instead
+    ratio = c.metric in RATIO_METRICS
+    per_unit = c.n_pairs / c.n_units
+    se = c.sd / math.sqrt(c.n_pairs)
+    if c.discordance is not None:
+        c.mde = binary_detectable(c.n_pairs, c.discordance, level, cap=c.room or 1.0)
+    else:
+        shift = detectable_shift(se, c.n_units - 1, level)
+        if ratio:
+            c.mde = math.exp(shift) if math.isfinite(shift) else None
+        else:
+            c.mde = shift if shift <= (c.room if c.room is not None else math.inf) else None
     if c.verdict != "inconclusive" or c.diff is None:
         return
-    effect = abs(c.diff)
-    if effect >= margin:
-        n = (z_test * per_case / effect) ** 2
-    else:  # show equivalence: the 90% interval inside ±margin, 80% power
-        n = ((_z(1 - alpha) + _z(POWER)) * per_case / (margin - effect)) ** 2
-    c.n_needed = max(int(math.ceil(n)), c.n_pairs + 1)
+    target = math.log(1 + RATIO_MARGIN) if ratio else margin
+    seen = abs(math.log(c.diff)) if ratio else abs(c.diff)
+    c.n_needed_goal = "detect" if seen >= target else "equivalence"
+    if c.discordance is not None and c.n_needed_goal == "detect":
+        k = round(c.discordance * c.n_pairs)
+        lo, hi = discordance_range(k, c.n_pairs)
+        figures = [binary_cases_needed(target, share, level) for share in (c.discordance, lo, hi)]
+    else:
+        sds = (c.sd, *spread_range(c.sd, c.n_units))
+        if c.n_needed_goal == "detect":
+            figures = [cases_needed(sd, target, level) for sd in sds]
+        else:  # two one-sided tests at α, each passing with 0.9 when the truth is 0
+            figures = [cases_needed(sd, target, 2 * alpha, 0.9) for sd in sds]
+    least = math.ceil(c.min_units * per_unit)
+    needed = [None if n is None else max(n, least) for n in figures]
+    if needed[0] is None or needed[0] <= c.n_pairs:
+        c.n_needed_goal = None  # these cases already suffice for that: the effect is smaller
+        return
+    c.n_needed = needed[0]
+    c.n_needed_range = (needed[1] or needed[0], needed[2] or needed[0])
 
 
 RATIO_METRICS = ("latency", "cost")
 
 
-def minimum_detectable_effect(
-    n_cases: int, arms_compared: int = 1, discordance: float = 0.2, alpha: float = ALPHA
-) -> float:
-    """Pass-rate difference detectable with 80% power on `n_cases` (one call each) when
-    a share `discordance` of cases differ between the arms (SD of d ≈ √discordance)."""
-    if n_cases <= 0:
-        return math.inf
-    z = _z(1 - alpha / (2 * max(arms_compared, 1))) + _z(POWER)
-    return z * math.sqrt(discordance) / math.sqrt(n_cases)
-
-
 def compare_arms(
-    pairs_by_arm: dict[str, Comparison], alpha: float = ALPHA, margin: float = EQUIVALENCE_MARGIN
+    pairs_by_arm: dict[str, Comparison],
+    alpha: float = ALPHA,
+    margin: float = EQUIVALENCE_MARGIN,
+    power: bool = True,
 ) -> dict[str, Comparison]:
     """Holm-adjust the p-values of one metric's comparisons across arms, then decide."""
     compared = {arm: c for arm, c in pairs_by_arm.items() if c.compared}
@@ -449,5 +493,5 @@ def compare_arms(
     for c, p_adj in zip(compared.values(), adjusted, strict=True):
         c.p_adjusted = p_adj
     for c in pairs_by_arm.values():
-        decide(c, m=len(compared), alpha=alpha, margin=margin)
+        decide(c, m=len(compared), alpha=alpha, margin=margin, power=power)
     return pairs_by_arm
