@@ -14,11 +14,12 @@ each repeat is drawn afresh. Continuous scores are Beta(10·q, 10·(1−q)), who
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from abharness.report.stats import Comparison, compare_arms, compare_paired
+from abharness.report.stats import Comparison, compare_arms, compare_paired, log_t_interval
 
 
 @dataclass(frozen=True)
@@ -152,3 +153,54 @@ def draw_scores(rng: np.random.Generator, cell: ScoreCell) -> tuple[np.ndarray, 
     else:
         raise ValueError(f"unknown score family {cell.family!r}")
     return b[:, None], a[:, None]
+
+
+# -- nights: latency with drift shared by every arm --------------------------------------
+
+
+@dataclass(frozen=True)
+class Night:
+    """One nightly run's median latency per arm and case, shape (arms, n); arm 0 is the
+    baseline. Cases differ in length (log-normal, SD 0.5), arms in speed (arm i is
+    1 + 0.2·i times slower); each call adds log-normal noise (SD `noise`), and a case's
+    latency is the median of its `repeats` calls. Drift hits every arm alike: a factor
+    for the whole night, exp(N(0, `drift`)) (or exactly `factor`), and one per case
+    (load that comes and goes during the run, the arms interleaved case by case)."""
+
+    n: int = 100
+    arms: int = 3
+    drift: float = 0.10
+    factor: float | None = None  # a fixed night factor instead of a drawn one
+    case_drift: float = 0.05
+    noise: float = 0.2
+    repeats: int = 1
+    slowdown: float = 1.0  # arm 1's own slowdown this night
+
+
+def draw_night(rng: np.random.Generator, night: Night, length: np.ndarray) -> np.ndarray:
+    shared = night.factor if night.factor is not None else float(rng.lognormal(0, night.drift))
+    per_case = shared * rng.lognormal(0, night.case_drift, night.n)
+    speed = 1 + 0.2 * np.arange(night.arms)
+    speed[1:2] *= night.slowdown  # arm 1, when there is one
+    calls = rng.lognormal(0, night.noise, (night.arms, night.n, night.repeats))
+    return np.median(calls, axis=2) * (speed[:, None] * length * per_case)[:, :]
+
+
+def nights_pair(
+    rng: np.random.Generator, before: Night, after: Night
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference night and the candidate, on the same cases."""
+    length = 1000 * rng.lognormal(0, 0.5, before.n)
+    return draw_night(rng, before, length), draw_night(rng, after, length)
+
+
+def latency_gate_fails(
+    before: np.ndarray, after: np.ndarray, arm: int, pct: float, relative: bool
+) -> bool:
+    """The latency gate of `report.compare` on two simulated nights: the lower end of
+    the 99% interval of the per-case ratio (of ratios, when `relative`) above 1 + pct."""
+    now, then = after[arm], before[arm]
+    if relative:
+        now, then = now / after[0], then / before[0]
+    low, _ = log_t_interval(np.log(now) - np.log(then), 0.99)
+    return low > math.log(1 + pct / 100)
