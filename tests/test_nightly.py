@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import math
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from click.testing import CliRunner
 from abharness.cli import nightly
 from abharness.cli.main import cli
 from abharness.report.compare import NIGHTLY_DEFAULT_GATES, RunData, compare, nightly_default_gates
+from abharness.report.gate_power import a_priori
 from abharness.report.stats import compare_arms, compare_paired, compare_ratio
 from abharness.run.experiment import run_experiment
 from abharness.spec.models import Gates
@@ -388,3 +390,88 @@ def test_drift_shared_by_every_arm_raises_at_most_1_percent_false_alarms(night: 
     assert relative / 1000 <= 0.01, relative
     if night.drift >= 0.2 or night.factor:
         assert absolute / 1000 > 0.02, absolute  # what the old gate did
+
+
+# -- what each gate can catch ------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cases", [30, 100])
+def test_the_slowdown_validate_says_a_gate_catches_is_caught_80_percent_of_the_time(
+    cases: int,
+) -> None:
+    """Simulated nights under validate's stated assumption (a call's latency varies by
+    30% within its case), the candidate night drifted and arm 1 slower by exactly what
+    `a_priori` says the relative +25% gate catches: caught in about 80% of 400 nights."""
+    [catch] = a_priori(Gates(latency_p50_increase_pct=25), cases, 3, 1, False)
+    assert catch.detectable is not None
+    rng = np.random.default_rng(cases)
+    caught = 0
+    for _ in range(400):
+        before, after = nights_pair(
+            rng, Night(n=cases, noise=0.3), Night(n=cases, noise=0.3, slowdown=catch.detectable)
+        )
+        caught += latency_gate_fails(before, after, 1, 25, relative=True)
+    print(f"{catch.gate} {catch.threshold}, {cases} cases: caught {caught / 400:.1%}")
+    assert 0.72 <= caught / 400 <= 0.88, (catch.detectable, caught / 400)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("cases", "threshold"), [(60, "significant"), (200, "significant"), (200, 0.05)]
+)
+def test_the_drop_validate_says_a_gate_catches_is_caught_80_percent_of_the_time(
+    cases: int, threshold: str | float
+) -> None:
+    """Clean nights flip 20% of cases at random (temperature > 0); the candidate night
+    also loses exactly the drop `a_priori` quotes: the gate's own rule fails in about
+    80% of 400 nights."""
+    gates = Gates(score_drop=threshold)  # type: ignore[arg-type]
+    [catch] = a_priori(gates, cases, 2, 1, False)
+    assert catch.detectable is not None
+    rng = np.random.default_rng(cases)
+    caught = 0
+    for _ in range(400):
+        u = rng.random(cases)
+        d = np.where(u < 0.1, 1.0, np.where(u < 0.2 + catch.detectable, -1.0, 0.0))
+        drops = {
+            arm: compare_paired(
+                d if arm == "a" else np.zeros(cases), np.zeros(cases), "pass_rate", level=0.99
+            )
+            for arm in ("a", "b")
+        }
+        drop = compare_arms(drops, alpha=0.01, power=False)["a"]
+        assert drop.ci_high is not None
+        caught += drop.verdict == "worse" if threshold == "significant" else drop.ci_high < -0.05
+    print(f"{catch.gate} {catch.threshold}, {cases} cases: caught {caught / 400:.1%}")
+    assert 0.72 <= caught / 400 <= 0.88, (catch.detectable, caught / 400)
+
+
+def test_compare_and_the_nightly_page_say_what_each_gate_catches(
+    tmp_path, server, nights, monkeypatch
+) -> None:
+    """20 cases: every gate states what it catches, and the page and `compare` warn that
+    the spec is too small for its own thresholds."""
+    folder = nightly_folder(tmp_path, server, monkeypatch, n_cases=20)
+    db = tmp_path / "r.duckdb"
+    validate = CliRunner().invoke(cli, ["validate", str(folder / "watch.yaml")])
+    text = " ".join(validate.output.split())
+    assert (
+        "score_drop significant: a drop of" in text
+        and "latency_p50_increase_pct +25%: a slowdown to ×" in text
+    )
+    assert "warning: score_drop significant is too small for its threshold: with 20 cases" in text
+    assert run_nightly(folder, db).exit_code == 0
+    nights.night = 1
+    second = run_nightly(folder, db)
+    assert second.exit_code == 0, second.output
+    assert "catches (80% power)" in second.output and "too small for its threshold" in second.output
+    index = next((tmp_path / "reports/nightly").rglob("index.html")).read_text()
+    assert "catches (80% power)" in index and "or more" in index
+    assert "warning: arm-" in index and "too small for its threshold" in index
+    result = CliRunner().invoke(
+        cli, ["compare", "previous", "last", "--db", str(db), "--format", "json"]
+    )
+    data = json.loads(result.output)
+    assert all(g["detectable"] for g in data["gates"] if g["status"] != "not evaluated")
+    assert data["warnings"]

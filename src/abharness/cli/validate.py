@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .common import EXIT_INVALID, console, db_option, err_console, one_line_errors
+
+if TYPE_CHECKING:
+    from ..run.plan import Plan
 
 
 @click.command("validate")
@@ -54,6 +58,10 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
     console.print(table)
     if any(a.is_baseline for a in plan.arms) and len(plan.arms) > 1:
         console.print(power_note(plan.n_cases, len(plan.arms) - 1), soft_wrap=True)
+    for line, warn in gate_notes(plan, spec):
+        (err_console if warn else console).print(
+            f"[yellow]warning:[/] {line}" if warn else line, soft_wrap=True
+        )
     for a, why in missing.items():
         err_console.print(f"[bold red]cannot run here:[/] {a.id}: {why}")
     if problems:
@@ -110,3 +118,54 @@ def power_note(n_cases: int, arms_compared: int) -> str:
         f"±{typical * 100:.0f} points if 20% of cases differ between the arms, "
         f"±{many * 100:.0f} if half do." + tail
     )
+
+
+def gate_notes(plan: Plan, spec: Path) -> list[tuple[str, bool]]:
+    """What each gate would catch with 80% power at this size, and a warning per gate
+    too small for its threshold: (line, is a warning). The spec's gates, or the nightly
+    defaults for a spec in a `nightly` folder that sets none."""
+    from ..report.compare import nightly_default_gates
+    from ..report.gate_power import a_priori
+
+    gates = plan.spec.experiment.gates
+    whose = "the spec's gates"
+    if gates == type(gates)():
+        if spec.resolve().parent.name != "nightly":
+            return []
+        gates, whose = nightly_default_gates(len(plan.arms)), "the nightly defaults"
+    n, arms = plan.n_cases, len(plan.arms)
+    zero = all(a.params.temperature == 0 for a in plan.arms)
+    out: list[tuple[str, bool]] = [
+        (
+            f"Gates ({whose}): what `compare` and `nightly` would catch with 80% power "
+            f"(99% intervals) on {n} cases:",
+            False,
+        )
+    ]
+    for c in a_priori(gates, n, arms, plan.spec.experiment.repeats, zero):
+        against = " against the baseline arm" if c.gate == "latency_p50_increase_pct" else ""
+        detail = f" ({c.why})" if c.why and c.detectable is not None else ""
+        out.append((f"  {c.gate} {c.threshold}: {c.text}{against}{detail}", False))
+        warning = c.warning(n)
+        if warning:
+            out.append((warning, True))
+    for gate in ("cost_increase_pct", "cost_abs_increase_pct"):
+        if getattr(gates, gate) is not None:
+            out.append(
+                (
+                    f"  {gate} +{getattr(gates, gate):g}%: depends on how much the cost per call "
+                    "varies; `compare` and the nightly page show it from the runs",
+                    False,
+                )
+            )
+    relative = [g for g in ("latency_p50_increase_pct", "cost_increase_pct") if getattr(gates, g)]
+    if relative and arms < 2:
+        out.append(
+            (
+                f"{' and '.join(relative)} compare each arm with the baseline arm, and this spec "
+                "has one arm: they will not be evaluated; the absolute gates "
+                "(latency_p50_abs_increase_pct, cost_abs_increase_pct) apply to a single arm",
+                True,
+            )
+        )
+    return out

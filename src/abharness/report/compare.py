@@ -27,6 +27,7 @@ README "Nightly runs".
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +38,9 @@ from ..errors import InvalidInput
 from ..spec.models import Gates
 from ..store.queries import Results, RunNotFound
 from .build import arm_rows, case_level
+from .gate_power import GATE_ALPHA, GATE_LEVEL, Catch, observed_drop, observed_ratio
 from .stats import Comparison, compare_arms, compare_paired, compare_ratio
 
-GATE_ALPHA = 0.01  # two-sided: a drop is called at 0.5%
-GATE_LEVEL = 0.99
 NIGHTLY_DEFAULT_GATES = Gates(
     score_drop="significant", latency_p50_increase_pct=25, cost_increase_pct=10
 )
@@ -68,6 +68,16 @@ class GateResult:
     threshold: str
     value: str
     passed: bool | None  # None: not evaluated
+    catches: Catch | None = None  # what the gate could catch here (80% power)
+    cases: int = 0  # cases paired for it
+
+    @property
+    def detectable(self) -> str | None:
+        return self.catches.text if self.catches else None
+
+    @property
+    def warning(self) -> str | None:
+        return self.catches.warning(self.cases) if self.catches else None
 
     @property
     def status(self) -> str:
@@ -132,6 +142,17 @@ class RunComparison:
     def not_evaluated(self) -> list[GateResult]:
         return [g for g in self.gates if g.passed is None]
 
+    @property
+    def warnings(self) -> list[str]:
+        """One line per gate too small for its threshold (the arm that catches least)."""
+        worst: dict[str, GateResult] = {}
+        for g in self.gates:
+            if g.warning is not None and (
+                g.gate not in worst or _least_caught(g) > _least_caught(worst[g.gate])
+            ):
+                worst[g.gate] = g
+        return [f"{g.arm_id}: {g.warning}" for g in worst.values()]
+
     def as_json(self) -> dict[str, Any]:
         return {
             "run_a": self.reference,
@@ -144,12 +165,20 @@ class RunComparison:
                     "threshold": g.threshold,
                     "value": g.value,
                     "status": g.status,
+                    "detectable": g.detectable,
+                    "too_small": g.catches.too_small if g.catches else None,
                 }
                 for g in self.gates
             ],
             "regressed_cases": self.regressed,
             "notes": self.notes,
+            "warnings": self.warnings,
         }
+
+
+def _least_caught(g: GateResult) -> float:
+    found = g.catches.detectable if g.catches else None
+    return math.inf if found is None else found
 
 
 def compare_runs(db: Results, run_a: str, run_b: str) -> RunComparison:
@@ -262,7 +291,8 @@ def _arm_gates(
                 passed = drop.verdict != "worse"
             else:
                 passed = not drop.ci_high < -float(gates.score_drop)
-            out.append(GateResult(arm, "score_drop", threshold, value, passed))
+            catch = observed_drop(gates, drop, ctx.arms)
+            out.append(GateResult(arm, "score_drop", threshold, value, passed, catch, drop.n_pairs))
     for gate, metric, relative in RATIO_GATES:
         pct = getattr(gates, gate)
         if pct is None:
@@ -290,7 +320,9 @@ def _arm_gates(
             f"×{comp.diff:.2f}{against} ({level} {comp.ci_low:.2f} to {comp.ci_high:.2f}, "
             f"{comp.n_pairs} cases)"
         )
-        out.append(GateResult(arm, gate, threshold, value, not comp.ci_low > 1 + pct / 100))
+        catch = observed_ratio(gate, pct, comp)
+        passed = not comp.ci_low > 1 + pct / 100
+        out.append(GateResult(arm, gate, threshold, value, passed, catch, comp.n_pairs))
     return out
 
 
