@@ -331,3 +331,63 @@ def test_the_outcomes_strip_bins_many_cases_and_says_what_a_cell_holds() -> None
     assert "each cell is 4 cases" in svg
     few = outcomes_chart([{"arm_id": "b", "case_outcomes": outcomes[:3]}], "a")
     assert few.count("<rect") == 3 and "case c0001: tie against a" in few
+
+
+# -- errors that may be what differs ---------------------------------------------------
+
+
+def _fail_model(server: FakeServer, model: str, cases: set[str] | None = None) -> None:
+    """A 400 (never retried, no circuit breaker) for `model`'s calls on `cases` (all)."""
+
+    def fault(entry: Any) -> Fault | None:
+        case = prompt_text(entry.body).rsplit("case ", 1)[1].split("?")[0].strip()
+        hit = entry.body.get("model") == model and (cases is None or case in cases)
+        return Fault(status=400) if hit else None
+
+    server.fault_fn = fault
+
+
+def test_an_arm_that_failed_every_call_does_not_make_the_other_better_silently(
+    tmp_path, server, monkeypatch
+) -> None:
+    _fail_model(server, "model-a")
+    path = spec(tmp_path, server, monkeypatch, n_cases=20, extra="max_error_rate: 1.0\n")
+    out = run_experiment(path, db=tmp_path / "r.duckdb")
+    report = report_of(out)
+    c = comparison(report)
+    assert c["verdict"] == "better" and c["diff"] == pytest.approx(1.0)
+    assert c["caveats"][0].startswith(
+        "`arm-a` failed every call (20 of 20; in the whole run: 20 bad_request)"
+    )
+    assert "errors alone could explain the difference" in c["caveats"][1]
+    md = written_report(out).read_text()
+    assert "**better** than `arm-a` on pass rate" in md
+    assert "**Caveat**: `arm-a` failed every call" in md
+    assert (
+        '<span class="inconclusive">Caveat</span>'
+        in written_report(out).with_suffix(".html").read_text()
+    )
+
+
+def test_a_difference_errors_alone_explain_says_so(tmp_path, server, monkeypatch) -> None:
+    """arm-b answers as well as arm-a but its endpoint rejects 8 of 30 cases: 'worse',
+    with its error rate and the cases without errors (no difference there) named."""
+    _fail_model(server, "model-b", {f"c{i:02d}" for i in range(8)})
+    path = spec(tmp_path, server, monkeypatch, n_cases=30, extra="max_error_rate: 1.0\n")
+    c = comparison(report_of(run_experiment(path, db=tmp_path / "r.duckdb")))
+    assert c["verdict"] == "worse" and c["losses"] == 8
+    assert c["caveats"][0].startswith("`arm-b` failed 27% of its calls (8 of 30")
+    assert c["caveats"][1].startswith(
+        "errors alone could explain the difference: over the 22 cases where neither arm "
+        "failed a call it is +0.0 points"
+    )
+
+
+def test_few_errors_that_do_not_change_the_verdict_add_no_caveat(
+    tmp_path, server, truth, monkeypatch
+) -> None:
+    truth.wrong = {("model-a", f"c{i:02d}") for i in range(12)}
+    _fail_model(server, "model-b", {"c20"})
+    path = spec(tmp_path, server, monkeypatch, n_cases=30, extra="max_error_rate: 1.0\n")
+    c = comparison(report_of(run_experiment(path, db=tmp_path / "r.duckdb")))
+    assert c["verdict"] == "better" and c["caveats"] == []

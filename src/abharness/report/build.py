@@ -16,6 +16,7 @@ import yaml
 
 from ..store.health import environment_failure
 from ..store.queries import Results
+from .caveats import error_rate_caveats, explained_by_errors
 from .stats import (
     ALPHA,
     EQUIVALENCE_MARGIN,
@@ -148,11 +149,14 @@ def _comparisons(
     baseline: str,
     clusters: dict[str, str] | None,
     n_cases: int,
+    error_types: dict[str, dict[str, int]] | None = None,
 ) -> tuple[list[tuple[str, Comparison]], dict[str, list[list[str]]]]:
-    """Every arm against the baseline on pass rate, mean score, latency and cost."""
+    """Every arm against the baseline on pass rate, mean score, latency and cost, with
+    caveats where errors may be what differs (`caveats`)."""
     results: dict[str, dict[str, Comparison]] = {m: {} for m in METRICS}
     outcomes: dict[str, list[list[str]]] = {}
     score_range = _score_range(by_case["score"].to_numpy(dtype=float))
+    paired: dict[str, tuple[pd.DataFrame, pd.DataFrame, list[str] | None]] = {}
     for arm in arm_ids:
         mine, base, excluded = _pair(by_case, arm, baseline)
         made_nothing = [a for a, rows in ((arm, mine), (baseline, base)) if len(rows) == 0]
@@ -160,6 +164,7 @@ def _comparisons(
         if unmade > 0:
             excluded["no call made by either arm"] = unmade
         cl = [clusters.get(str(c), str(c)) for c in mine.index] if clusters else None
+        paired[arm] = (mine, base, cl)
         for metric, column in (("pass_rate", "passed"), ("mean_score", "score")):
             if made_nothing:
                 comp = not_compared(metric, f"{made_nothing[0]} made no call", excluded)
@@ -184,6 +189,16 @@ def _comparisons(
     out: list[tuple[str, Comparison]] = []
     for metric in METRICS:
         out += list(compare_arms(results[metric]).items())
+    for arm, c in out:
+        if not c.compared:
+            continue
+        mine, base, cl = paired[arm]
+        c.caveats = error_rate_caveats(c.metric, ((arm, mine), (baseline, base)), error_types or {})
+        if c.metric in ("pass_rate", "mean_score"):
+            column = "passed" if c.metric == "pass_rate" else "score"
+            low, high = (0.0, 1.0) if column == "passed" else score_range
+            why = explained_by_errors(c, column, mine, base, cl, high - low, low)
+            c.caveats += [why] if why else []
     return out, outcomes
 
 
@@ -298,7 +313,8 @@ def build_report(db: Results, run_id: str) -> dict[str, Any]:
     comparisons: list[dict[str, Any]] = []
     if baseline is not None:
         others = [a["arm_id"] for a in arm_list if a["arm_id"] != baseline]
-        decided, outcomes = _comparisons(by_case, others, baseline, clusters, n_cases)
+        error_types = {a["arm_id"]: a["errors_by_type"] for a in arm_list}
+        decided, outcomes = _comparisons(by_case, others, baseline, clusters, n_cases, error_types)
         comparisons = [_comparison_json(arm, baseline, c) for arm, c in decided]
         for a in arm_list:
             if a["arm_id"] in outcomes:

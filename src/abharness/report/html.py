@@ -205,6 +205,8 @@ def sentence_html(c: dict[str, Any], r: dict[str, Any]) -> str:
 def _css(c: dict[str, Any], word: str) -> str:
     if word == "negligible":
         return "no_difference"
+    if word == "Caveat":
+        return "inconclusive"
     return c["verdict"] if c["compared"] else "inconclusive"
 
 

@@ -87,6 +87,8 @@ def verdict_sentence(c: dict[str, Any], margin: float, ratio_margin: float = 0.1
         if c.get("reason"):
             text += f" Not called: {c['reason']}."
         text += power_text(c, band)
+    for caveat in c.get("caveats") or []:
+        text += f" **Caveat**: {caveat}."
     return text + excluded_text(c)
 
 
