@@ -391,3 +391,45 @@ def test_few_errors_that_do_not_change_the_verdict_add_no_caveat(
     path = spec(tmp_path, server, monkeypatch, n_cases=30, extra="max_error_rate: 1.0\n")
     c = comparison(report_of(run_experiment(path, db=tmp_path / "r.duckdb")))
     assert c["verdict"] == "better" and c["caveats"] == []
+
+
+# -- cost: "not compared" only when it is unknown --------------------------------------
+
+PRICE = "price: {input_per_mtok: 1000, output_per_mtok: 1000}"
+
+
+def _cost(path: Path, db: Path) -> tuple[dict[str, Any], str]:
+    out = run_experiment(path, db=db)
+    c = comparison(report_of(out), "cost")
+    return c, written_report(out).read_text()
+
+
+def test_cost_0_in_both_arms_says_so(tmp_path, server, monkeypatch) -> None:
+    path = spec(tmp_path, server, monkeypatch, n_cases=4)
+    path.write_text(
+        path.read_text().replace(PRICE, "price: {input_per_mtok: 0, output_per_mtok: 0}")
+    )
+    c, md = _cost(path, tmp_path / "r.duckdb")
+    assert (c["compared"], c["label"], c["reason"]) == (
+        False,
+        "0 in both",
+        "0 USD per call in both arms",
+    )
+    assert "on cost: **0 in both**: 0 USD per call in both arms." in md
+    assert "fewer than 2 cases" not in md
+
+
+def test_cost_of_a_run_answered_from_the_cache_is_0_in_both(tmp_path, server, monkeypatch) -> None:
+    path = spec(tmp_path, server, monkeypatch, n_cases=4)
+    _cost(path, tmp_path / "r.duckdb")
+    c, md = _cost(path, tmp_path / "r.duckdb")  # the same calls again: every one cached
+    assert c["label"] == "0 in both"
+    assert "on cost: **0 in both**: every call answered from the cache in both arms." in md
+
+
+def test_cost_without_a_price_is_not_compared(tmp_path, server, monkeypatch) -> None:
+    path = spec(tmp_path, server, monkeypatch, n_cases=4)
+    path.write_text(path.read_text().replace(f",\n          {PRICE}", ""))
+    c, md = _cost(path, tmp_path / "r.duckdb")
+    assert c["label"] is None and c["reason"] == "cost unknown for arm-b (no price)"
+    assert "on cost: **not compared**: cost unknown for arm-b (no price)." in md

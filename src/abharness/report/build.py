@@ -52,6 +52,7 @@ def case_level(calls: pd.DataFrame) -> pd.DataFrame:
         passed=made["passed"].astype(float),
         ok=(made["status"] == "ok").astype(int),
         timed=timed,
+        cached=made["cache_hit"].astype(bool).astype(int),
     )
     return frame.groupby(["arm_id", "case_id"], sort=True).agg(
         calls=("passed", "size"),
@@ -60,6 +61,7 @@ def case_level(calls: pd.DataFrame) -> pd.DataFrame:
         latency=("timed", "median"),
         cost=("cost_usd", "mean"),
         ok=("ok", "sum"),
+        cached=("cached", "sum"),
     )
 
 
@@ -178,7 +180,10 @@ def _comparisons(
                 comp.excluded = excluded
             results[metric][arm] = comp
         for metric in RATIO_METRICS:
-            comp = compare_ratio(mine[metric], base[metric], metric)
+            unmeasured = (
+                _zero_or_unknown_cost(mine, base, arm, baseline) if metric == "cost" else None
+            )
+            comp = unmeasured or compare_ratio(mine[metric], base[metric], metric)
             comp.excluded = excluded
             results[metric][arm] = comp
         diff = (mine["passed"] - base["passed"]).sort_index()
@@ -200,6 +205,35 @@ def _comparisons(
             why = explained_by_errors(c, column, mine, base, cl, high - low, low)
             c.caveats += [why] if why else []
     return out, outcomes
+
+
+def _zero_or_unknown_cost(
+    mine: pd.DataFrame, base: pd.DataFrame, arm: str, baseline: str
+) -> Comparison | None:
+    """Cost that is not a ratio: unknown in an arm (no price, or no call succeeded) —
+    the only "not compared" — or 0 in both arms or in one (local models, calls
+    answered from the cache)."""
+    if len(mine) == 0:
+        return None
+    sides = ((arm, mine), (baseline, base))
+    for who, rows in sides:
+        if rows["cost"].isna().all():
+            why = "no call succeeded" if rows["ok"].sum() == 0 else "no price"
+            return not_compared("cost", f"cost unknown for {who} ({why})")
+    free = [a for a, rows in sides if rows["cost"].fillna(0).sum() == 0]
+    if not free:
+        return None
+    cached = [a for a, rows in sides if rows["cached"].sum() == rows["calls"].sum()]
+    why = "every call answered from the cache" if set(free) <= set(cached) else "0 USD per call"
+    if len(free) == 2:
+        c = not_compared("cost", f"{why} in both arms")
+        c.label = "0 in both"
+    else:
+        paid = baseline if free == [arm] else arm
+        cost = (base if paid == baseline else mine)["cost"].mean()
+        c = not_compared("cost", f"{free[0]}: {why}; {paid}: {cost:.4g} USD per call")
+        c.label = f"0 for {free[0]}"
+    return c
 
 
 def _examples(
@@ -253,6 +287,7 @@ def _comparison_json(arm: str, baseline: str, c: Comparison) -> dict[str, Any]:
         "losses": c.losses,
         "verdict": c.verdict,
         "compared": c.compared,
+        "label": c.label,
         "negligible": c.negligible,
         "reason": c.reason,
         "mde": c.mde,

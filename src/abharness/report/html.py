@@ -207,7 +207,9 @@ def _css(c: dict[str, Any], word: str) -> str:
         return "no_difference"
     if word == "Caveat":
         return "inconclusive"
-    return c["verdict"] if c["compared"] else "inconclusive"
+    if not c["compared"]:
+        return "no_difference" if c.get("label") else "inconclusive"
+    return c["verdict"]
 
 
 def render_html(r: dict[str, Any], db_path: str | None = None) -> str:

@@ -33,7 +33,7 @@ RATIO_WORDS = {
 
 def verdict_word(c: dict[str, Any]) -> str:
     if not c["compared"]:
-        return "not compared"
+        return c.get("label") or "not compared"
     return RATIO_WORDS.get((c["metric"], c["verdict"]), c["verdict"].replace("_", " "))
 
 

@@ -260,6 +260,7 @@ class Comparison:
     n_needed_range: tuple[int, int] | None = None  # from the spread's 90% interval
     n_needed_goal: str | None = None  # "detect" the margin, or show "equivalence" within it
     caveats: list[str] = field(default_factory=list)
+    label: str | None = None  # what a comparison not made shows instead ("0 in both")
 
     @property
     def compared(self) -> bool:
