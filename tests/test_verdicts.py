@@ -433,3 +433,15 @@ def test_cost_without_a_price_is_not_compared(tmp_path, server, monkeypatch) -> 
     c, md = _cost(path, tmp_path / "r.duckdb")
     assert c["label"] is None and c["reason"] == "cost unknown for arm-b (no price)"
     assert "on cost: **not compared**: cost unknown for arm-b (no price)." in md
+
+
+def test_the_arm_table_fits_a_1400_px_window(tmp_path, server, monkeypatch) -> None:
+    """19 columns of unbreakable cells hid the arm table's last ones (cost, estimate
+    error) past a 1,180-px page at 1400 px (looked at with headless Chromium): related
+    figures now share a cell, model names wrap."""
+    out = run_experiment(spec(tmp_path, server, monkeypatch, n_cases=3), db=tmp_path / "r.duckdb")
+    html = written_report(out).with_suffix(".html").read_text()
+    table = html.split('<table class="arms">', 1)[1].split("</table>", 1)[0]
+    headers = table.split("</tr>", 1)[0].count("<th")
+    assert headers <= 13, headers
+    assert "per 1k cases</div>" in table and "td.wrap{white-space:normal" in html

@@ -35,7 +35,8 @@ table{border-collapse:collapse;font-size:13px;width:100%;margin:6px 0}
 th,td{padding:5px 7px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap}
 th{background:#f6f8fa;font-weight:600;white-space:normal;vertical-align:bottom}
 .wide{overflow-x:auto} td:first-child,th:first-child{text-align:left}
-td.l,th.l{text-align:left} .ci{color:#6e7781;font-size:11px}
+td.l,th.l{text-align:left} .ci{color:#6e7781;font-size:11px;white-space:normal}
+td.wrap{white-space:normal;overflow-wrap:anywhere;min-width:7em}
 .verdicts li{margin:6px 0} .better{color:#1a7f37;font-weight:600} .worse{color:#cf222e;font-weight:600}
 .no_difference{color:#57606a;font-weight:600} .inconclusive{color:#9a6700;font-weight:600}
 .charts{display:flex;flex-wrap:wrap;gap:24px} .chart{flex:1 1 520px} .note{color:#57606a;font-size:12px}
@@ -239,10 +240,10 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
         out += [f"<li><code>{e(n['arm_id'])}</code>: {e(n['reason'])}</li>" for n in r["not_run"]]
         out.append("</ul>")
     out.append(
-        '<h2>Arms</h2><div class="wide"><table><tr><th>arm</th><th class="l">model</th><th class="l">prompt</th><th>n</th>'
-        "<th>cases</th><th>not made</th><th>errors</th><th>cached</th><th>pass rate</th><th>mean score</th><th>p50 ms</th><th>p90 ms</th>"
-        "<th>p99 ms</th><th>TTFT p50</th><th>input tok</th><th>output tok</th><th>cost USD</th>"
-        "<th>per 1k cases</th><th>estimate error</th></tr>"
+        '<h2>Arms</h2><div class="wide"><table class="arms"><tr><th>arm</th><th class="l">model · prompt</th>'
+        "<th>cases</th><th>calls</th><th>errors</th><th>pass rate</th><th>mean score</th>"
+        "<th>p50 ms</th><th>p90 · p99 ms</th><th>TTFT p50 ms</th><th>tokens in · out</th>"
+        "<th>cost USD</th><th>estimate error (tok/call)</th></tr>"
     )
     for a in arms:
         lo, hi = a["pass_rate_ci"]
@@ -260,23 +261,29 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
         )
         if a["scorer_errors"]:
             errs += f'<div class="ci">{a["scorer_errors"]} scorer errors</div>'
-        unmade = str(a["not_made"]) + (
-            f'<div class="ci">{e(", ".join(f"{n} {t}" for t, n in a["not_made_by_type"].items()))}</div>'
-            if a["not_made"]
-            else ""
-        )
+        calls = str(a["n"])
+        if a["not_made"]:
+            why = ", ".join(f"{n} {t}" for t, n in a["not_made_by_type"].items())
+            calls += f'<div class="ci">{a["not_made"]} not made ({e(why)})</div>'
+        if a["cache_hits"]:
+            calls += f'<div class="ci">{a["cache_hits"]} cached</div>'
         name = (
             f'<b>{e(a["arm_id"])}</b> <span class="ci">baseline</span>'
             if a["arm_id"] == base
             else e(a["arm_id"])
         )
+        cost = _fmt(a["cost_usd"], ".4f") + (
+            f'<div class="ci">{_fmt(a["cost_per_1k_cases_usd"], ".4f")} per 1k cases</div>'
+            if a["cost_per_1k_cases_usd"] is not None
+            else ""
+        )
         out.append(
-            f'<tr><td>{name}</td><td class="l">{e(a["provider"])}/{e(a["model"])}</td><td class="l">{e(a["prompt"])}</td>'
-            f"<td>{a['n']}</td><td>{a['n_cases']}</td><td>{unmade}</td><td>{errs}</td><td>{a['cache_hits']}</td><td>{pr}</td><td>{_fmt(a['mean_score'], '.3f')}</td>"
-            f"<td>{p50}</td><td>{_fmt(a['latency_p90_ms'], '.0f')}</td><td>{_fmt(a['latency_p99_ms'], '.0f')}</td>"
-            f"<td>{_fmt(a['ttft_p50_ms'], '.0f')}</td><td>{_fmt(a['input_tokens'], ',')}</td><td>{_fmt(a['output_tokens'], ',')}</td>"
-            f"<td>{_fmt(a['cost_usd'], '.4f')}</td><td>{_fmt(a['cost_per_1k_cases_usd'], '.4f')}</td>"
-            f"<td>{_fmt(a['est_error_mean_tokens'], '+.1f')}</td></tr>"
+            f'<tr><td class="wrap">{name}</td><td class="l wrap">{e(a["provider"])}/{e(a["model"])}'
+            f'<div class="ci">{e(a["prompt"])}</div></td>'
+            f"<td>{a['n_cases']}</td><td>{calls}</td><td>{errs}</td><td>{pr}</td><td>{_fmt(a['mean_score'], '.3f')}</td>"
+            f"<td>{p50}</td><td>{_fmt(a['latency_p90_ms'], '.0f')} · {_fmt(a['latency_p99_ms'], '.0f')}</td>"
+            f"<td>{_fmt(a['ttft_p50_ms'], '.0f')}</td><td>{_fmt(a['input_tokens'], ',')} · {_fmt(a['output_tokens'], ',')}</td>"
+            f"<td>{cost}</td><td>{_fmt(a['est_error_mean_tokens'], '+.1f')}</td></tr>"
         )
     out.append("</table></div>")
     judged = [a for a in arms if a.get("judge_cost_usd") is not None]
