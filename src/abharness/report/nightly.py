@@ -116,17 +116,19 @@ def render_index(night: str, entries: list[NightEntry], trend: pd.DataFrame) -> 
         if entry.comparison is not None:
             for g in entry.comparison.gates:
                 css = {"FAIL": "worse", "pass": "better"}.get(g.status, "inconclusive")
-                small = ' class="l inconclusive"' if g.warning else ' class="l"'
+                small = ' class="l wrap inconclusive"' if g.warning else ' class="l wrap"'
                 lines.append(
                     f'<td class="l">{e(g.arm_id)}</td><td class="l">{e(g.gate)}</td><td>{e(g.threshold)}</td>'
-                    f'<td class="l">{e(g.value)}</td><td{small}>{e(g.detectable or "–")}</td>'
+                    f'<td class="l wrap">{e(g.value)}</td><td{small}>{e(g.detectable or "–")}</td>'
                     f'<td class="l"><span class="{css}">{e(g.status)}</span></td>'
                 )
         warnings = entry.comparison.warnings if entry.comparison is not None else []
         for text in ([entry.note] if entry.note else []) + entry.problems + warnings:
             css = "worse" if text in entry.problems else "inconclusive"
             text = f"warning: {text}" if text in warnings else text
-            lines.append(f'<td class="l" colspan="6"><span class="{css}">{e(text)}</span></td>')
+            lines.append(
+                f'<td class="l wrap" colspan="6"><span class="{css}">{e(text)}</span></td>'
+            )
         out += [
             f"<tr>{prefix}{line}</tr>"
             for line in lines or ['<td class="l" colspan="6">no gates</td>']
