@@ -45,6 +45,14 @@ code{background:#f6f8fa;padding:1px 4px;border-radius:4px;font-size:12px}
 """
 
 
+def _label(name: str, limit: int = 16) -> str:
+    """An arm's name for a chart's 130-px margin: cut with an ellipsis past `limit`
+    characters (the full name on hover), where the SVG would clip its start."""
+    if len(name) <= limit:
+        return escape(name)
+    return f"<title>{escape(name)}</title>{escape(name[: limit - 1])}…"
+
+
 def _color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
@@ -73,7 +81,7 @@ def latency_chart(arms: list[dict[str, Any]]) -> str:
     for i, (name, d) in enumerate(data):
         y = 14 + i * row
         parts.append(
-            f'<text x="{left - 8}" y="{y + 13}" font-size="12" text-anchor="end">{escape(name)}</text>'
+            f'<text x="{left - 8}" y="{y + 13}" font-size="12" text-anchor="end">{_label(name)}</text>'
         )
         if not d.size:
             parts.append(
@@ -166,7 +174,7 @@ def outcomes_chart(arms: list[dict[str, Any]], baseline: str) -> str:
     for r, a in enumerate(rows):
         yy = 6 + r * 26
         parts.append(
-            f'<text x="{left - 8}" y="{yy + 13}" font-size="12" text-anchor="end">{escape(a["arm_id"])}</text>'
+            f'<text x="{left - 8}" y="{yy + 13}" font-size="12" text-anchor="end">{_label(a["arm_id"])}</text>'
         )
         outcomes = a["case_outcomes"]
         for i in range(0, len(outcomes), per):
