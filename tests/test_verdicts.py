@@ -445,3 +445,47 @@ def test_the_arm_table_fits_a_1400_px_window(tmp_path, server, monkeypatch) -> N
     headers = table.split("</tr>", 1)[0].count("<th")
     assert headers <= 13, headers
     assert "per 1k cases</div>" in table and "td.wrap{white-space:normal" in html
+
+
+# -- small, consistent changes in a continuous score ---------------------------------------
+
+
+def _target(case: str) -> str:
+    return f"the answer to question {case} is {case}-blue-lighthouse"[:45].ljust(45, ".")
+
+
+def test_a_uniform_4_point_similarity_gain_on_30_cases_is_called_better(
+    tmp_path, server, monkeypatch
+) -> None:
+    """Every case's answer comes 1-3 characters closer to the expected text (of 45):
+    +4.4 similarity points on average, each case between +2.2 and +6.7. The old interval
+    said −5.1…+13.3, 'inconclusive', 'about 8,321 cases would be needed'."""
+
+    def answer(body: dict[str, Any]) -> str:
+        case = prompt_text(body).rsplit("case ", 1)[1].split("?")[0].strip()
+        i = int(case[1:])
+        typos = 4 + i % 6 - (0 if body["model"] == "model-a" else 1 + i % 3)
+        return "#" * typos + _target(case)[typos:]
+
+    server.reply = answer
+    path = spec(
+        tmp_path,
+        server,
+        monkeypatch,
+        n_cases=30,
+        case_fields=lambda i: f", answer: '{_target(f'c{i:02d}')}'",
+    )
+    text = path.read_text().split("scorers:")[0]
+    path.write_text(
+        text + 'scorers:\n  - {type: similarity, expected: "{{ case.answer }}", threshold: 0.5}\n'
+    )
+    out = run_experiment(path, db=tmp_path / "r.duckdb")
+    c = comparison(report_of(out), "mean_score")
+    assert c["diff"] == pytest.approx(4 / 90, abs=1e-6)
+    assert c["verdict"] == "better" and c["wins"] == 30
+    assert 0.025 < c["ci_low"] < c["diff"] < c["ci_high"] < 0.065, (c["ci_low"], c["ci_high"])
+    assert c["n_needed"] is None and c["caveats"] == []
+    md = written_report(out).read_text()
+    sentence = next(line for line in md.splitlines() if "on mean score" in line)
+    assert "`arm-b` is **better** than `arm-a` on mean score: +4.4 points (95% CI +" in sentence
+    assert "would be needed" not in sentence
