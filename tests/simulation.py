@@ -107,6 +107,9 @@ class ScoreCell:
       its own draw.
     - ``tied``: 70% of cases get the same output from both arms (the same score, a
       difference of exactly 0); on the rest B's score is its own Beta(2, 2) draw.
+    - ``sparse`` (not in `SCORE_FAMILIES`): low-spread scores whose whole effect sits on
+      a tenth of the cases; a small sample may hold none of them, and then nothing in
+      it says how far apart the arms are — the limit of a spread-scaled interval.
     """
 
     family: str
@@ -118,6 +121,7 @@ class ScoreCell:
 
 
 TIED_SHARE = 0.7
+SPARSE_SHARE = 0.1  # "sparse": low-spread scores, the whole effect on a tenth of the cases
 
 
 def _toward_far_end(x: np.ndarray, mean: float, effect: float) -> np.ndarray:
@@ -146,6 +150,12 @@ def draw_scores(rng: np.random.Generator, cell: ScoreCell) -> tuple[np.ndarray, 
         a = np.where(mode_a, 0.85, 0.05) + 0.1 * rng.random(n)
         b = np.where(mode_b, 0.85, 0.05) + 0.1 * rng.random(n)
         b = _toward_far_end(b, 0.5, effect)
+    elif cell.family == "sparse":  # not a validated shape: the rule's known limit
+        q = 0.6 + 0.3 * rng.beta(5, 5, n)
+        a = q + 0.08 * (rng.beta(3, 3, n) - 0.5)
+        b = q + 0.08 * (rng.beta(3, 3, n) - 0.5)
+        hit = rng.random(n) < SPARSE_SHARE
+        b = np.where(hit, _toward_far_end(b, 0.75, effect / SPARSE_SHARE), b)
     elif cell.family == "tied":
         a = rng.beta(2, 2, n)
         own = rng.random(n) >= TIED_SHARE

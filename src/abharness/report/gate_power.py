@@ -15,8 +15,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from scipy import stats as sps
+
 from ..spec.models import Gates
 from .power import (
+    POWER,
     binary_cases_needed,
     binary_detectable,
     cases_needed,
@@ -183,18 +186,24 @@ def a_priori(gates: Gates, cases: int, arms: int, repeats: int, temperature0: bo
 
 def _threshold_drop(cases: int, flips: float, threshold: float) -> float | None:
     """The drop a numeric score_drop gate catches with 80% power: its 99% interval's
-    upper end below −threshold, the spread growing with the drop (flips + drop)."""
-    low, high = threshold, 1.0
+    upper end below −threshold. The interval is the report's (pseudo-cases at ±1, so
+    its centre shrinks by n/(n+2) and its spread widens); a case's difference has
+    variance flips + drop − drop² (chance flips, plus the drop's own losses)."""
     if cases < 2:
         return None
+    n = cases
+    quantile = float(sps.t.ppf(1 - (1 - GATE_LEVEL) / 2, n - 1))
+    z = float(sps.norm.ppf(POWER))
 
     def caught(drop: float) -> bool:
-        sd = math.sqrt(max(flips + drop - drop * drop, 1e-12))
-        return (
-            detectable_shift(sd / math.sqrt(cases), cases - 1, 1 - GATE_LEVEL, threshold=threshold)
-            <= drop
-        )
+        var = max(flips + drop - drop * drop, 1e-12)
+        centre = -drop * n / (n + 2)
+        spread = n * var + n * (drop - drop * n / (n + 2)) ** 2 + 2 + 2 * centre**2
+        se = math.sqrt(spread / ((n + 1) * (n + 2)))
+        jitter = math.sqrt(var / n) * n / (n + 2)  # of the centre, run to run
+        return centre + quantile * se + z * jitter <= -threshold
 
+    low, high = threshold, 1.0
     if not caught(high):
         return None
     for _ in range(30):
