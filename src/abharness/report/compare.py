@@ -229,7 +229,7 @@ def compare(a: RunData, b: RunData, gates: Gates | None = None) -> RunComparison
                 "they measure nothing new (run with --no-cache)"
             )
         out.regressed[arm] = _regressed(mine, base)
-    compare_arms(drops, alpha=GATE_ALPHA)
+    compare_arms(drops, alpha=GATE_ALPHA, power=False)  # gate_power says what they catch
     context = _Context(a, b, baseline, len(arms))
     for arm in arms:
         out.gates += _arm_gates(arm, gates, drops[arm], ratios, cached.get(arm), context)
