@@ -144,6 +144,7 @@ def test_two_clean_nights_pass_and_a_worse_arm_fails_naming_the_gate(
     assert kinds == [("nightly",)] and trend == [(6,)]
 
 
+@pytest.mark.slow
 def test_a_month_of_clean_nights_raises_at_most_one_false_alarm(
     tmp_path, server, nights, monkeypatch
 ) -> None:
@@ -199,6 +200,7 @@ def test_a_slower_night_through_the_real_run_path(tmp_path, server, nights, monk
     assert _gates(slower_b, "latency_p50_increase_pct") == {"arm-b": "FAIL"}, values
 
 
+@pytest.mark.slow
 def test_default_gates_false_alarm_rate_per_night_by_simulation() -> None:
     """1,000 simulated clean nights of 100 cases (temperature > 0: every call a fresh
     draw; latency log-normal per case and call; cost from output tokens): the default
@@ -252,6 +254,7 @@ def test_a_second_nightly_exits_at_once(tmp_path, server, monkeypatch) -> None:
     assert server.log == []
 
 
+@pytest.mark.slow
 def test_an_analyst_holding_the_database_does_not_stop_the_nightly(
     tmp_path, server, nights, monkeypatch
 ) -> None:

@@ -209,6 +209,7 @@ def _seed(cell: Cell, salt: int) -> int:
     return int.from_bytes(str((cell, salt)).encode()[-8:], "little") % (1 << 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pass", "score"])
 @pytest.mark.parametrize("n", [20, 50, 200])
 def test_a_a_false_claims_are_at_most_5_percent_in_every_cell(kind: str, n: int) -> None:
@@ -230,6 +231,7 @@ def test_a_a_false_claims_are_at_most_5_percent_in_every_cell(kind: str, n: int)
     assert total / (RUNS * len(cells)) <= 0.05, total / (RUNS * len(cells))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pass", "score"])
 @pytest.mark.parametrize("n", [20, 50, 200])
 def test_intervals_cover_a_10_point_effect_and_never_call_it_no_difference(
@@ -246,6 +248,7 @@ def test_intervals_cover_a_10_point_effect_and_never_call_it_no_difference(
         assert no_difference / RUNS <= 0.01, (str(cell), no_difference / RUNS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [20, 50, 200])
 def test_per_arm_intervals_cover_the_true_rate(n: int) -> None:
     for cell in [c for c in CELLS if c.n == n]:
@@ -260,6 +263,7 @@ def test_per_arm_intervals_cover_the_true_rate(n: int) -> None:
         assert covered / RUNS >= 0.93, (str(cell), covered / RUNS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("repeats", "temperature0"), [(1, True), (5, True), (5, False)])
 def test_a_20_point_effect_on_100_cases_is_called_better(repeats: int, temperature0: bool) -> None:
     cell = Cell(100, 0.5, repeats, temperature0, "pass", 0.20)
@@ -277,6 +281,7 @@ def test_verdict_needs_test_and_interval_to_agree() -> None:
     assert decide(c).verdict == "inconclusive" and c.n_needed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [20, 50, 200])
 def test_latency_ratio_interval_covers_the_true_ratio(n: int) -> None:
     """Cases differ in length (log-normal), each call adds noise; the arm is 1.2× slower."""
@@ -292,6 +297,7 @@ def test_latency_ratio_interval_covers_the_true_ratio(n: int) -> None:
     assert covered / RUNS >= 0.93, covered / RUNS
 
 
+@pytest.mark.slow
 def test_clustered_cases_keep_a_a_false_claims_at_5_percent() -> None:
     """8 topics of 10 cases; the arms are equally good overall but each topic favours
     one of them. Treating the cases as independent claims a difference far too often."""
