@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scipy import stats as sps
+from scipy import special
 
 from ..spec.models import Gates
 from .power import (
@@ -192,8 +192,8 @@ def _threshold_drop(cases: int, flips: float, threshold: float) -> float | None:
     if cases < 2:
         return None
     n = cases
-    quantile = float(sps.t.ppf(1 - (1 - GATE_LEVEL) / 2, n - 1))
-    z = float(sps.norm.ppf(POWER))
+    quantile = float(special.stdtrit(n - 1, 1 - (1 - GATE_LEVEL) / 2))
+    z = float(special.ndtri(POWER))
 
     def caught(drop: float) -> bool:
         var = max(flips + drop - drop * drop, 1e-12)

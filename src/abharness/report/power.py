@@ -67,7 +67,7 @@ def _critical_table(n: int, level: float) -> np.ndarray:
         return (c <= ks) & (2 * special.bdtrc(np.minimum(c, ks) - 1, ks, 0.5) < level)
 
     least = ks // 2 + 1
-    z = float(sps.norm.ppf(1 - level / 2))
+    z = float(special.ndtri(1 - level / 2))
     c = np.maximum(least, np.floor(ks / 2 + z * np.sqrt(ks) / 2).astype(np.int64))  # normal
     for _ in range(n + 2):  # a step or two from the normal approximation, either way
         up = ~rejects(c) & (c <= ks)
@@ -142,7 +142,7 @@ def binary_cases_needed(
     def enough(n: int) -> bool:
         return exact_paired_power(n, p_win, p_loss, alpha) >= POWER
 
-    z_a, z_b = sps.norm.ppf(1 - alpha / 2), sps.norm.ppf(POWER)
+    z_a, z_b = special.ndtri(1 - alpha / 2), special.ndtri(POWER)
     sd0, sd1 = math.sqrt(p_win + p_loss), math.sqrt(max(p_win + p_loss - effect**2, 0.0))
     guess = max(2, math.ceil(((z_a * sd0 + z_b * sd1) / effect) ** 2))
     low, high = max(1, guess // 2), guess
@@ -159,7 +159,9 @@ def binary_cases_needed(
 
 
 def _t(p: float, df: int) -> float:
-    return float(sps.t.ppf(p, df)) if df >= 1 else math.inf
+    """Student's t quantile (scipy.special's: ~30x quicker than scipy.stats', and this
+    runs inside searches)."""
+    return float(special.stdtrit(df, p)) if df >= 1 else math.inf
 
 
 def detectable_shift(
@@ -182,7 +184,7 @@ def cases_needed(sd: float, effect: float, alpha: float, power: float = POWER) -
         return None
     if sd <= 0:
         return 2
-    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    z = special.ndtri(1 - alpha / 2) + special.ndtri(power)
     n = max(2, math.ceil((z * sd / effect) ** 2))
     for _ in range(20):
         df = n - 1
@@ -198,8 +200,8 @@ def spread_range(sd: float, n_units: int, level: float = SPREAD_LEVEL) -> tuple[
     df = max(n_units - 1, 1)
     tail = (1 - level) / 2
     return (
-        sd * math.sqrt(df / sps.chi2.ppf(1 - tail, df)),
-        sd * math.sqrt(df / sps.chi2.ppf(tail, df)),
+        sd * math.sqrt(df / special.chdtri(df, tail)),  # chdtri: the upper quantile
+        sd * math.sqrt(df / special.chdtri(df, 1 - tail)),
     )
 
 

@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import special
 from scipy import stats as sps
 
 from .power import (
@@ -179,7 +180,7 @@ def adjusted_interval(
     g = t2.size
     var = g / (g - 1) * float(((t2 - mean * m2) ** 2).sum()) / (n * n)
     se = math.sqrt(var)
-    q = float(sps.t.ppf(0.5 + level / 2, max(g_real - 1, 1)))
+    q = float(special.stdtrit(max(g_real - 1, 1), 0.5 + level / 2))
     low, high = mean - q * se, mean + q * se
     return max(low, centre - bound), min(high, centre + bound), se
 
@@ -354,7 +355,7 @@ def log_t_interval(logs: np.ndarray, level: float = 0.95) -> tuple[float, float]
     true ratio half the time; t's covers it at the nominal rate from 2 cases up when the
     logs are roughly symmetric, as a ratio's are (tests/test_stats.py)."""
     n = logs.size
-    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * float(logs.std(ddof=1)) / math.sqrt(n)
+    half = float(special.stdtrit(n - 1, 0.5 + level / 2)) * float(logs.std(ddof=1)) / math.sqrt(n)
     mean = float(logs.mean())
     return mean - half, mean + half
 
