@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.phases
 	$(BIN)/python -m tests.benchmarks.staging
 	$(BIN)/python -m tests.benchmarks.verdicts --runs 100
+	$(BIN)/python -m tests.benchmarks.evidence --runs 1000
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -10,7 +10,10 @@ from abharness.run.experiment import run_experiment
 
 from .conftest import write
 
-GATES = "gates: {score_drop: significant, latency_p50_increase_pct: 25, cost_increase_pct: 10}\n"
+GATES = (
+    "gates: {score_drop: significant, latency_p50_increase_pct: 25, cost_increase_pct: 10,\n"
+    "        latency_p50_abs_increase_pct: 25}\n"
+)
 
 
 def many_cases(project: Path, n: int = 40) -> None:
@@ -55,9 +58,14 @@ def test_a_significant_drop_and_a_slowdown_fail_the_gates(project: Path, fake_pr
         status[("zero-shot", "score_drop")] == "FAIL"
         and status[("few-shot", "score_drop")] == "FAIL"
     )
-    assert status[("zero-shot", "latency_p50_increase_pct")] == "FAIL"
+    # every arm 50x slower: the absolute gate fails; relative to the baseline arm (the
+    # yardstick, which gets no relative gate) nothing changed
+    assert status[("zero-shot", "latency_p50_abs_increase_pct")] == "FAIL"
+    assert status[("few-shot", "latency_p50_abs_increase_pct")] == "FAIL"
+    assert status[("few-shot", "latency_p50_increase_pct")] == "pass"
+    assert ("zero-shot", "latency_p50_increase_pct") not in status
     assert (
-        status[("zero-shot", "cost_increase_pct")] == "not evaluated"
+        status[("few-shot", "cost_increase_pct")] == "not evaluated"
     )  # the fake arms have no price
 
 

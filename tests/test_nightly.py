@@ -10,26 +10,32 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import math
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from abharness.cli import nightly
 from abharness.cli.main import cli
-from abharness.report.compare import NIGHTLY_DEFAULT_GATES, RunData, compare
+from abharness.report.compare import NIGHTLY_DEFAULT_GATES, RunData, compare, nightly_default_gates
+from abharness.report.gate_power import a_priori
 from abharness.report.stats import compare_arms, compare_paired, compare_ratio
 from abharness.run.experiment import run_experiment
+from abharness.spec.models import Gates
 from abharness.store.queries import Results
 
 from .conftest import write
 from .fake_server import FakeServer, prompt_text
+from .simulation import Night, latency_gate_fails, nights_pair
 
 
 def _u(*key: object) -> float:
@@ -45,10 +51,15 @@ class Nights:
     def __init__(self) -> None:
         self.night = 0
         self.drop: dict[str, float] = {}
+        self.delay_s = 0.0  # per call, times `slower` (the night) and the model's own factor
+        self.slower = 1.0
+        self.model_slower: dict[str, float] = {}
 
     def __call__(self, body: dict[str, Any]) -> str:
         model, text = body["model"], prompt_text(body)
         case = text.rsplit("case ", 1)[1].split("?")[0].strip()
+        if self.delay_s:
+            time.sleep(self.delay_s * self.slower * self.model_slower.get(model, 1.0))
         q = math.sin(math.pi / 2 * _u("difficulty", case)) ** 2
         p = q * (1 - self.drop.get(model, 0.0) / 0.5)
         return f"answer-{case}" if _u(self.night, model, case) < p else "no idea"
@@ -133,6 +144,7 @@ def test_two_clean_nights_pass_and_a_worse_arm_fails_naming_the_gate(
     assert kinds == [("nightly",)] and trend == [(6,)]
 
 
+@pytest.mark.slow
 def test_a_month_of_clean_nights_raises_at_most_one_false_alarm(
     tmp_path, server, nights, monkeypatch
 ) -> None:
@@ -159,6 +171,36 @@ def test_a_month_of_clean_nights_raises_at_most_one_false_alarm(
     assert [(g.arm_id, g.gate) for g in dropped.failed] == [("arm-a", "score_drop")]
 
 
+@pytest.mark.slow
+def test_a_slower_night_through_the_real_run_path(tmp_path, server, nights, monkeypatch) -> None:
+    """Three nights through `run_experiment` and the database: on the second every call
+    waits 3× longer in the server, for both arms (a busy machine; about ×2 end to
+    end), which passes the default, relative latency gate and fails the absolute one;
+    on the third only arm-b's calls do, and its relative gate fails."""
+    folder = nightly_folder(tmp_path, server, monkeypatch, n_cases=24)
+    spec, db = folder / "watch.yaml", tmp_path / "r.duckdb"
+    gates = Gates(latency_p50_increase_pct=25, latency_p50_abs_increase_pct=25)
+    nights.delay_s = 0.05
+    runs = []
+    for slower, model_slower in ((1.0, {}), (3.0, {}), (1.0, {"model-b": 3.0})):
+        nights.night += 1
+        nights.slower, nights.model_slower = slower, model_slower
+        out = run_experiment(spec, db=db, use_cache=False, kind="nightly")
+        with Results(db) as results:
+            runs.append(RunData.read(results, out.run_id))
+    busy = compare(runs[0], runs[1], gates)
+    values = [(g.arm_id, g.gate, g.value) for g in busy.gates]
+    assert _gates(busy, "latency_p50_increase_pct") == {"arm-b": "pass"}, values
+    assert _gates(busy, "latency_p50_abs_increase_pct") == {
+        "arm-a": "FAIL",
+        "arm-b": "FAIL",
+    }, values
+    slower_b = compare(runs[0], runs[2], gates)
+    values = [(g.arm_id, g.gate, g.value) for g in slower_b.gates]
+    assert _gates(slower_b, "latency_p50_increase_pct") == {"arm-b": "FAIL"}, values
+
+
+@pytest.mark.slow
 def test_default_gates_false_alarm_rate_per_night_by_simulation() -> None:
     """1,000 simulated clean nights of 100 cases (temperature > 0: every call a fresh
     draw; latency log-normal per case and call; cost from output tokens): the default
@@ -170,7 +212,7 @@ def test_default_gates_false_alarm_rate_per_night_by_simulation() -> None:
         q = rng.beta(1, 1, 100)
         before, after = (rng.random(100) < q).astype(float), (rng.random(100) < q).astype(float)
         drop = compare_arms(
-            {"a": compare_paired(after, before, "pass_rate", level=0.99)}, alpha=0.01
+            {"a": compare_paired(after, before, "pass_rate", level=0.99)}, alpha=0.01, power=False
         )["a"]
         length = rng.lognormal(6, 0.5, 100)
         lat = compare_ratio(
@@ -212,6 +254,7 @@ def test_a_second_nightly_exits_at_once(tmp_path, server, monkeypatch) -> None:
     assert server.log == []
 
 
+@pytest.mark.slow
 def test_an_analyst_holding_the_database_does_not_stop_the_nightly(
     tmp_path, server, nights, monkeypatch
 ) -> None:
@@ -253,3 +296,185 @@ def test_an_invalid_spec_is_reported_and_the_others_still_run(
     assert result.exit_code == 1, result.output
     assert "broken" in result.output and "invalid spec" in result.output
     assert any("watch" in p.name or "watch" in str(p) for p in (tmp_path / "reports").rglob("*.md"))
+
+
+# -- gates that ignore a slow night -----------------------------------------------------
+
+
+def run_data(run_id: str, latency: np.ndarray, arms: list[str], baseline: str | None) -> RunData:
+    """A run as `compare` reads it: one call per arm and case, all passing, timed."""
+    n = latency.shape[1]
+    calls = pd.DataFrame(
+        [
+            {
+                "arm_id": arm,
+                "case_id": f"c{i:03d}",
+                "repeat": 0,
+                "status": "ok",
+                "error_type": None,
+                "cache_hit": False,
+                "made": True,
+                "latency_ms": float(latency[a, i]),
+                "cost_usd": 0.001 * (1 + a),
+                "passed": True,
+                "score": 1.0,
+            }
+            for a, arm in enumerate(arms)
+            for i in range(n)
+        ]
+    )
+    spec = f"name: drift\nbaseline: {baseline}\n" if baseline else "name: drift\n"
+    return RunData(run_id, "drift", spec, spec, arms, calls)
+
+
+def _gates(result, gate: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {g.arm_id: g.status for g in result.gates if g.gate == gate}
+
+
+def test_a_night_slower_for_every_arm_fails_only_the_absolute_gates() -> None:
+    """Tonight the machine is ×1.45 slower for every arm (one of seven nights on a shared
+    machine once failed all three arms so): the relative gates cancel it; the absolute
+    gates, kept for single-arm specs, see it. An arm slower against the baseline arm
+    fails the relative gate whatever the night."""
+    rng = np.random.default_rng(1)
+    arms = ["base", "b", "c"]
+    before, after = nights_pair(rng, Night(n=40, noise=0.1), Night(n=40, noise=0.1, factor=1.45))
+    gates = Gates(
+        latency_p50_increase_pct=25,
+        cost_increase_pct=10,
+        latency_p50_abs_increase_pct=25,
+        cost_abs_increase_pct=10,
+    )
+    result = compare(run_data("a", before, arms, "base"), run_data("b", after, arms, "base"), gates)
+    assert _gates(result, "latency_p50_increase_pct") == {"b": "pass", "c": "pass"}
+    assert _gates(result, "latency_p50_abs_increase_pct") == {
+        "base": "FAIL",
+        "b": "FAIL",
+        "c": "FAIL",
+    }
+    assert _gates(result, "cost_increase_pct") == {"b": "pass", "c": "pass"}
+    value = next(g.value for g in result.gates if g.gate == "latency_p50_increase_pct")
+    assert value.startswith("×1.0") and "against base" in value
+    _, slower = nights_pair(rng, Night(n=40, noise=0.1), Night(n=40, noise=0.1, slowdown=1.6))
+    result = compare(
+        run_data("a", before, arms, "base"), run_data("b", slower, arms, "base"), gates
+    )
+    assert _gates(result, "latency_p50_increase_pct") == {"b": "FAIL", "c": "pass"}
+
+
+def test_a_single_arm_spec_has_only_absolute_latency_gates() -> None:
+    before, after = nights_pair(np.random.default_rng(2), Night(n=20, arms=1), Night(n=20, arms=1))
+    a, b = run_data("a", before, ["only"], "only"), run_data("b", after, ["only"], "only")
+    result = compare(a, b, NIGHTLY_DEFAULT_GATES)
+    relative = next(g for g in result.gates if g.gate == "latency_p50_increase_pct")
+    assert relative.passed is None and "latency_p50_abs_increase_pct" in relative.value
+    result = compare(a, b, nightly_default_gates(1))
+    assert {g.gate: g.status for g in result.gates if "latency" in g.gate} == {
+        "latency_p50_abs_increase_pct": "pass"
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "night", [Night(drift=0.10), Night(drift=0.20), Night(factor=1.2), Night(n=30, drift=0.20)]
+)
+def test_drift_shared_by_every_arm_raises_at_most_1_percent_false_alarms(night: Night) -> None:
+    """500 pairs of clean nights, the candidate night drifted; two arms besides the
+    baseline: the relative latency gate (+25%) fails at most 1% of the 1,000 arm-nights.
+    The absolute gate, the old rule, fails a share of them that grows with the drift."""
+    rng = np.random.default_rng(int(night.drift * 100) + night.n + int((night.factor or 0) * 10))
+    relative = absolute = 0
+    for _ in range(500):
+        before, after = nights_pair(rng, Night(n=night.n, drift=night.drift), night)
+        for arm in (1, 2):
+            relative += latency_gate_fails(before, after, arm, 25, relative=True)
+            absolute += latency_gate_fails(before, after, arm, 25, relative=False)
+    print(f"{night}: relative {relative / 1000:.1%}, absolute {absolute / 1000:.1%}")
+    assert relative / 1000 <= 0.01, relative
+    if night.drift >= 0.2 or night.factor:
+        assert absolute / 1000 > 0.02, absolute  # what the old gate did
+
+
+# -- what each gate can catch ------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cases", [30, 100])
+def test_the_slowdown_validate_says_a_gate_catches_is_caught_80_percent_of_the_time(
+    cases: int,
+) -> None:
+    """Simulated nights under validate's stated assumption (a call's latency varies by
+    30% within its case), the candidate night drifted and arm 1 slower by exactly what
+    `a_priori` says the relative +25% gate catches: caught in about 80% of 400 nights."""
+    [catch] = a_priori(Gates(latency_p50_increase_pct=25), cases, 3, 1, False)
+    assert catch.detectable is not None
+    rng = np.random.default_rng(cases)
+    caught = 0
+    for _ in range(400):
+        before, after = nights_pair(
+            rng, Night(n=cases, noise=0.3), Night(n=cases, noise=0.3, slowdown=catch.detectable)
+        )
+        caught += latency_gate_fails(before, after, 1, 25, relative=True)
+    print(f"{catch.gate} {catch.threshold}, {cases} cases: caught {caught / 400:.1%}")
+    assert 0.72 <= caught / 400 <= 0.88, (catch.detectable, caught / 400)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("cases", "threshold"), [(60, "significant"), (200, "significant"), (200, 0.05)]
+)
+def test_the_drop_validate_says_a_gate_catches_is_caught_80_percent_of_the_time(
+    cases: int, threshold: str | float
+) -> None:
+    """Clean nights flip 20% of cases at random (temperature > 0); the candidate night
+    also loses exactly the drop `a_priori` quotes: the gate's own rule fails in about
+    80% of 400 nights."""
+    gates = Gates(score_drop=threshold)  # type: ignore[arg-type]
+    [catch] = a_priori(gates, cases, 2, 1, False)
+    assert catch.detectable is not None
+    rng = np.random.default_rng(cases)
+    caught = 0
+    for _ in range(400):
+        u = rng.random(cases)
+        d = np.where(u < 0.1, 1.0, np.where(u < 0.2 + catch.detectable, -1.0, 0.0))
+        drops = {
+            arm: compare_paired(
+                d if arm == "a" else np.zeros(cases), np.zeros(cases), "pass_rate", level=0.99
+            )
+            for arm in ("a", "b")
+        }
+        drop = compare_arms(drops, alpha=0.01, power=False)["a"]
+        assert drop.ci_high is not None
+        caught += drop.verdict == "worse" if threshold == "significant" else drop.ci_high < -0.05
+    print(f"{catch.gate} {catch.threshold}, {cases} cases: caught {caught / 400:.1%}")
+    assert 0.72 <= caught / 400 <= 0.88, (catch.detectable, caught / 400)
+
+
+def test_compare_and_the_nightly_page_say_what_each_gate_catches(
+    tmp_path, server, nights, monkeypatch
+) -> None:
+    """20 cases: every gate states what it catches, and the page and `compare` warn that
+    the spec is too small for its own thresholds."""
+    folder = nightly_folder(tmp_path, server, monkeypatch, n_cases=20)
+    db = tmp_path / "r.duckdb"
+    validate = CliRunner().invoke(cli, ["validate", str(folder / "watch.yaml")])
+    text = " ".join(validate.output.split())
+    assert (
+        "score_drop significant: a drop of" in text
+        and "latency_p50_increase_pct +25%: a slowdown to ×" in text
+    )
+    assert "warning: score_drop significant is too small for its threshold: with 20 cases" in text
+    assert run_nightly(folder, db).exit_code == 0
+    nights.night = 1
+    second = run_nightly(folder, db)
+    assert second.exit_code == 0, second.output
+    assert "catches (80% power)" in second.output and "too small for its threshold" in second.output
+    index = next((tmp_path / "reports/nightly").rglob("index.html")).read_text()
+    assert "catches (80% power)" in index and "or more" in index
+    assert "warning: arm-" in index and "too small for its threshold" in index
+    result = CliRunner().invoke(
+        cli, ["compare", "previous", "last", "--db", str(db), "--format", "json"]
+    )
+    data = json.loads(result.output)
+    assert all(g["detectable"] for g in data["gates"] if g["status"] != "not evaluated")
+    assert data["warnings"]

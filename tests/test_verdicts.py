@@ -119,7 +119,9 @@ def test_one_tied_case_is_not_no_difference(tmp_path, server, monkeypatch) -> No
     c = comparison(report)
     assert (c["n_pairs"], c["ties"], c["verdict"]) == (1, 1, "inconclusive")
     assert c["ci_low"] < -0.5 and c["ci_high"] > 0.5
-    assert "would be needed" in written_report(out).read_text()
+    text = written_report(out).read_text()
+    assert "No verdict is possible with 1 case: the test needs at least 6 cases" in text
+    assert "would be detected" not in text  # no '±162 points' from one case
 
 
 def test_every_call_failed_in_both_arms_is_not_compared(tmp_path, server, monkeypatch) -> None:
@@ -329,3 +331,161 @@ def test_the_outcomes_strip_bins_many_cases_and_says_what_a_cell_holds() -> None
     assert "each cell is 4 cases" in svg
     few = outcomes_chart([{"arm_id": "b", "case_outcomes": outcomes[:3]}], "a")
     assert few.count("<rect") == 3 and "case c0001: tie against a" in few
+
+
+# -- errors that may be what differs ---------------------------------------------------
+
+
+def _fail_model(server: FakeServer, model: str, cases: set[str] | None = None) -> None:
+    """A 400 (never retried, no circuit breaker) for `model`'s calls on `cases` (all)."""
+
+    def fault(entry: Any) -> Fault | None:
+        case = prompt_text(entry.body).rsplit("case ", 1)[1].split("?")[0].strip()
+        hit = entry.body.get("model") == model and (cases is None or case in cases)
+        return Fault(status=400) if hit else None
+
+    server.fault_fn = fault
+
+
+def test_an_arm_that_failed_every_call_does_not_make_the_other_better_silently(
+    tmp_path, server, monkeypatch
+) -> None:
+    _fail_model(server, "model-a")
+    path = spec(tmp_path, server, monkeypatch, n_cases=20, extra="max_error_rate: 1.0\n")
+    out = run_experiment(path, db=tmp_path / "r.duckdb")
+    report = report_of(out)
+    c = comparison(report)
+    assert c["verdict"] == "better" and c["diff"] == pytest.approx(1.0)
+    assert c["caveats"][0].startswith(
+        "`arm-a` failed every call (20 of 20; in the whole run: 20 bad_request)"
+    )
+    assert "errors alone could explain the difference" in c["caveats"][1]
+    md = written_report(out).read_text()
+    assert "**better** than `arm-a` on pass rate" in md
+    assert "**Caveat**: `arm-a` failed every call" in md
+    assert (
+        '<span class="inconclusive">Caveat</span>'
+        in written_report(out).with_suffix(".html").read_text()
+    )
+
+
+def test_a_difference_errors_alone_explain_says_so(tmp_path, server, monkeypatch) -> None:
+    """arm-b answers as well as arm-a but its endpoint rejects 8 of 30 cases: 'worse',
+    with its error rate and the cases without errors (no difference there) named."""
+    _fail_model(server, "model-b", {f"c{i:02d}" for i in range(8)})
+    path = spec(tmp_path, server, monkeypatch, n_cases=30, extra="max_error_rate: 1.0\n")
+    c = comparison(report_of(run_experiment(path, db=tmp_path / "r.duckdb")))
+    assert c["verdict"] == "worse" and c["losses"] == 8
+    assert c["caveats"][0].startswith("`arm-b` failed 27% of its calls (8 of 30")
+    assert c["caveats"][1].startswith(
+        "errors alone could explain the difference: over the 22 cases where neither arm "
+        "failed a call it is +0.0 points"
+    )
+
+
+def test_few_errors_that_do_not_change_the_verdict_add_no_caveat(
+    tmp_path, server, truth, monkeypatch
+) -> None:
+    truth.wrong = {("model-a", f"c{i:02d}") for i in range(12)}
+    _fail_model(server, "model-b", {"c20"})
+    path = spec(tmp_path, server, monkeypatch, n_cases=30, extra="max_error_rate: 1.0\n")
+    c = comparison(report_of(run_experiment(path, db=tmp_path / "r.duckdb")))
+    assert c["verdict"] == "better" and c["caveats"] == []
+
+
+# -- cost: "not compared" only when it is unknown --------------------------------------
+
+PRICE = "price: {input_per_mtok: 1000, output_per_mtok: 1000}"
+
+
+def _cost(path: Path, db: Path) -> tuple[dict[str, Any], str]:
+    out = run_experiment(path, db=db)
+    c = comparison(report_of(out), "cost")
+    return c, written_report(out).read_text()
+
+
+def test_cost_0_in_both_arms_says_so(tmp_path, server, monkeypatch) -> None:
+    path = spec(tmp_path, server, monkeypatch, n_cases=4)
+    path.write_text(
+        path.read_text().replace(PRICE, "price: {input_per_mtok: 0, output_per_mtok: 0}")
+    )
+    c, md = _cost(path, tmp_path / "r.duckdb")
+    assert (c["compared"], c["label"], c["reason"]) == (
+        False,
+        "0 in both",
+        "0 USD per call in both arms",
+    )
+    assert "on cost: **0 in both**: 0 USD per call in both arms." in md
+    assert "fewer than 2 cases" not in md
+
+
+def test_cost_of_a_run_answered_from_the_cache_is_0_in_both(tmp_path, server, monkeypatch) -> None:
+    path = spec(tmp_path, server, monkeypatch, n_cases=4)
+    _cost(path, tmp_path / "r.duckdb")
+    c, md = _cost(path, tmp_path / "r.duckdb")  # the same calls again: every one cached
+    assert c["label"] == "0 in both"
+    assert "on cost: **0 in both**: every call answered from the cache in both arms." in md
+
+
+def test_cost_without_a_price_is_not_compared(tmp_path, server, monkeypatch) -> None:
+    path = spec(tmp_path, server, monkeypatch, n_cases=4)
+    path.write_text(path.read_text().replace(f",\n          {PRICE}", ""))
+    c, md = _cost(path, tmp_path / "r.duckdb")
+    assert c["label"] is None and c["reason"] == "cost unknown for arm-b (no price)"
+    assert "on cost: **not compared**: cost unknown for arm-b (no price)." in md
+
+
+def test_the_arm_table_fits_a_1400_px_window(tmp_path, server, monkeypatch) -> None:
+    """19 columns of unbreakable cells hid the arm table's last ones (cost, estimate
+    error) past a 1,180-px page at 1400 px (looked at with headless Chromium): related
+    figures now share a cell, model names wrap."""
+    out = run_experiment(spec(tmp_path, server, monkeypatch, n_cases=3), db=tmp_path / "r.duckdb")
+    html = written_report(out).with_suffix(".html").read_text()
+    table = html.split('<table class="arms">', 1)[1].split("</table>", 1)[0]
+    headers = table.split("</tr>", 1)[0].count("<th")
+    assert headers <= 13, headers
+    assert "per 1k cases</div>" in table and "td.wrap{white-space:normal" in html
+
+
+# -- small, consistent changes in a continuous score ---------------------------------------
+
+
+def _target(case: str) -> str:
+    return f"the answer to question {case} is {case}-blue-lighthouse"[:45].ljust(45, ".")
+
+
+def test_a_uniform_4_point_similarity_gain_on_30_cases_is_called_better(
+    tmp_path, server, monkeypatch
+) -> None:
+    """Every case's answer comes 1-3 characters closer to the expected text (of 45):
+    +4.4 similarity points on average, each case between +2.2 and +6.7. The old interval
+    said −5.1…+13.3, 'inconclusive', 'about 8,321 cases would be needed'."""
+
+    def answer(body: dict[str, Any]) -> str:
+        case = prompt_text(body).rsplit("case ", 1)[1].split("?")[0].strip()
+        i = int(case[1:])
+        typos = 4 + i % 6 - (0 if body["model"] == "model-a" else 1 + i % 3)
+        return "#" * typos + _target(case)[typos:]
+
+    server.reply = answer
+    path = spec(
+        tmp_path,
+        server,
+        monkeypatch,
+        n_cases=30,
+        case_fields=lambda i: f", answer: '{_target(f'c{i:02d}')}'",
+    )
+    text = path.read_text().split("scorers:")[0]
+    path.write_text(
+        text + 'scorers:\n  - {type: similarity, expected: "{{ case.answer }}", threshold: 0.5}\n'
+    )
+    out = run_experiment(path, db=tmp_path / "r.duckdb")
+    c = comparison(report_of(out), "mean_score")
+    assert c["diff"] == pytest.approx(4 / 90, abs=1e-6)
+    assert c["verdict"] == "better" and c["wins"] == 30
+    assert 0.025 < c["ci_low"] < c["diff"] < c["ci_high"] < 0.065, (c["ci_low"], c["ci_high"])
+    assert c["n_needed"] is None and c["caveats"] == []
+    md = written_report(out).read_text()
+    sentence = next(line for line in md.splitlines() if "on mean score" in line)
+    assert "`arm-b` is **better** than `arm-a` on mean score: +4.4 points (95% CI +" in sentence
+    assert "would be needed" not in sentence

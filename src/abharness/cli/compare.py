@@ -48,12 +48,16 @@ def print_comparison(c: RunComparison, title: str | None = None) -> None:
     for note in c.notes:
         err_console.print(f"[yellow]{note}[/]" if note.endswith(":") or "only in" in note else note)
     table = Table(title=title or f"{c.candidate} against {c.reference}")
-    for col in ("arm", "gate", "threshold", "value", "result"):
+    for col in ("arm", "gate", "threshold", "value", "catches (80% power)", "result"):
         table.add_column(col)
     for g in c.gates:
         style = {"FAIL": "bold red", "pass": "green"}.get(g.status, "bold yellow")
-        table.add_row(g.arm_id, g.gate, g.threshold, g.value, f"[{style}]{g.status}[/]")
+        table.add_row(
+            g.arm_id, g.gate, g.threshold, g.value, g.detectable or "–", f"[{style}]{g.status}[/]"
+        )
     console.print(table)
+    for warning in c.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     for arm, cases in c.regressed.items():
         if cases:
             shown = ", ".join(cases[:15]) + (

@@ -118,7 +118,7 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
 
     from ..errors import InvalidInput, StoreWriteError
     from ..report.build import write_report
-    from ..report.compare import NIGHTLY_DEFAULT_GATES, RunData, compare
+    from ..report.compare import RunData, compare, nightly_default_gates
     from ..report.nightly import NightEntry
     from ..run.experiment import prepare, run_experiment
     from ..store.queries import Results
@@ -176,7 +176,7 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
     entry.previous = previous.run_id
     gates = plan.spec.experiment.gates
     if gates == type(gates)():
-        gates = NIGHTLY_DEFAULT_GATES
+        gates = nightly_default_gates(len(plan.arms))
         entry.note = "the spec sets no gates: the nightly defaults apply"
     entry.comparison = compare(previous, current, gates)
     print_comparison(

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .common import EXIT_INVALID, console, db_option, err_console, one_line_errors
+
+if TYPE_CHECKING:
+    from ..run.plan import Plan
 
 
 @click.command("validate")
@@ -58,6 +62,10 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
             console.print(f"{arm.id}: {arm.describe()}", markup=False, soft_wrap=True)
     if any(a.is_baseline for a in plan.arms) and len(plan.arms) > 1:
         console.print(power_note(plan.n_cases, len(plan.arms) - 1), soft_wrap=True)
+    for line, warn in gate_notes(plan, spec):
+        (err_console if warn else console).print(
+            f"[yellow]warning:[/] {line}" if warn else line, soft_wrap=True
+        )
     for a, why in missing.items():
         err_console.print(f"[bold red]cannot run here:[/] {a.id}: {why}")
     if problems:
@@ -76,15 +84,92 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
 
 
 def power_note(n_cases: int, arms_compared: int) -> str:
-    """What this many cases can tell, before any money is spent."""
-    from ..report.stats import minimum_detectable_effect
+    """What this many cases can tell, before any money is spent: the exact test's power
+    with one call per case, for two shares of cases that differ between the arms (a
+    difference can be no larger than that share)."""
+    from ..report.power import binary_detectable, min_units_to_reject
+    from ..report.stats import ALPHA
 
-    typical = minimum_detectable_effect(n_cases, arms_compared, discordance=0.2)
-    many = minimum_detectable_effect(n_cases, arms_compared, discordance=0.5)
     against = f"{arms_compared} arm{'s' if arms_compared > 1 else ''} against the baseline"
-    return (
-        f"With {n_cases} cases and {against}, the smallest pass-rate difference detectable "
-        f"with 80% power is about ±{min(typical, 1) * 100:.0f} points if 20% of cases differ "
-        f"between the arms, ±{min(many, 1) * 100:.0f} if half do. Repeats at temperature > 0 "
-        "narrow this a little; at temperature 0 they are copies and do not."
+    least = min_units_to_reject(ALPHA, arms_compared)
+    if n_cases < least:
+        return (
+            f"With {n_cases} cases and {against}, no pass-rate difference can be detected: the "
+            f"exact test needs at least {least} cases that differ to reject at 5%"
+            + (" (Holm across the arms)." if arms_compared > 1 else ".")
+        )
+    level = ALPHA / arms_compared
+    typical = binary_detectable(n_cases, 0.2, level, cap=0.2)
+    many = binary_detectable(n_cases, 0.5, level, cap=0.5)
+    head = f"With {n_cases} cases and {against}, "
+    tail = (
+        " Repeats at temperature > 0 narrow this a little; at temperature 0 they are copies "
+        "and do not."
     )
+    if many is None:
+        return (
+            head + "no pass-rate difference would be detected reliably (80% power), even if half "
+            "of the cases differed between the arms." + tail
+        )
+    if typical is None:
+        return (
+            head + f"the smallest pass-rate difference detectable with 80% power is about "
+            f"±{many * 100:.0f} points if half of the cases differ between the arms; if only 20% "
+            "do, no difference would be (it could be no larger than 20 points)." + tail
+        )
+    return (
+        head + f"the smallest pass-rate difference detectable with 80% power is about "
+        f"±{typical * 100:.0f} points if 20% of cases differ between the arms, "
+        f"±{many * 100:.0f} if half do." + tail
+    )
+
+
+def gate_notes(plan: Plan, spec: Path) -> list[tuple[str, bool]]:
+    """What each gate would catch with 80% power at this size, and a warning per gate
+    too small for its threshold: (line, is a warning). The spec's gates, or the nightly
+    defaults for a spec in a `nightly` folder that sets none."""
+    from ..report.compare import nightly_default_gates
+    from ..report.gate_power import a_priori
+
+    gates = plan.spec.experiment.gates
+    whose = "the spec's gates"
+    if gates == type(gates)():
+        if spec.resolve().parent.name != "nightly":
+            return []
+        gates, whose = nightly_default_gates(len(plan.arms)), "the nightly defaults"
+    n, arms = plan.n_cases, len(plan.arms)
+    zero = all(a.params.temperature == 0 for a in plan.arms)
+    out: list[tuple[str, bool]] = [
+        (
+            f"Gates ({whose}): what `compare` and `nightly` would catch with 80% power "
+            f"(99% intervals) on {n} cases:",
+            False,
+        )
+    ]
+    for c in a_priori(gates, n, arms, plan.spec.experiment.repeats, zero):
+        against = " against the baseline arm" if c.gate == "latency_p50_increase_pct" else ""
+        detail = f" ({c.why})" if c.why and c.detectable is not None else ""
+        out.append((f"  {c.gate} {c.threshold}: {c.text}{against}{detail}", False))
+        warning = c.warning(n)
+        if warning:
+            out.append((warning, True))
+    for gate in ("cost_increase_pct", "cost_abs_increase_pct"):
+        if getattr(gates, gate) is not None:
+            out.append(
+                (
+                    f"  {gate} +{getattr(gates, gate):g}%: depends on how much the cost per call "
+                    "varies; `compare` and the nightly page show it from the runs",
+                    False,
+                )
+            )
+    relative = [g for g in ("latency_p50_increase_pct", "cost_increase_pct") if getattr(gates, g)]
+    if relative and arms < 2:
+        out.append(
+            (
+                f"{' and '.join(relative)} compare each arm with the baseline arm, and this spec "
+                "has one arm: they will not be evaluated; the absolute gates "
+                "(latency_p50_abs_increase_pct, cost_abs_increase_pct) apply to a single arm",
+                True,
+            )
+        )
+    return out

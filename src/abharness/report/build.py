@@ -16,6 +16,7 @@ import yaml
 
 from ..store.health import environment_failure
 from ..store.queries import Results
+from .caveats import error_rate_caveats, explained_by_errors
 from .stats import (
     ALPHA,
     EQUIVALENCE_MARGIN,
@@ -51,6 +52,7 @@ def case_level(calls: pd.DataFrame) -> pd.DataFrame:
         passed=made["passed"].astype(float),
         ok=(made["status"] == "ok").astype(int),
         timed=timed,
+        cached=made["cache_hit"].astype(bool).astype(int),
     )
     return frame.groupby(["arm_id", "case_id"], sort=True).agg(
         calls=("passed", "size"),
@@ -59,6 +61,7 @@ def case_level(calls: pd.DataFrame) -> pd.DataFrame:
         latency=("timed", "median"),
         cost=("cost_usd", "mean"),
         ok=("ok", "sum"),
+        cached=("cached", "sum"),
     )
 
 
@@ -148,11 +151,14 @@ def _comparisons(
     baseline: str,
     clusters: dict[str, str] | None,
     n_cases: int,
+    error_types: dict[str, dict[str, int]] | None = None,
 ) -> tuple[list[tuple[str, Comparison]], dict[str, list[list[str]]]]:
-    """Every arm against the baseline on pass rate, mean score, latency and cost."""
+    """Every arm against the baseline on pass rate, mean score, latency and cost, with
+    caveats where errors may be what differs (`caveats`)."""
     results: dict[str, dict[str, Comparison]] = {m: {} for m in METRICS}
     outcomes: dict[str, list[list[str]]] = {}
     score_range = _score_range(by_case["score"].to_numpy(dtype=float))
+    paired: dict[str, tuple[pd.DataFrame, pd.DataFrame, list[str] | None]] = {}
     for arm in arm_ids:
         mine, base, excluded = _pair(by_case, arm, baseline)
         made_nothing = [a for a, rows in ((arm, mine), (baseline, base)) if len(rows) == 0]
@@ -160,18 +166,24 @@ def _comparisons(
         if unmade > 0:
             excluded["no call made by either arm"] = unmade
         cl = [clusters.get(str(c), str(c)) for c in mine.index] if clusters else None
+        paired[arm] = (mine, base, cl)
         for metric, column in (("pass_rate", "passed"), ("mean_score", "score")):
             if made_nothing:
                 comp = not_compared(metric, f"{made_nothing[0]} made no call", excluded)
             elif mine["ok"].sum() == 0 and base["ok"].sum() == 0:
                 comp = not_compared(metric, "every call failed in both arms", excluded)
             else:
-                bound = 1.0 if column == "passed" else score_range[1] - score_range[0]
-                comp = compare_paired(mine[column], base[column], metric, clusters=cl, bound=bound)
+                low, high = (0.0, 1.0) if column == "passed" else score_range
+                comp = compare_paired(
+                    mine[column], base[column], metric, clusters=cl, bound=high - low, low=low
+                )
                 comp.excluded = excluded
             results[metric][arm] = comp
         for metric in RATIO_METRICS:
-            comp = compare_ratio(mine[metric], base[metric], metric)
+            unmeasured = (
+                _zero_or_unknown_cost(mine, base, arm, baseline) if metric == "cost" else None
+            )
+            comp = unmeasured or compare_ratio(mine[metric], base[metric], metric)
             comp.excluded = excluded
             results[metric][arm] = comp
         diff = (mine["passed"] - base["passed"]).sort_index()
@@ -182,7 +194,46 @@ def _comparisons(
     out: list[tuple[str, Comparison]] = []
     for metric in METRICS:
         out += list(compare_arms(results[metric]).items())
+    for arm, c in out:
+        if not c.compared:
+            continue
+        mine, base, cl = paired[arm]
+        c.caveats = error_rate_caveats(c.metric, ((arm, mine), (baseline, base)), error_types or {})
+        if c.metric in ("pass_rate", "mean_score"):
+            column = "passed" if c.metric == "pass_rate" else "score"
+            low, high = (0.0, 1.0) if column == "passed" else score_range
+            why = explained_by_errors(c, column, mine, base, cl, high - low, low)
+            c.caveats += [why] if why else []
     return out, outcomes
+
+
+def _zero_or_unknown_cost(
+    mine: pd.DataFrame, base: pd.DataFrame, arm: str, baseline: str
+) -> Comparison | None:
+    """Cost that is not a ratio: unknown in an arm (no price, or no call succeeded) —
+    the only "not compared" — or 0 in both arms or in one (local models, calls
+    answered from the cache)."""
+    if len(mine) == 0:
+        return None
+    sides = ((arm, mine), (baseline, base))
+    for who, rows in sides:
+        if rows["cost"].isna().all():
+            why = "no call succeeded" if rows["ok"].sum() == 0 else "no price"
+            return not_compared("cost", f"cost unknown for {who} ({why})")
+    free = [a for a, rows in sides if rows["cost"].fillna(0).sum() == 0]
+    if not free:
+        return None
+    cached = [a for a, rows in sides if rows["cached"].sum() == rows["calls"].sum()]
+    why = "every call answered from the cache" if set(free) <= set(cached) else "0 USD per call"
+    if len(free) == 2:
+        c = not_compared("cost", f"{why} in both arms")
+        c.label = "0 in both"
+    else:
+        paid = baseline if free == [arm] else arm
+        cost = (base if paid == baseline else mine)["cost"].mean()
+        c = not_compared("cost", f"{free[0]}: {why}; {paid}: {cost:.4g} USD per call")
+        c.label = f"0 for {free[0]}"
+    return c
 
 
 def _examples(
@@ -236,11 +287,16 @@ def _comparison_json(arm: str, baseline: str, c: Comparison) -> dict[str, Any]:
         "losses": c.losses,
         "verdict": c.verdict,
         "compared": c.compared,
+        "label": c.label,
         "negligible": c.negligible,
         "reason": c.reason,
         "mde": c.mde,
         "n_needed": c.n_needed,
         "excluded": c.excluded,
+        "n_needed_range": list(c.n_needed_range) if c.n_needed_range else None,
+        "n_needed_goal": c.n_needed_goal,
+        "min_units": c.min_units,
+        "caveats": c.caveats,
     }
 
 
@@ -292,7 +348,8 @@ def build_report(db: Results, run_id: str) -> dict[str, Any]:
     comparisons: list[dict[str, Any]] = []
     if baseline is not None:
         others = [a["arm_id"] for a in arm_list if a["arm_id"] != baseline]
-        decided, outcomes = _comparisons(by_case, others, baseline, clusters, n_cases)
+        error_types = {a["arm_id"]: a["errors_by_type"] for a in arm_list}
+        decided, outcomes = _comparisons(by_case, others, baseline, clusters, n_cases, error_types)
         comparisons = [_comparison_json(arm, baseline, c) for arm, c in decided]
         for a in arm_list:
             if a["arm_id"] in outcomes:

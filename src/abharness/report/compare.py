@@ -9,18 +9,25 @@ interval lies beyond its threshold, so noise between two clean runs does not fai
   test at `GATE_ALPHA` (Holm across arms) and the `GATE_LEVEL` interval lies below 0;
   a number (e.g. ``0.05``) fails when the interval's upper end lies below −0.05;
 - ``latency_p50_increase_pct: 25`` fails when the lower end of the interval of the
-  per-case latency ratio B ÷ A (median over repeats, geometric mean over cases) lies
-  above 1.25; ``cost_increase_pct`` likewise for the cost per call.
+  per-case ratio of ratios — (arm ÷ baseline arm in B) ÷ (arm ÷ baseline arm in A),
+  median latency over repeats, geometric mean over cases — lies above 1.25. A night
+  when the machine or the provider is slower for every arm cancels out; the baseline
+  arm itself is the yardstick and gets no relative gate. ``cost_increase_pct`` likewise
+  for the cost per call (against the arm's own cost when the baseline costs nothing).
+- ``latency_p50_abs_increase_pct`` and ``cost_abs_increase_pct`` compare each arm with
+  itself, drift included: the gates for single-arm specs, where nothing can cancel it.
 
 A gate that cannot be evaluated says why, and is never a pass: an arm of B answered
 from the response cache (its calls measure nothing new), a figure missing in either
-run (no latency measured, no price). `NIGHTLY_DEFAULT_GATES` apply to nightly specs
-that set none. Expected false alarms: README "Nightly runs".
+run (no latency measured, no price), a relative gate without a second arm.
+`nightly_default_gates` apply to nightly specs that set none. Expected false alarms:
+README "Nightly runs".
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +38,27 @@ from ..errors import InvalidInput
 from ..spec.models import Gates
 from ..store.queries import Results, RunNotFound
 from .build import arm_rows, case_level
+from .gate_power import GATE_ALPHA, GATE_LEVEL, Catch, observed_drop, observed_ratio
 from .stats import Comparison, compare_arms, compare_paired, compare_ratio
 
-GATE_ALPHA = 0.01  # two-sided: a drop is called at 0.5%
-GATE_LEVEL = 0.99
 NIGHTLY_DEFAULT_GATES = Gates(
     score_drop="significant", latency_p50_increase_pct=25, cost_increase_pct=10
 )
+NIGHTLY_DEFAULT_GATES_ONE_ARM = Gates(
+    score_drop="significant", latency_p50_abs_increase_pct=25, cost_abs_increase_pct=10
+)
+RATIO_GATES = (  # gate, metric, relative to the baseline arm
+    ("latency_p50_increase_pct", "latency", True),
+    ("cost_increase_pct", "cost", True),
+    ("latency_p50_abs_increase_pct", "latency", False),
+    ("cost_abs_increase_pct", "cost", False),
+)
+
+
+def nightly_default_gates(arms: int) -> Gates:
+    """The gates of a nightly spec that sets none: relative latency and cost gates when
+    a second arm can cancel the night's drift, absolute ones for a single arm."""
+    return NIGHTLY_DEFAULT_GATES if arms > 1 else NIGHTLY_DEFAULT_GATES_ONE_ARM
 
 
 @dataclass
@@ -47,6 +68,16 @@ class GateResult:
     threshold: str
     value: str
     passed: bool | None  # None: not evaluated
+    catches: Catch | None = None  # what the gate could catch here (80% power)
+    cases: int = 0  # cases paired for it
+
+    @property
+    def detectable(self) -> str | None:
+        return self.catches.text if self.catches else None
+
+    @property
+    def warning(self) -> str | None:
+        return self.catches.warning(self.cases) if self.catches else None
 
     @property
     def status(self) -> str:
@@ -81,9 +112,18 @@ class RunData:
         )
 
     @property
-    def gates(self) -> Gates:
+    def spec(self) -> dict[str, Any]:
         spec = yaml.safe_load(self.spec_yaml) or {}
-        return Gates.model_validate(spec.get("gates") or {})
+        return spec if isinstance(spec, dict) else {}
+
+    @property
+    def gates(self) -> Gates:
+        return Gates.model_validate(self.spec.get("gates") or {})
+
+    @property
+    def baseline(self) -> str | None:
+        baseline = self.spec.get("baseline")
+        return str(baseline) if baseline is not None else None
 
 
 @dataclass
@@ -102,6 +142,17 @@ class RunComparison:
     def not_evaluated(self) -> list[GateResult]:
         return [g for g in self.gates if g.passed is None]
 
+    @property
+    def warnings(self) -> list[str]:
+        """One line per gate too small for its threshold (the arm that catches least)."""
+        worst: dict[str, GateResult] = {}
+        for g in self.gates:
+            if g.warning is not None and (
+                g.gate not in worst or _least_caught(g) > _least_caught(worst[g.gate])
+            ):
+                worst[g.gate] = g
+        return [f"{g.arm_id}: {g.warning}" for g in worst.values()]
+
     def as_json(self) -> dict[str, Any]:
         return {
             "run_a": self.reference,
@@ -114,12 +165,20 @@ class RunComparison:
                     "threshold": g.threshold,
                     "value": g.value,
                     "status": g.status,
+                    "detectable": g.detectable,
+                    "too_small": g.catches.too_small if g.catches else None,
                 }
                 for g in self.gates
             ],
             "regressed_cases": self.regressed,
             "notes": self.notes,
+            "warnings": self.warnings,
         }
+
+
+def _least_caught(g: GateResult) -> float:
+    found = g.catches.detectable if g.catches else None
+    return math.inf if found is None else found
 
 
 def compare_runs(db: Results, run_a: str, run_b: str) -> RunComparison:
@@ -148,18 +207,21 @@ def compare(a: RunData, b: RunData, gates: Gates | None = None) -> RunComparison
         f"arm {arm!r} is only in {a.run_id}: not compared" for arm in a.arms if arm not in b.arms
     ]
     by_a, by_b = case_level(a.calls), case_level(b.calls)
+    baseline = b.baseline if b.baseline in arms and b.baseline == a.baseline else None
     drops: dict[str, Comparison] = {}
-    ratios: dict[str, dict[str, Comparison]] = {"latency": {}, "cost": {}}
+    ratios: dict[tuple[str, bool], dict[str, Comparison]] = {
+        (metric, relative): {} for _, metric, relative in RATIO_GATES
+    }
     cached: dict[str, str] = {}
     for arm in arms:
-        mine, base = arm_rows(by_b, arm), arm_rows(by_a, arm)
-        common = mine.index.intersection(base.index)
-        mine, base = mine.loc[common], base.loc[common]
+        mine, base = _paired(by_b, by_a, arm)
         drops[arm] = compare_paired(mine["passed"], base["passed"], "pass_rate", level=GATE_LEVEL)
-        for metric in ratios:
-            ratios[metric][arm] = compare_ratio(
+        for metric in ("latency", "cost"):
+            ratios[(metric, False)][arm] = compare_ratio(
                 mine[metric], base[metric], metric, level=GATE_LEVEL
             )
+            if baseline is not None and arm != baseline:
+                ratios[(metric, True)][arm] = _ratio_of_ratios(by_a, by_b, arm, baseline, metric)
         hits = b.calls[(b.calls["arm_id"] == arm) & b.calls["made"]]["cache_hit"].astype(bool)
         if hits.any():
             cached[arm] = (
@@ -167,30 +229,45 @@ def compare(a: RunData, b: RunData, gates: Gates | None = None) -> RunComparison
                 "they measure nothing new (run with --no-cache)"
             )
         out.regressed[arm] = _regressed(mine, base)
-    compare_arms(drops, alpha=GATE_ALPHA)
+    compare_arms(drops, alpha=GATE_ALPHA, power=False)  # gate_power says what they catch
+    context = _Context(a, b, baseline, len(arms))
     for arm in arms:
-        out.gates += _arm_gates(
-            arm,
-            gates,
-            drops[arm],
-            ratios["latency"][arm],
-            ratios["cost"][arm],
-            cached.get(arm),
-            a,
-            b,
-        )
+        out.gates += _arm_gates(arm, gates, drops[arm], ratios, cached.get(arm), context)
     return out
+
+
+@dataclass
+class _Context:
+    a: RunData
+    b: RunData
+    baseline: str | None  # the baseline arm, when both runs have it and it is the same
+    arms: int  # arms in both runs
+
+
+def _paired(by_b: pd.DataFrame, by_a: pd.DataFrame, arm: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    mine, base = arm_rows(by_b, arm), arm_rows(by_a, arm)
+    common = mine.index.intersection(base.index)
+    return mine.loc[common], base.loc[common]
+
+
+def _ratio_of_ratios(
+    by_a: pd.DataFrame, by_b: pd.DataFrame, arm: str, baseline: str, metric: str
+) -> Comparison:
+    """Per case, (arm ÷ baseline arm) in B against the same in A: drift that slows
+    every arm of a run alike cancels. Cases missing from any of the four are left out."""
+    now = arm_rows(by_b, arm)[metric] / arm_rows(by_b, baseline)[metric]
+    then = arm_rows(by_a, arm)[metric] / arm_rows(by_a, baseline)[metric]
+    common = now.dropna().index.intersection(then.dropna().index)
+    return compare_ratio(now.loc[common], then.loc[common], metric, level=GATE_LEVEL)
 
 
 def _arm_gates(
     arm: str,
     gates: Gates,
     drop: Comparison,
-    latency: Comparison,
-    cost: Comparison,
+    ratios: dict[tuple[str, bool], dict[str, Comparison]],
     cached: str | None,
-    a: RunData,
-    b: RunData,
+    ctx: _Context,
 ) -> list[GateResult]:
     out: list[GateResult] = []
     level = f"{GATE_LEVEL * 100:.0f}% CI"
@@ -214,26 +291,55 @@ def _arm_gates(
                 passed = drop.verdict != "worse"
             else:
                 passed = not drop.ci_high < -float(gates.score_drop)
-            out.append(GateResult(arm, "score_drop", threshold, value, passed))
-    for gate, pct, comp in (
-        ("latency_p50_increase_pct", gates.latency_p50_increase_pct, latency),
-        ("cost_increase_pct", gates.cost_increase_pct, cost),
-    ):
+            catch = observed_drop(gates, drop, ctx.arms)
+            out.append(GateResult(arm, "score_drop", threshold, value, passed, catch, drop.n_pairs))
+    for gate, metric, relative in RATIO_GATES:
+        pct = getattr(gates, gate)
         if pct is None:
             continue
         threshold = f"+{pct:g}%"
+        if relative and (ctx.baseline is None or ctx.arms < 2):
+            out.append(GateResult(arm, gate, threshold, _no_yardstick(ctx, gate), None))
+            continue
+        if relative and arm == ctx.baseline:
+            continue  # the yardstick of the relative gates: only absolute ones apply to it
         if cached:
             out.append(GateResult(arm, gate, threshold, cached, None))
-        elif not comp.compared:
-            out.append(_unmeasured(arm, gate, threshold, comp, a, b))
-        else:
-            assert comp.diff is not None and comp.ci_low is not None and comp.ci_high is not None
-            value = (
-                f"×{comp.diff:.2f} ({level} {comp.ci_low:.2f} to {comp.ci_high:.2f}, "
-                f"{comp.n_pairs} cases)"
-            )
-            out.append(GateResult(arm, gate, threshold, value, not comp.ci_low > 1 + pct / 100))
+            continue
+        comp, against = ratios[(metric, relative)][arm], ""
+        if relative:
+            against = f" against {ctx.baseline}"
+            if not comp.compared and _costs_nothing(ctx, str(ctx.baseline), metric):
+                comp = ratios[(metric, False)][arm]  # nothing to divide by: the arm's own cost
+                against = f" (absolute: {ctx.baseline} costs 0 in both runs)"
+        if not comp.compared:
+            out.append(_unmeasured(arm, gate, threshold, comp, ctx.a, ctx.b))
+            continue
+        assert comp.diff is not None and comp.ci_low is not None and comp.ci_high is not None
+        value = (
+            f"×{comp.diff:.2f}{against} ({level} {comp.ci_low:.2f} to {comp.ci_high:.2f}, "
+            f"{comp.n_pairs} cases)"
+        )
+        catch = observed_ratio(gate, pct, comp)
+        passed = not comp.ci_low > 1 + pct / 100
+        out.append(GateResult(arm, gate, threshold, value, passed, catch, comp.n_pairs))
     return out
+
+
+def _no_yardstick(ctx: _Context, gate: str) -> str:
+    absolute = gate.replace("_increase_pct", "_abs_increase_pct")
+    if ctx.arms < 2:
+        why = "one arm: no second arm to cancel a slower night with"
+    else:
+        why = f"the spec's baseline arm is not in both runs ({ctx.b.baseline!r})"
+    return f"{why}; {absolute} is the absolute gate"
+
+
+def _costs_nothing(ctx: _Context, arm: str, metric: str) -> bool:
+    if metric != "cost":
+        return False
+    costs = [r.calls.loc[r.calls["arm_id"] == arm, "cost_usd"] for r in (ctx.a, ctx.b)]
+    return all(c.notna().any() and c.fillna(0).sum() == 0 for c in costs)
 
 
 def _unmeasured(
@@ -241,10 +347,8 @@ def _unmeasured(
 ) -> GateResult:
     """A ratio gate without a ratio: a cost gate on an arm that cost nothing in both
     runs passes; any other missing figure leaves the gate not evaluated."""
-    if comp.metric == "cost":
-        costs = [r.calls.loc[r.calls["arm_id"] == arm, "cost_usd"] for r in (a, b)]
-        if all(c.notna().any() and c.fillna(0).sum() == 0 for c in costs):
-            return GateResult(arm, gate, threshold, "0 USD in both runs", True)
+    if _costs_nothing(_Context(a, b, None, 0), arm, comp.metric):
+        return GateResult(arm, gate, threshold, "0 USD in both runs", True)
     return GateResult(arm, gate, threshold, f"not measured in both runs ({comp.reason})", None)
 
 

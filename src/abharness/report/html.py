@@ -20,6 +20,7 @@ from .markdown import (
     _estimate,
     _fmt,
     _interval,
+    detectable_text,
     verdict_sentence,
     verdict_word,
 )
@@ -34,13 +35,22 @@ table{border-collapse:collapse;font-size:13px;width:100%;margin:6px 0}
 th,td{padding:5px 7px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap}
 th{background:#f6f8fa;font-weight:600;white-space:normal;vertical-align:bottom}
 .wide{overflow-x:auto} td:first-child,th:first-child{text-align:left}
-td.l,th.l{text-align:left} .ci{color:#6e7781;font-size:11px}
+td.l,th.l{text-align:left} .ci{color:#6e7781;font-size:11px;white-space:normal}
+td.wrap{white-space:normal;overflow-wrap:anywhere;min-width:7em}
 .verdicts li{margin:6px 0} .better{color:#1a7f37;font-weight:600} .worse{color:#cf222e;font-weight:600}
 .no_difference{color:#57606a;font-weight:600} .inconclusive{color:#9a6700;font-weight:600}
 .charts{display:flex;flex-wrap:wrap;gap:24px} .chart{flex:1 1 520px} .note{color:#57606a;font-size:12px}
 code{background:#f6f8fa;padding:1px 4px;border-radius:4px;font-size:12px}
 .ex li{margin:6px 0;font-size:13px}
 """
+
+
+def _label(name: str, limit: int = 16) -> str:
+    """An arm's name for a chart's 130-px margin: cut with an ellipsis past `limit`
+    characters (the full name on hover), where the SVG would clip its start."""
+    if len(name) <= limit:
+        return escape(name)
+    return f"<title>{escape(name)}</title>{escape(name[: limit - 1])}…"
 
 
 def _color(i: int) -> str:
@@ -71,7 +81,7 @@ def latency_chart(arms: list[dict[str, Any]]) -> str:
     for i, (name, d) in enumerate(data):
         y = 14 + i * row
         parts.append(
-            f'<text x="{left - 8}" y="{y + 13}" font-size="12" text-anchor="end">{escape(name)}</text>'
+            f'<text x="{left - 8}" y="{y + 13}" font-size="12" text-anchor="end">{_label(name)}</text>'
         )
         if not d.size:
             parts.append(
@@ -164,7 +174,7 @@ def outcomes_chart(arms: list[dict[str, Any]], baseline: str) -> str:
     for r, a in enumerate(rows):
         yy = 6 + r * 26
         parts.append(
-            f'<text x="{left - 8}" y="{yy + 13}" font-size="12" text-anchor="end">{escape(a["arm_id"])}</text>'
+            f'<text x="{left - 8}" y="{yy + 13}" font-size="12" text-anchor="end">{_label(a["arm_id"])}</text>'
         )
         outcomes = a["case_outcomes"]
         for i in range(0, len(outcomes), per):
@@ -204,7 +214,11 @@ def sentence_html(c: dict[str, Any], r: dict[str, Any]) -> str:
 def _css(c: dict[str, Any], word: str) -> str:
     if word == "negligible":
         return "no_difference"
-    return c["verdict"] if c["compared"] else "inconclusive"
+    if word == "Caveat":
+        return "inconclusive"
+    if not c["compared"]:
+        return "no_difference" if c.get("label") else "inconclusive"
+    return c["verdict"]
 
 
 def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
@@ -234,10 +248,10 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
         out += [f"<li><code>{e(n['arm_id'])}</code>: {e(n['reason'])}</li>" for n in r["not_run"]]
         out.append("</ul>")
     out.append(
-        '<h2>Arms</h2><div class="wide"><table><tr><th>arm</th><th class="l">model</th><th class="l">prompt</th><th>n</th>'
-        "<th>cases</th><th>not made</th><th>errors</th><th>cached</th><th>pass rate</th><th>mean score</th><th>p50 ms</th><th>p90 ms</th>"
-        "<th>p99 ms</th><th>TTFT p50</th><th>input tok</th><th>output tok</th><th>cost USD</th>"
-        "<th>per 1k cases</th><th>estimate error</th></tr>"
+        '<h2>Arms</h2><div class="wide"><table class="arms"><tr><th>arm</th><th class="l">model · prompt</th>'
+        "<th>cases</th><th>calls</th><th>errors</th><th>pass rate</th><th>mean score</th>"
+        "<th>p50 ms</th><th>p90 · p99 ms</th><th>TTFT p50 ms</th><th>tokens in · out</th>"
+        "<th>cost USD</th><th>estimate error (tok/call)</th></tr>"
     )
     for a in arms:
         lo, hi = a["pass_rate_ci"]
@@ -255,23 +269,29 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
         )
         if a["scorer_errors"]:
             errs += f'<div class="ci">{a["scorer_errors"]} scorer errors</div>'
-        unmade = str(a["not_made"]) + (
-            f'<div class="ci">{e(", ".join(f"{n} {t}" for t, n in a["not_made_by_type"].items()))}</div>'
-            if a["not_made"]
-            else ""
-        )
+        calls = str(a["n"])
+        if a["not_made"]:
+            why = ", ".join(f"{n} {t}" for t, n in a["not_made_by_type"].items())
+            calls += f'<div class="ci">{a["not_made"]} not made ({e(why)})</div>'
+        if a["cache_hits"]:
+            calls += f'<div class="ci">{a["cache_hits"]} cached</div>'
         name = (
             f'<b>{e(a["arm_id"])}</b> <span class="ci">baseline</span>'
             if a["arm_id"] == base
             else e(a["arm_id"])
         )
+        cost = _fmt(a["cost_usd"], ".4f") + (
+            f'<div class="ci">{_fmt(a["cost_per_1k_cases_usd"], ".4f")} per 1k cases</div>'
+            if a["cost_per_1k_cases_usd"] is not None
+            else ""
+        )
         out.append(
-            f'<tr><td>{name}</td><td class="l">{e(a["provider"])}/{e(a["model"])}</td><td class="l">{e(a["prompt"])}</td>'
-            f"<td>{a['n']}</td><td>{a['n_cases']}</td><td>{unmade}</td><td>{errs}</td><td>{a['cache_hits']}</td><td>{pr}</td><td>{_fmt(a['mean_score'], '.3f')}</td>"
-            f"<td>{p50}</td><td>{_fmt(a['latency_p90_ms'], '.0f')}</td><td>{_fmt(a['latency_p99_ms'], '.0f')}</td>"
-            f"<td>{_fmt(a['ttft_p50_ms'], '.0f')}</td><td>{_fmt(a['input_tokens'], ',')}</td><td>{_fmt(a['output_tokens'], ',')}</td>"
-            f"<td>{_fmt(a['cost_usd'], '.4f')}</td><td>{_fmt(a['cost_per_1k_cases_usd'], '.4f')}</td>"
-            f"<td>{_fmt(a['est_error_mean_tokens'], '+.1f')}</td></tr>"
+            f'<tr><td class="wrap">{name}</td><td class="l wrap">{e(a["provider"])}/{e(a["model"])}'
+            f'<div class="ci">{e(a["prompt"])}</div></td>'
+            f"<td>{a['n_cases']}</td><td>{calls}</td><td>{errs}</td><td>{pr}</td><td>{_fmt(a['mean_score'], '.3f')}</td>"
+            f"<td>{p50}</td><td>{_fmt(a['latency_p90_ms'], '.0f')} · {_fmt(a['latency_p99_ms'], '.0f')}</td>"
+            f"<td>{_fmt(a['ttft_p50_ms'], '.0f')}</td><td>{_fmt(a['input_tokens'], ',')} · {_fmt(a['output_tokens'], ',')}</td>"
+            f"<td>{cost}</td><td>{_fmt(a['est_error_mean_tokens'], '+.1f')}</td></tr>"
         )
     out.append("</table></div>")
     judged = [a for a in arms if a.get("judge_cost_usd") is not None]
@@ -297,7 +317,7 @@ def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
         )
         for c in comps:
             word = verdict_word(c) + (" (negligible)" if c["negligible"] else "")
-            mde = f"±{c['mde'] * 100:.0f} pts" if c.get("mde") is not None else "–"
+            mde = e(detectable_text(c))
             out.append(
                 f'<tr><td>{e(c["arm_id"])}</td><td class="l">{METRIC_WORDS[c["metric"]]}</td>'
                 f"<td>{e(_estimate(c))}</td><td>{e(_interval(c))}</td><td>{c['n_pairs']}</td>"

@@ -33,7 +33,7 @@ RATIO_WORDS = {
 
 def verdict_word(c: dict[str, Any]) -> str:
     if not c["compared"]:
-        return "not compared"
+        return c.get("label") or "not compared"
     return RATIO_WORDS.get((c["metric"], c["verdict"]), c["verdict"].replace("_", " "))
 
 
@@ -86,20 +86,63 @@ def verdict_sentence(c: dict[str, Any], margin: float, ratio_margin: float = 0.1
         text = f"`{arm}` against `{base}` on {metric} is **inconclusive**: {effect}; {tally}; {p}."
         if c.get("reason"):
             text += f" Not called: {c['reason']}."
-        if c.get("mde") is not None:
-            text += (
-                f" With {c['n_pairs']} cases only a difference of about ±{c['mde'] * 100:.0f} "
-                "points would be detected reliably (80% power)"
-            )
-            if c.get("n_needed"):
-                goal = (
-                    "to detect an effect of this size"
-                    if abs(c["diff"]) >= margin
-                    else f"to show a difference within {band}"
-                )
-                text += f"; about {c['n_needed']:,} cases would be needed {goal}"
-            text += "."
+        text += power_text(c, band)
+    for caveat in c.get("caveats") or []:
+        text += f" **Caveat**: {caveat}."
     return text + excluded_text(c)
+
+
+def power_text(c: dict[str, Any], band: str) -> str:
+    """What these cases could detect and, when more would help, how many: a sentence
+    for an inconclusive verdict. Says when no test could reject at all."""
+    n, units = c["n_pairs"], c["n_units"]
+    least = c.get("min_units")
+    if least is not None and units < least:
+        if units != n:
+            return (
+                f" No verdict is possible with {units} clusters: the test needs at least {least} "
+                "clusters that differ to reject at this level (more cases per cluster do not help)."
+            )
+        return (
+            f" No verdict is possible with {n} case{'s' if n != 1 else ''}: the test needs at "
+            f"least {least} cases that differ to reject at this level."
+        )
+    ratio = c["scale"] == "ratio"
+    if c.get("mde") is None:
+        text = f" With {n} cases no difference that can exist here would be detected reliably"
+    elif ratio:
+        text = (
+            f" With {n} cases only a ratio beyond ×{c['mde']:.2f} (or below ×{1 / c['mde']:.2f}) "
+            "would be detected reliably"
+        )
+    else:
+        text = (
+            f" With {n} cases only a difference of about ±{c['mde'] * 100:.0f} points would be "
+            "detected reliably"
+        )
+    text += " (80% power)"
+    if c.get("n_needed"):
+        lo, hi = c.get("n_needed_range") or (c["n_needed"], c["n_needed"])
+        spread = f" ({lo:,}–{hi:,} within the spread's 90% interval)" if lo != hi else ""
+        goal = (
+            f"to show a difference within {band}"
+            if c.get("n_needed_goal") == "equivalence"
+            else f"to detect a difference of {band.lstrip('±')}"
+        )
+        text += f"; about {c['n_needed']:,} cases{spread} would be needed {goal}"
+    return text + "."
+
+
+def detectable_text(c: dict[str, Any]) -> str:
+    """The table's "detectable (80% power)" cell."""
+    least = c.get("min_units")
+    if c["compared"] and least is not None and c["n_units"] < least:
+        return f"none (< {least} units)"
+    if c.get("mde") is None:
+        return "–"
+    if c["scale"] == "ratio":
+        return f"×{c['mde']:.2f}"
+    return f"±{c['mde'] * 100:.0f} pts"
 
 
 def _ci(lo: float | None, hi: float | None, pct: bool = False) -> str:
@@ -194,7 +237,7 @@ def render_markdown(r: dict[str, Any], db_path: str | None = None) -> str:
                 f"| {c['arm_id']} | {METRIC_WORDS[c['metric']]} | {_estimate(c)} | {_interval(c)} | "
                 f"{c['n_pairs']} | {c['wins']} | {c['ties']} | {c['losses']} | {_fmt(c['p_value'], '.3g')} | "
                 f"{_fmt(c['p_adjusted'], '.3g')} | {verdict_word(c)}{' (negligible)' if c['negligible'] else ''} | "
-                f"{'±' + format(c['mde'] * 100, '.0f') + ' pts' if c.get('mde') is not None else '–'} |"
+                f"{detectable_text(c)} |"
             )
         lines += [""] + [
             f"- {verdict_sentence(c, r['equivalence_margin'], r['ratio_margin'])}"
@@ -222,7 +265,7 @@ METHOD_NOTE = (
     "sign-flip permutation test (exact McNemar with one call per case), Holm-adjusted across "
     "arms; no difference means the 90% interval lies within ±{margin:.0f} points (TOST). "
     "Latency (median per case) and cost (per call): geometric mean of per-case ratios, "
-    "bootstrap over cases; no difference within ±{ratio:.0f}%."
+    "Student's t interval on their logs; no difference within ±{ratio:.0f}% (from 5 cases)."
 )
 
 

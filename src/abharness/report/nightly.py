@@ -101,7 +101,8 @@ def render_index(night: str, entries: list[NightEntry], trend: pd.DataFrame) -> 
         "</style></head><body><main>",
         f"<h1>Nightly {e(night)}</h1>",
         '<table><tr><th class="l">experiment</th><th class="l">run</th><th class="l">against</th>'
-        '<th class="l">arm</th><th class="l">gate</th><th>threshold</th><th class="l">value</th><th class="l">result</th></tr>',
+        '<th class="l">arm</th><th class="l">gate</th><th>threshold</th><th class="l">value</th>'
+        '<th class="l">catches (80% power)</th><th class="l">result</th></tr>',
     ]
     for entry in entries:
         name = e(entry.experiment or entry.spec)
@@ -115,16 +116,22 @@ def render_index(night: str, entries: list[NightEntry], trend: pd.DataFrame) -> 
         if entry.comparison is not None:
             for g in entry.comparison.gates:
                 css = {"FAIL": "worse", "pass": "better"}.get(g.status, "inconclusive")
+                small = ' class="l wrap inconclusive"' if g.warning else ' class="l wrap"'
                 lines.append(
                     f'<td class="l">{e(g.arm_id)}</td><td class="l">{e(g.gate)}</td><td>{e(g.threshold)}</td>'
-                    f'<td class="l">{e(g.value)}</td><td class="l"><span class="{css}">{e(g.status)}</span></td>'
+                    f'<td class="l wrap">{e(g.value)}</td><td{small}>{e(g.detectable or "–")}</td>'
+                    f'<td class="l"><span class="{css}">{e(g.status)}</span></td>'
                 )
-        for text in ([entry.note] if entry.note else []) + entry.problems:
-            css = "inconclusive" if text == entry.note else "worse"
-            lines.append(f'<td class="l" colspan="5"><span class="{css}">{e(text)}</span></td>')
+        warnings = entry.comparison.warnings if entry.comparison is not None else []
+        for text in ([entry.note] if entry.note else []) + entry.problems + warnings:
+            css = "worse" if text in entry.problems else "inconclusive"
+            text = f"warning: {text}" if text in warnings else text
+            lines.append(
+                f'<td class="l wrap" colspan="6"><span class="{css}">{e(text)}</span></td>'
+            )
         out += [
             f"<tr>{prefix}{line}</tr>"
-            for line in lines or ['<td class="l" colspan="5">no gates</td>']
+            for line in lines or ['<td class="l" colspan="6">no gates</td>']
         ]
     out.append("</table>")
     for experiment, rows in trend.groupby("experiment", sort=True) if len(trend) else []:
@@ -162,6 +169,8 @@ def summary_lines(entries: list[NightEntry]) -> list[str]:
             lines.append(f"{name}: {text}")
         if entry.comparison is None:
             continue
+        for warning in entry.comparison.warnings:
+            lines.append(f"warning: {name} {warning}")
         for g in entry.comparison.not_evaluated:
             lines.append(f"NOT EVALUATED {name} {g.arm_id} {g.gate}: {g.value}")
         for g in entry.comparison.failed:

@@ -11,26 +11,32 @@ Against the baseline, on the case-level differences d (arm − baseline):
   good" each case's two labels are exchangeable, so every sign pattern is equally
   likely. Exact (binomial, which is McNemar's exact test when each case has one call,
   or a lattice convolution when repeats make d a multiple of 1/R); Monte Carlo with
-  `N_FLIPS` seeded flips for continuous scores; the normal limit past `NORMAL_FROM`
-  non-zero units. Holm's step-down correction across arms.
-- **interval**: the mean of d with two pseudo-cases at ±bound added (+1 and −1 for
-  pass rates), a cluster-robust standard error and Student's t. For one call per case
-  this is the Bonett–Price adjusted Wald interval for paired proportions; it never
-  collapses to zero width, so one tied pair is not evidence of "no difference".
+  `N_FLIPS` seeded flips for continuous scores (stopping at `N_FLIPS_FIRST` when p is
+  clearly large); the normal limit past `NORMAL_FROM` non-zero units. Holm's step-down
+  correction across arms.
+- **interval**: the mean of d with two pseudo-cases added, a cluster-robust standard
+  error and Student's t. For pass rates they sit at +1 and −1: with one call per case
+  this is the Bonett–Price adjusted Wald interval for paired proportions. For mean
+  scores they sit at the largest case difference seen (toward the scale's bound while
+  few cases differ, `pseudo_case_scale`), so the width follows the scores' own spread.
+  Either way it never collapses to zero width, so one tied pair is not evidence of "no
+  difference".
 - **verdict**: ``better``/``worse`` when the adjusted p < `ALPHA` and the 95% interval
   excludes 0 on that side (a mean-score verdict also needs the cases' own direction
   not to be significantly the other way); ``negligible`` is set when such an effect's
   90% interval lies inside ±`EQUIVALENCE_MARGIN`. ``no_difference`` is the TOST
   equivalence claim: the 90% interval inside ±margin. Otherwise ``inconclusive``.
   With no usable case the comparison is not made and says why.
-- **power**: the minimum detectable effect (80% power, α Bonferroni-split over the
-  arms, Holm's first step) for the cases at hand, and the cases needed to detect the
-  effect seen (or to show equivalence when the effect is inside the margin), from the
-  observed spread of case-level differences — so discordance and repeats count.
+- **power** (`report.power`): the effect detectable with 80% power (α Bonferroni-split
+  over the arms, Holm's first step) with the cases at hand — exact for pass/fail with
+  one call per case, from the observed spread otherwise; none when no difference that
+  can exist would be, and nothing at all when the units are too few for the test ever
+  to reject. When inconclusive, the cases needed to detect a margin-sized difference
+  (or to show one inside the margin), with a range from the spread's uncertainty.
 
 Latency and cost are compared as ratios: per case, the log of arm ÷ baseline (median
-latency over repeats, summed cost); the geometric mean with a percentile bootstrap
-over cases, resampled in chunks so memory stays bounded.
+latency over repeats, mean cost per call); the geometric mean with Student's t interval
+on the logs (from `MIN_RATIO_CASES` cases; "no difference" from `MIN_RATIO_EQUIVALENCE`).
 
 Per arm: pass rate and mean score over case means with the same pseudo-case t interval
 (one pseudo-case at each end of the scale; Agresti–Coull-like for one call per case), latency
@@ -45,20 +51,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import special
 from scipy import stats as sps
 
+from .power import (
+    binary_cases_needed,
+    binary_detectable,
+    cases_needed,
+    detectable_shift,
+    discordance_range,
+    min_units_to_reject,
+    spread_range,
+)
+
 ALPHA = 0.05
-POWER = 0.8
-N_BOOT = 2000
 N_FLIPS = 10_000
+# Sequential Monte Carlo (Besag & Clifford 1991): after the first N_FLIPS_FIRST flips, a
+# p already at ~0.1 or more (EARLY_EXTREME flips as extreme) is returned from those
+# (±0.01); only a p that could be near a test's level draws all N_FLIPS. A true p below
+# 0.05 gives 100 extreme flips in 1,000 with probability < 1e-12.
+N_FLIPS_FIRST = 1_000
+EARLY_EXTREME = 100
 NORMAL_FROM = 100  # non-zero units: from here the (symmetric) permutation law is normal
-# Values drawn per chunk of resamples or flips: about 1 MB each way. The draws do not
-# depend on it, so neither do the figures (tests/test_stats.py).
+# Values drawn per chunk of sign flips: about 1 MB each way. The draws do not depend on
+# it, so neither do the figures (tests/test_stats.py).
 CHUNK_VALUES = 65_536
 SEED = 20261122
 EQUIVALENCE_MARGIN = 0.05  # 5 points of pass rate or mean score
 RATIO_MARGIN = 0.10  # latency and cost: within ±10% is "no difference"
 MIN_CALLS_FOR = {0.5: 5, 0.9: 20, 0.99: 200}  # below this a quantile is not estimable
+MIN_RATIO_CASES = 2  # a latency or cost ratio from fewer cases has no interval
+# "no difference" on a ratio needs this many cases: a handful of cases with the same
+# tokens at the same price have ratios without spread, and an interval without width
+MIN_RATIO_EQUIVALENCE = 5
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -108,13 +133,17 @@ def sign_flip_p(t: np.ndarray, seed: int = SEED) -> float:
     if k >= NORMAL_FROM:
         return float(2 * sps.norm.sf(observed / math.sqrt(float((x * x).sum()))))
     rng = np.random.default_rng(seed)
-    extreme = 0
+    extreme = drawn = 0
     chunk = max(1, CHUNK_VALUES // k)
-    for start in range(0, N_FLIPS, chunk):
-        # one double per sign (not int8, whose draws are buffered): chunk-independent
-        signs = np.where(rng.random((min(chunk, N_FLIPS - start), k)) < 0.5, -1.0, 1.0)
-        extreme += int((np.abs(signs @ x) >= observed).sum())
-    return (1 + extreme) / (1 + N_FLIPS)
+    for stage in (N_FLIPS_FIRST, N_FLIPS):
+        while drawn < stage:
+            # one double per sign (not int8, whose draws are buffered): chunk-independent
+            signs = np.where(rng.random((min(chunk, stage - drawn), k)) < 0.5, -1.0, 1.0)
+            extreme += int((np.abs(signs @ x) >= observed).sum())
+            drawn += signs.shape[0]
+        if extreme >= EARLY_EXTREME:  # p clearly above any level a verdict or gate uses
+            break
+    return (1 + extreme) / (1 + drawn)
 
 
 def _exact_lattice_p(ints: np.ndarray, observed: int) -> float:
@@ -132,21 +161,43 @@ def _exact_lattice_p(ints: np.ndarray, observed: int) -> float:
 
 
 def adjusted_interval(
-    totals: np.ndarray, sizes: np.ndarray, bound: float, level: float = 0.95, centre: float = 0.0
+    totals: np.ndarray,
+    sizes: np.ndarray,
+    bound: float,
+    level: float = 0.95,
+    centre: float = 0.0,
+    pseudo: float | None = None,
 ) -> tuple[float, float, float]:
     """(low, high, standard error) of the mean Σtotals/Σsizes with two pseudo-units of
-    one case each at centre ± bound, a cluster-robust variance and Student's t."""
+    one case each at centre ± `pseudo` (default: the bound), a cluster-robust variance
+    and Student's t; clipped to centre ± bound."""
     g_real = totals.size
-    t2 = np.append(totals, [centre + bound, centre - bound])
+    half = bound if pseudo is None else pseudo
+    t2 = np.append(totals, [centre + half, centre - half])
     m2 = np.append(sizes, [1.0, 1.0])
     n = float(m2.sum())
     mean = float(t2.sum()) / n
     g = t2.size
     var = g / (g - 1) * float(((t2 - mean * m2) ** 2).sum()) / (n * n)
     se = math.sqrt(var)
-    q = float(sps.t.ppf(0.5 + level / 2, max(g_real - 1, 1)))
+    q = float(special.stdtrit(max(g_real - 1, 1), 0.5 + level / 2))
     low, high = mean - q * se, mean + q * se
     return max(low, centre - bound), min(high, centre + bound), se
+
+
+def pseudo_case_scale(d: np.ndarray, bound: float) -> float:
+    """How far out a mean-score interval's two pseudo-cases sit: at the largest case
+    difference seen, and nearer the scale's bound while few cases differ — at least
+    bound/(k+1), k the cases whose scores differ. All tied, they sit at the bound, as for
+    pass rates (nothing seen says how far apart the arms could be); thirty cases that
+    each moved a few points put them a few points out, so the interval's width follows
+    the data's own spread instead of the scale's (tests/test_stats.py validates it on
+    low-spread, skewed, bimodal and tied scores)."""
+    if d.size == 0:
+        return bound
+    moved = np.abs(d) > 1e-12
+    largest = float(np.abs(d).max())
+    return min(bound, max(largest, bound / (int(moved.sum()) + 1)))
 
 
 def _units(values: np.ndarray, clusters: Sequence[object] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -158,33 +209,6 @@ def _units(values: np.ndarray, clusters: Sequence[object] | None) -> tuple[np.nd
     totals = np.bincount(inverse, weights=values)
     sizes = np.bincount(inverse).astype(float)
     return totals, sizes
-
-
-def bootstrap_mean_ci(
-    values: np.ndarray,
-    levels: Sequence[float] = (0.95,),
-    n_boot: int = N_BOOT,
-    seed: int = SEED,
-) -> list[tuple[float, float]]:
-    """Expanded percentile bootstrap intervals of the mean (Hesterberg 2015), one per
-    level, from one set of resamples: the tail is Φ(−√(n/(n−1))·t_{n−1}) rather than
-    α/2, which corrects the percentile interval's narrowness at small n. Resampled
-    `CHUNK_VALUES` values at a time, so memory does not grow with the cases."""
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    chunk = max(1, CHUNK_VALUES // max(values.size, 1))
-    for start in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - start)
-        idx = rng.integers(0, values.size, size=(rows, values.size))
-        means[start : start + rows] = values[idx].mean(axis=1)
-    n = values.size
-    out = []
-    for level in levels:
-        t = float(sps.t.ppf(0.5 + level / 2, max(n - 1, 1)))
-        tail = float(sps.norm.cdf(-math.sqrt(n / max(n - 1, 1)) * t))
-        low, high = np.quantile(means, [tail, 1 - tail])
-        out.append((float(low), float(high)))
-    return out
 
 
 def quantile_ci(
@@ -238,10 +262,17 @@ class Comparison:
     verdict: str = "inconclusive"
     negligible: bool = False
     reason: str | None = None  # why not compared, or why inconclusive despite p
-    n_needed: int | None = None
-    mde: float | None = None
+    n_needed: int | None = None  # cases to detect a margin-sized difference (or show none)
+    mde: float | None = None  # detectable with 80% power here; ratios: as a factor
     direction_p: float | None = None  # sign test of the cases' own direction
     excluded: dict[str, int] = field(default_factory=dict)
+    discordance: float | None = None  # pass/fail, one call per case: share of cases differing
+    room: float | None = None  # the largest |difference| that can exist (the scale's ends)
+    min_units: int | None = None  # fewest non-zero units with which the test can reject
+    n_needed_range: tuple[int, int] | None = None  # from the spread's 90% interval
+    n_needed_goal: str | None = None  # "detect" the margin, or show "equivalence" within it
+    caveats: list[str] = field(default_factory=list)
+    label: str | None = None  # what a comparison not made shows instead ("0 in both")
 
     @property
     def compared(self) -> bool:
@@ -254,6 +285,21 @@ def not_compared(metric: str, reason: str, excluded: dict[str, int] | None = Non
     return c
 
 
+def paired_interval(
+    d: np.ndarray,
+    metric: str,
+    *,
+    clusters: Sequence[object] | None = None,
+    bound: float = 1.0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """(low, high, standard error) of the mean case difference `d`: pass rates with
+    pseudo-cases at ±bound (Bonett–Price), other metrics at `pseudo_case_scale`."""
+    totals, sizes = _units(d, clusters)
+    pseudo = bound if metric == "pass_rate" else pseudo_case_scale(d, bound)
+    return adjusted_interval(totals, sizes, bound, level=level, pseudo=pseudo)
+
+
 def compare_paired(
     arm: Sequence[float] | np.ndarray,
     base: Sequence[float] | np.ndarray,
@@ -263,20 +309,26 @@ def compare_paired(
     bound: float = 1.0,
     level: float = 0.95,
     seed: int = SEED,
+    low: float = 0.0,
 ) -> Comparison:
     """Compare case-level values (a case's mean over its repeats) of an arm and the
-    baseline, aligned by case; `bound` is the largest possible |difference|. The
-    interval is at `level` (gates use a stricter one than reports)."""
+    baseline, aligned by case; values lie in [low, low + bound], so `bound` is the
+    largest possible |difference|. The interval is at `level` (gates use a stricter
+    one than reports). Pass rates put the pseudo-cases at ±bound (Bonett–Price); other
+    metrics (mean score) at `pseudo_case_scale`, so a small, consistent change in a
+    continuous score is seen."""
     a = np.asarray(arm, dtype=float)
     b = np.asarray(base, dtype=float)
     if a.size == 0:
         return not_compared(metric, "no case has a value in both arms")
     d = a - b
     wins, losses = int((d > 1e-12).sum()), int((d < -1e-12).sum())
-    totals, sizes = _units(d, clusters)
-    lo, hi, se = adjusted_interval(totals, sizes, bound, level=level)
-    lo90, hi90, _ = adjusted_interval(totals, sizes, bound, level=0.90)
-    return Comparison(
+    totals, _ = _units(d, clusters)
+    lo, hi, se = paired_interval(d, metric, clusters=clusters, bound=bound, level=level)
+    lo90, hi90, _ = paired_interval(d, metric, clusters=clusters, bound=bound, level=0.90)
+    binary = clusters is None and bool(np.all(np.isin(np.abs(d), (0.0, bound))))
+    base_mean = float(b.mean())
+    c = Comparison(
         metric,
         int(a.size),
         wins,
@@ -292,6 +344,20 @@ def compare_paired(
         sd=se * math.sqrt(a.size),  # per case, clusters' design effect included
         direction_p=mcnemar_exact(wins, losses),
     )
+    c.discordance = (wins + losses) / a.size if binary and metric == "pass_rate" else None
+    c.room = max(low + bound - base_mean, base_mean - low)
+    return c
+
+
+def log_t_interval(logs: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student's t interval of the mean of `logs` (at least 2 values). A bootstrap
+    cannot reach beyond the data it resamples: at 2 cases its 95% interval covered the
+    true ratio half the time; t's covers it at the nominal rate from 2 cases up when the
+    logs are roughly symmetric, as a ratio's are (tests/test_stats.py)."""
+    n = logs.size
+    half = float(special.stdtrit(n - 1, 0.5 + level / 2)) * float(logs.std(ddof=1)) / math.sqrt(n)
+    mean = float(logs.mean())
+    return mean - half, mean + half
 
 
 def compare_ratio(
@@ -303,16 +369,18 @@ def compare_ratio(
     seed: int = SEED,
 ) -> Comparison:
     """Compare positive per-case values (latency, cost) as arm ÷ baseline: geometric
-    mean of the per-case ratios, bootstrap interval over cases at `level`, sign-flip
-    test on logs."""
+    mean of the per-case ratios, a t interval on their logs at `level`, sign-flip test
+    on the logs. One case gives no interval: not compared."""
     a = np.asarray(arm, dtype=float)
     b = np.asarray(base, dtype=float)
     keep = (a > 0) & (b > 0) & np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
-    if a.size < 2:
-        return not_compared(metric, "fewer than 2 cases measured in both arms")
+    if a.size < MIN_RATIO_CASES:
+        measured = "no case" if a.size == 0 else "only one case"
+        return not_compared(metric, f"{measured} measured in both arms")
     logs = np.log(a) - np.log(b)
-    (lo, hi), (lo90, hi90) = bootstrap_mean_ci(logs, (level, 0.90), seed=seed)
+    lo, hi = log_t_interval(logs, level)
+    lo90, hi90 = log_t_interval(logs, 0.90)
     wins, losses = int((logs < 0).sum()), int((logs > 0).sum())  # lower is better
     return Comparison(
         metric,
@@ -331,15 +399,16 @@ def compare_ratio(
     )
 
 
-def _z(p: float) -> float:
-    return float(sps.norm.ppf(p))
-
-
 def decide(
-    c: Comparison, m: int = 1, alpha: float = ALPHA, margin: float = EQUIVALENCE_MARGIN
+    c: Comparison,
+    m: int = 1,
+    alpha: float = ALPHA,
+    margin: float = EQUIVALENCE_MARGIN,
+    power: bool = True,
 ) -> Comparison:
     """Fill in the verdict (needs `p_adjusted`), the effect detectable at this n and,
-    when inconclusive, the cases needed. `m` is the number of arms compared (Holm)."""
+    when inconclusive, the cases needed (unless not `power`: simulations of the
+    verdict alone skip them). `m` is the number of arms compared (Holm)."""
     if not c.compared:
         c.verdict = "inconclusive"
         return c
@@ -348,7 +417,11 @@ def decide(
     ratio = c.metric in RATIO_METRICS
     zero, lower_is_better = (1.0, True) if ratio else (0.0, False)
     inside = (
-        (c.ci90_low > 1 / (1 + RATIO_MARGIN) and c.ci90_high < 1 + RATIO_MARGIN)
+        (
+            c.ci90_low > 1 / (1 + RATIO_MARGIN)
+            and c.ci90_high < 1 + RATIO_MARGIN
+            and c.n_units >= MIN_RATIO_EQUIVALENCE
+        )
         if ratio
         else (-margin < c.ci90_low and c.ci90_high < margin)
     )
@@ -370,43 +443,62 @@ def decide(
         c.verdict = "no_difference"
     else:
         c.verdict = "inconclusive"
-    _power(c, m, alpha, margin)
+    if power:
+        _power(c, m, alpha, margin)
     return c
 
 
 def _power(c: Comparison, m: int, alpha: float, margin: float) -> None:
-    """Minimum detectable effect at this n, and the n needed when inconclusive."""
-    if c.sd is None or c.n_units == 0 or c.metric in RATIO_METRICS:
-        return
-    z_test = _z(1 - alpha / (2 * max(m, 1))) + _z(POWER)
-    per_case = c.sd
-    c.mde = z_test * per_case / math.sqrt(c.n_pairs)
+    """What these cases can detect, and, when the verdict is inconclusive, how many
+    would detect a margin-sized difference (or show one inside the margin) — from the
+    spread alone, never from the effect seen (`report.power`)."""
+    level = alpha / max(m, 1)  # Holm's first step
+    c.min_units = min_units_to_reject(alpha, m)
+    if c.sd is None or c.n_units == 0 or c.n_units < c.min_units:
+        return  # no test at this level can reject: the report says so instead
+    ratio = c.metric in RATIO_METRICS
+    per_unit = c.n_pairs / c.n_units
+    se = c.sd / math.sqrt(c.n_pairs)
+    if c.discordance is not None:
+        c.mde = binary_detectable(c.n_pairs, c.discordance, level, cap=c.room or 1.0)
+    else:
+        shift = detectable_shift(se, c.n_units - 1, level)
+        if ratio:
+            c.mde = math.exp(shift) if math.isfinite(shift) else None
+        else:
+            c.mde = shift if shift <= (c.room if c.room is not None else math.inf) else None
     if c.verdict != "inconclusive" or c.diff is None:
         return
-    effect = abs(c.diff)
-    if effect >= margin:
-        n = (z_test * per_case / effect) ** 2
-    else:  # show equivalence: the 90% interval inside ±margin, 80% power
-        n = ((_z(1 - alpha) + _z(POWER)) * per_case / (margin - effect)) ** 2
-    c.n_needed = max(int(math.ceil(n)), c.n_pairs + 1)
+    target = math.log(1 + RATIO_MARGIN) if ratio else margin
+    seen = abs(math.log(c.diff)) if ratio else abs(c.diff)
+    c.n_needed_goal = "detect" if seen >= target else "equivalence"
+    if c.discordance is not None and c.n_needed_goal == "detect":
+        k = round(c.discordance * c.n_pairs)
+        lo, hi = discordance_range(k, c.n_pairs)
+        figures = [binary_cases_needed(target, share, level) for share in (c.discordance, lo, hi)]
+    else:
+        sds = (c.sd, *spread_range(c.sd, c.n_units))
+        if c.n_needed_goal == "detect":
+            figures = [cases_needed(sd, target, level) for sd in sds]
+        else:  # two one-sided tests at α, each passing with 0.9 when the truth is 0
+            figures = [cases_needed(sd, target, 2 * alpha, 0.9) for sd in sds]
+    least = math.ceil(c.min_units * per_unit)
+    needed = [None if n is None else max(n, least) for n in figures]
+    if needed[0] is None or needed[0] <= c.n_pairs:
+        c.n_needed_goal = None  # these cases already suffice for that: the effect is smaller
+        return
+    c.n_needed = needed[0]
+    c.n_needed_range = (needed[1] or needed[0], needed[2] or needed[0])
 
 
 RATIO_METRICS = ("latency", "cost")
 
 
-def minimum_detectable_effect(
-    n_cases: int, arms_compared: int = 1, discordance: float = 0.2, alpha: float = ALPHA
-) -> float:
-    """Pass-rate difference detectable with 80% power on `n_cases` (one call each) when
-    a share `discordance` of cases differ between the arms (SD of d ≈ √discordance)."""
-    if n_cases <= 0:
-        return math.inf
-    z = _z(1 - alpha / (2 * max(arms_compared, 1))) + _z(POWER)
-    return z * math.sqrt(discordance) / math.sqrt(n_cases)
-
-
 def compare_arms(
-    pairs_by_arm: dict[str, Comparison], alpha: float = ALPHA, margin: float = EQUIVALENCE_MARGIN
+    pairs_by_arm: dict[str, Comparison],
+    alpha: float = ALPHA,
+    margin: float = EQUIVALENCE_MARGIN,
+    power: bool = True,
 ) -> dict[str, Comparison]:
     """Holm-adjust the p-values of one metric's comparisons across arms, then decide."""
     compared = {arm: c for arm, c in pairs_by_arm.items() if c.compared}
@@ -414,5 +506,5 @@ def compare_arms(
     for c, p_adj in zip(compared.values(), adjusted, strict=True):
         c.p_adjusted = p_adj
     for c in pairs_by_arm.values():
-        decide(c, m=len(compared), alpha=alpha, margin=margin)
+        decide(c, m=len(compared), alpha=alpha, margin=margin, power=power)
     return pairs_by_arm

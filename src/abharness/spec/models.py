@@ -270,9 +270,26 @@ class Budget(_Model):
 
 
 class Gates(_Model):
+    """Regression gates for `compare` and `nightly` (README "Nightly runs")."""
+
     score_drop: Literal["significant"] | float | None = None
-    latency_p50_increase_pct: float | None = None
-    cost_increase_pct: float | None = None
+    latency_p50_increase_pct: float | None = Field(
+        None,
+        description="each arm's latency ratio to the spec's baseline arm, this run against "
+        "the reference (a ratio of ratios: a slower machine or provider that night slows "
+        "every arm alike and cancels); needs a baseline and a second arm",
+    )
+    cost_increase_pct: float | None = Field(
+        None, description="likewise for the cost per call, relative to the baseline arm"
+    )
+    latency_p50_abs_increase_pct: float | None = Field(
+        None,
+        description="absolute: each arm's own latency against the reference run, drift "
+        "included; the latency gate for single-arm specs",
+    )
+    cost_abs_increase_pct: float | None = Field(
+        None, description="absolute: each arm's own cost per call against the reference run"
+    )
 
 
 class Experiment(_Model):
