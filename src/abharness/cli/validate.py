@@ -138,7 +138,7 @@ def gate_notes(plan: Plan, spec: Path) -> list[tuple[str, bool]]:
             return []
         gates, whose = nightly_default_gates(len(plan.arms)), "the nightly defaults"
     n, arms = plan.n_cases, len(plan.arms)
-    zero = all(a.params.temperature == 0 for a in plan.arms)
+    zero = all(a.params.temperature == 0 for a in plan.callers())
     out: list[tuple[str, bool]] = [
         (
             f"Gates ({whose}): what `compare` and `nightly` would catch with 80% power "

@@ -25,6 +25,7 @@ from ..errors import (
     AuthError,
     BudgetError,
     CallError,
+    ConnectionError_,
     OtherCallError,
     ServerError,
     TimeoutError_,
@@ -84,6 +85,7 @@ class Call:
     cost_cap: CostCap
     waited: float = 0.0  # seconds spent waiting for circuits and retries
     fallback_on: frozenset[str] = frozenset()  # a route's: errors that move on, not retried
+    unreached: bool = False  # the last attempt could not connect to the server
 
     @property
     def circuits(self) -> tuple[Circuit, Circuit]:
@@ -323,13 +325,16 @@ class Executor:
                 if circuit.breaker.down is not None:
                     circuit.stop(circuit.breaker.down)
                     raise Unfinished(error) from error
-            if error.error_type in call.fallback_on or not self.policy.should_retry(
-                error, record.attempts
-            ):
+            if error.error_type in call.fallback_on:
                 raise error
             delay = self.policy.delay_s(record.attempts, error.retry_after_s)
-            if call.waited + delay > self.policy.max_total_wait_s:
-                raise error
+            if not self.policy.should_retry(error, record.attempts) or (
+                call.waited + delay > self.policy.max_total_wait_s
+            ):
+                # it never reached a server (refused, reset, no such host): the call has no
+                # outcome, missing data like a call never made (a timeout is an outcome:
+                # the model was too slow for timeout_s)
+                raise Unfinished(error) if call.unreached else error
             log.debug("%s: retry in %.2f s", record.call_id, delay)
             await asyncio.sleep(delay)
             call.waited += delay
@@ -456,6 +461,7 @@ class Executor:
             # open; a server error keeps the calls one at a time until the breaker decides
             endpoint.proven = True
         scope = failure_scope(error, progress.first_byte_at is not None)
+        call.unreached = isinstance(error, ConnectionError_)
         if scope == "model" and in_company and overload_reason(error) is not None:
             scope = None  # too many at once, not a broken model: the window's to handle
         if scope == "endpoint":
