@@ -50,13 +50,14 @@ nightly: $(STAMP)
 report: $(STAMP)
 	$(BIN)/abharness report $(RUN)
 
+# Both cores, a test file to a worker (module-scoped servers and databases stay shared).
 test: $(STAMP) $(LITELLM_VENV)/.installed
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # The edit-test loop: everything but the tests marked slow (and the real model), in
 # under a minute. CI runs the whole suite (`make test`).
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -m "not slow and not e2e"
+	$(BIN)/pytest -q -n 2 -m "not slow and not e2e"
 
 # Benchmarks print Markdown tables; BENCHMARKS.md quotes them with their command.
 # LITELLM_PYTHON=path/to/python adds LiteLLM's column (promptfoo's: on PATH); the
