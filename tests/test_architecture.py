@@ -21,7 +21,7 @@ def test_import_contracts_are_kept() -> None:
 
 def test_the_cli_and_the_package_import_nothing_heavy() -> None:
     code = (
-        "import sys, abharness, abharness.cli.main; "
+        "import sys, abharness, abharness.entry; "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run(
@@ -47,7 +47,7 @@ def test_the_cli_gives_arrow_the_shared_c_heap() -> None:
     """pandas' Arrow strings are allocated from the C heap DuckDB and numpy reuse, not
     from Arrow's own mimalloc pool (BENCHMARKS.md, memory); a pool the user names stays."""
     code = (
-        "import sys; from abharness.cli.main import main; sys.argv = ['abharness', 'validate']; "
+        "import sys; from abharness.entry import main; sys.argv = ['abharness', 'validate']; "
         "exec('try: main()\\nexcept SystemExit: pass'); "
         "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"
     )

@@ -1,5 +1,5 @@
 """`python -m abharness`: the same as the `abharness` command."""
 
-from .cli.main import main
+from .entry import main
 
 main()

@@ -48,7 +48,7 @@ def wrap(module, name, phase):
     setattr(module, name, wrapped)
 wrap(experiment, "merge", "merge")
 wrap(build, "write_report", "report")
-from abharness.cli.main import main
+from abharness.entry import main
 sys.argv = ["abharness", "run", *sys.argv[1:]]
 try:
     main()

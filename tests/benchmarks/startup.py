@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-CODE = "import sys; sys.argv = ['abharness', '--help']; from abharness.cli.main import main; main()"
+CODE = "import sys; sys.argv = ['abharness', '--help']; from abharness.entry import main; main()"
 
 
 def once(src: Path) -> float:

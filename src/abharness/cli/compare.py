@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .common import EXIT_REGRESSION, console, db_option, err_console, one_line_errors
+from ..shell import EXIT_REGRESSION, console, db_option, err_console, one_line_errors
 
 if TYPE_CHECKING:
     from ..report.compare import RunComparison

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import console, db_option, one_line_errors
+from ..shell import console, db_option, one_line_errors
 
 
 @click.command("export")

@@ -1,4 +1,5 @@
-"""`abharness`: one command group; each command lives in its own module.
+"""The CLI's command group; each command lives in its own module. `abharness.entry` adds
+the other front ends' commands (`abharness mcp`, ...) and is the console script.
 
 Commands import what they need when they run, so ``abharness --help`` stays fast.
 Click's usage errors (an unknown option, a missing argument) exit 1, "invalid input",
@@ -9,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 from typing import Any
 
 import click
 
 from .. import __version__
+from ..shell import EXIT_INVALID, err_console
 from . import compare, export, merge, nightly, prompts, report, run, sql, validate
-from .common import EXIT_INTERRUPTED, EXIT_INVALID, err_console
 
 
 class _Group(click.Group):
@@ -66,19 +65,3 @@ def _log_to(console: Any, verbose: bool) -> None:
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("abharness").setLevel(logging.DEBUG if verbose else logging.WARNING)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM is Ctrl-C: cron, systemd, `docker stop`, `timeout`
-
-
-def main() -> None:
-    """The console script. SIGTERM stops abharness as Ctrl-C does (a run drains its calls
-    in flight and saves; see `run.runner`); an interruption anywhere else is one line,
-    exit 130, never a traceback."""
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        cli(prog_name="abharness")
-    except KeyboardInterrupt:
-        err_console.print("interrupted (nothing half-written: DuckDB rolls back)")
-        sys.exit(EXIT_INTERRUPTED)

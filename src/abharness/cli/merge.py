@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_INVALID, EXIT_OK, console, db_option, err_console, one_line_errors
+from ..shell import EXIT_INVALID, EXIT_OK, console, db_option, err_console, one_line_errors
 
 
 @click.command("merge")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .common import (
+from ..shell import (
     EXIT_ERRORS,
     EXIT_INVALID,
     EXIT_OK,

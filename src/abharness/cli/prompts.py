@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import console, one_line_errors
+from ..shell import console, one_line_errors
 
 dir_option = click.option(
     "--dir",

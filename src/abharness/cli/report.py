@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import console, db_option, one_line_errors, reports_dir_option
+from ..shell import console, db_option, one_line_errors, reports_dir_option
 
 
 @click.command("report")

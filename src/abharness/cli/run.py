@@ -13,7 +13,7 @@ import click
 from rich.markup import escape
 
 from ..errors import StoreWriteError
-from .common import (
+from ..shell import (
     EXIT_ENVIRONMENT,
     EXIT_ERRORS,
     EXIT_INCOMPLETE,

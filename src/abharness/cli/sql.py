@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .common import console, db_option, fail, one_line_errors
+from ..shell import console, db_option, fail, one_line_errors
 
 
 @click.command("sql")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .common import EXIT_INVALID, console, db_option, err_console, one_line_errors
+from ..shell import EXIT_INVALID, console, db_option, err_console, one_line_errors
 
 if TYPE_CHECKING:
     from ..run.plan import Plan
@@ -45,7 +45,7 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
     for col in ("arm", "provider", "model", "prompt", "hash", "api", "tokenizer", "input budget"):
         table.add_column(col)
     for a in plan.all_arms():
-        role = " (baseline)" if a.is_baseline else (" (judge)" if a not in plan.arms else "")
+        role = " (baseline)" if a.is_baseline else (f" ({a.role})" if a.role != "arm" else "")
         table.add_row(
             a.id + role,
             a.endpoint_name,

@@ -1,6 +1,7 @@
-"""What every command shares: exit codes, the database option, the console, errors.
+"""What every front end's commands share (`cli/`, `mcp/`, and the others beside them):
+exit codes, the database option, the consoles, one-line errors.
 
-Exit codes (SPEC §11) are the CLI's: the library raises and returns, commands exit.
+Exit codes (SPEC §11) are the commands': the library raises and returns, commands exit.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from rich.markup import escape
 
-        from ..errors import EnvironmentFailure, InvalidInput
-        from ..store.queries import DatabaseBusy, NoDatabase, RunNotFound
+        from .errors import EnvironmentFailure, InvalidInput
+        from .store.queries import DatabaseBusy, NoDatabase, RunNotFound
 
         try:
             return fn(*args, **kwargs)
