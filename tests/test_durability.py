@@ -119,23 +119,25 @@ def test_sigterm_drains_saves_and_resumes_with_nothing_paid_twice(tmp_path: Path
         assert max(paid(server).values()) == 1  # drained: nothing paid twice
 
 
-def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
+def test_a_second_sigterm_stops_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # calls in flight would be given 60 s after the first signal, and take 120 s
+    monkeypatch.setenv("ABHARNESS_STOP_GRACE_S", "60")
     with FakeServer() as server:
-        # the first call answers at once (the endpoint is then trusted with more); the
-        # rest take 20 s, longer than the 5 s the first signal gives them
-        server.fault_fn = lambda entry: Fault(delay_s=20) if len(server.log) > 1 else None
-        spec = make_spec(tmp_path, server.url, 20, concurrency=4, timeout_s=60)
+        # the first call answers at once (the endpoint is then trusted with more)
+        server.fault_fn = lambda entry: Fault(delay_s=120) if len(server.log) > 1 else None
+        spec = make_spec(tmp_path, server.url, 20, concurrency=4, timeout_s=300)
         proc = start(spec, tmp_path / "r.duckdb")
         wait_for(server, 5)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        time.sleep(0.5)
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
+        output, _ = proc.communicate(timeout=120)
         assert proc.returncode == 130, output
-        # it waited neither for the 20 s calls nor for the first signal's 5 s of grace
-        # (what it takes is the merge and the report, about 2 s here)
-        assert time.monotonic() - stopped < 5, output
+        assert "second stop request: cancelling the calls in flight" in output
+        # it waited neither for the calls nor for the first signal's 60 s of grace (what
+        # it took is the merge and the report)
+        assert time.monotonic() - stopped < 30, output
         assert "Traceback" not in output and "--resume" in output
 
 

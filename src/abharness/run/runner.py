@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -44,6 +45,14 @@ from .scorers import Score, Scorer
 from .writer import Writer
 
 GRACE_S = 5.0
+
+
+def stop_grace_s() -> float:
+    """Seconds calls in flight may finish after Ctrl-C or SIGTERM: `GRACE_S`, or
+    ``ABHARNESS_STOP_GRACE_S`` (long generations may want more)."""
+    return float(os.environ.get("ABHARNESS_STOP_GRACE_S") or GRACE_S)
+
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 log = logging.getLogger(__name__)
@@ -120,13 +129,14 @@ class Runner:
         cache: ResponseCache | None = None,
         skip: Collection[str] = (),
         concurrency: int | None = None,
-        grace_s: float = GRACE_S,
+        grace_s: float | None = None,
     ) -> None:
         self.plan = plan
         self.run_id = run_id
         self.on_call = on_call
         self.skip = skip
-        self.grace_s = grace_s
+        # how long calls in flight may finish after the first stop request
+        self.grace_s = grace_s if grace_s is not None else stop_grace_s()
         self.stats = RunStats()
         self.stopping = False
         self.endpoints = Endpoints(policy or RetryPolicy(), concurrency)
