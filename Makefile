@@ -45,7 +45,8 @@ experiment: $(STAMP)
 # itself exits 2 whenever a recipe fails; the recipe says which code abharness gave.
 nightly: $(STAMP)
 	@$(BIN)/abharness nightly $(NIGHTLY); code=$$?; [ $$code -eq 0 ] || echo "abharness nightly \
-	exited $$code (3: a gate failed, 2: errors above max_error_rate, 1: a spec was invalid)"; exit $$code
+	exited $$code (3: a gate failed, 2: errors above max_error_rate, 4: a run is incomplete, \
+	5: the machine refused, 1: a spec was invalid, 130: interrupted)"; exit $$code
 
 report: $(STAMP)
 	$(BIN)/abharness report $(RUN)

@@ -196,3 +196,34 @@ def test_a_server_killed_mid_run_ends_incomplete_and_resume_finishes_it(tmp_path
         assert out.status == "completed" and out.errors == 0 and out.not_made == 0
         assert len(again.log) == not_made
     assert len(calls(db)) == 200 and all(r["status"] == "ok" for r in calls(db))
+
+
+def test_a_nightly_whose_endpoint_is_gone_exits_4_and_says_how_to_resume(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from abharness.cli.main import cli
+
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{port.getsockname()[1]}/v1"
+    port.close()
+    (tmp_path / "nightly").mkdir()
+    path = spec(
+        tmp_path,
+        "  - {id: a, provider: gone, model: m}",
+        f'  gone: {{type: openai, base_url: "{url}", api_key_env: FAKE_KEY}}',
+        cases=20,
+    )
+    path.rename(tmp_path / "nightly/gone.yaml")
+    (tmp_path / "nightly/gone.yaml").write_text(
+        (tmp_path / "nightly/gone.yaml")
+        .read_text()
+        .replace("prompts_dir: prompts", "prompts_dir: ../prompts")
+    )
+    result = CliRunner().invoke(
+        cli, ["nightly", str(tmp_path / "nightly"), "--db", str(tmp_path / "r.duckdb")]
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 4, result.output
+    assert "incomplete: 20 calls never made" in text and "abharness run --resume" in text
+    assert "a run is incomplete" in text

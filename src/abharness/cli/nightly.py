@@ -2,10 +2,13 @@
 with its previous nightly run of the same experiment and cases, write
 ``reports/nightly/<date>/index.html`` and exit 3 when a gate fails.
 
-Exit: 3 when any gate failed; else 2 when a run's errors exceed its max_error_rate;
-else 1 when a spec was invalid (the others still ran); else 0. The last lines printed
-name each failing gate with its figures. One nightly at a time: a second one exits at
-once (the lock file sits beside the database).
+Exit, the first that holds: 3 a gate failed; 2 a run's errors exceed its
+max_error_rate; 4 a run is incomplete (calls never made: an endpoint died; `run
+--resume` finishes it); 5 the machine refused (disk, permissions; where the data is, in
+the message); 1 a spec was invalid (the others still ran); else 0. The last lines
+printed name each failing gate with its figures, and each problem. One nightly at a
+time: a second one exits at once (the lock file sits beside the database). Ctrl-C or
+SIGTERM stops the night after the run in progress has saved: exit 130.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from typing import TYPE_CHECKING
 import click
 
 from ..shell import (
+    EXIT_ENVIRONMENT,
     EXIT_ERRORS,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
     EXIT_REGRESSION,
@@ -57,34 +63,46 @@ def command(folder: Path, db: Path, reports_dir: Path) -> None:
     if not specs:
         raise InvalidInput(f"no *.yaml specs in {folder}", file=folder)
     db.parent.mkdir(parents=True, exist_ok=True)
+    codes: set[int] = set()
     with _nightly_lock(db.parent / "nightly.lock"):
         started = datetime.now(UTC)
-        entries = [_one(spec, db, reports_dir) for spec in specs]
+        entries = []
+        for spec in specs:
+            entry, code = _one(spec, db, reports_dir)
+            entries.append(entry)
+            codes.add(code)
+            if code == EXIT_INTERRUPTED:
+                break  # the run in progress saved; the night stops here
         page = _write_index(started, entries, db, reports_dir)
     console.print(f"nightly index: {page}")
     for line in summary_lines(entries):
         (err_console if line.startswith(("FAIL", "NOT")) else console).print(line, markup=False)
-    failed = any(x.comparison and x.comparison.failed for x in entries)
-    errors = any(any("max_error_rate" in p for p in x.problems) for x in entries)
-    invalid = any(x.run_id is None for x in entries)
-    code = (
-        EXIT_REGRESSION
-        if failed
-        else EXIT_ERRORS
-        if errors
-        else EXIT_INVALID
-        if invalid
-        else EXIT_OK
-    )
+    if any(x.comparison and x.comparison.failed for x in entries):
+        codes.add(EXIT_REGRESSION)
+    code = next((c for c in PRECEDENCE if c in codes), EXIT_OK)
     console.print(
         {
+            EXIT_INTERRUPTED: "[red]interrupted: the runs so far are saved[/]",
             EXIT_REGRESSION: "[bold red]regression:[/] a gate failed (above)",
             EXIT_ERRORS: "[red]a run's errors exceed its max_error_rate[/]",
+            EXIT_INCOMPLETE: "[red]a run is incomplete: calls were never made (above)[/]",
+            EXIT_ENVIRONMENT: "[red]the machine refused (above): the data is safe[/]",
             EXIT_INVALID: "[red]a spec could not run (above)[/]",
             EXIT_OK: "[green]no regression[/]",
         }[code]
     )
     sys.exit(code)
+
+
+# When several hold, the night's exit code is the first of these (module docstring).
+PRECEDENCE = (
+    EXIT_INTERRUPTED,
+    EXIT_REGRESSION,
+    EXIT_ERRORS,
+    EXIT_INCOMPLETE,
+    EXIT_ENVIRONMENT,
+    EXIT_INVALID,
+)
 
 
 @contextmanager
@@ -112,15 +130,16 @@ def _nightly_lock(path: Path) -> Iterator[None]:
         handle.close()
 
 
-def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
-    """Run one spec as tonight's nightly and compare it with its previous night."""
+def _one(spec: Path, db: Path, reports_dir: Path) -> tuple[NightEntry, int]:
+    """Run one spec as tonight's nightly and compare it with its previous night; the
+    entry for the page, and the exit code the run alone calls for."""
     from rich.markup import escape
 
-    from ..errors import InvalidInput, StoreWriteError
+    from ..errors import EnvironmentFailure, InvalidInput, StoreWriteError
     from ..report.build import write_report
     from ..report.compare import RunData, compare, nightly_default_gates
     from ..report.nightly import NightEntry
-    from ..run.experiment import prepare, run_experiment
+    from ..run.experiment import prepare, resume_command, run_experiment
     from ..store.queries import Results
     from .compare import print_comparison
 
@@ -140,30 +159,53 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
         )
     except InvalidInput as exc:  # the spec, or an arm that cannot run here
         entry.problems.append(f"invalid spec, not run: {exc}")
-        err_console.print(f"[bold red]error:[/] {exc}")
-        return entry
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        return entry, EXIT_INVALID
     except StoreWriteError as exc:
         entry.problems.append(f"the run stopped: {exc}; resume with `{exc.resume}`")
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        return entry
+        return entry, EXIT_ENVIRONMENT
+    except EnvironmentFailure as exc:
+        entry.problems.append(str(exc))
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        return entry, EXIT_ENVIRONMENT
     entry.run_id = outcome.run_id
     s = outcome.stats
     console.print(
         f"  run {outcome.run_id}: {outcome.status}, {s.calls} calls, {s.error_count} errors, "
         f"{s.cost_usd:.4f} USD, {s.wall_time_s:.1f} s"
     )
-    if not outcome.merge.merged:
+    codes = {EXIT_OK}
+    if outcome.merge.failed:
+        entry.problems.append(outcome.merge.message)
+        codes.add(EXIT_ENVIRONMENT)
+    elif not outcome.merge.merged:
         entry.problems.append(
             f"not merged into {db} yet ({outcome.merge.message}); `abharness merge` finishes it"
         )
-    if outcome.error_rate_exceeded:
+    if outcome.status == "interrupted":
+        entry.problems.append(f"interrupted: resume with `{resume_command(outcome.run_id, db)}`")
+        codes.add(EXIT_INTERRUPTED)
+    elif outcome.error_rate_exceeded:
         entry.problems.append(
             f"error rate {outcome.errors}/{outcome.calls} is above max_error_rate "
             f"{outcome.max_error_rate:g}"
         )
-    with Results(outcome.results_path) as results:
-        report = write_report(results, outcome.run_id, reports_dir, str(db))
-        current = RunData.read(results, outcome.run_id)
+        codes.add(EXIT_ERRORS)
+    elif outcome.status == "incomplete":
+        entry.problems.append(
+            f"incomplete: {outcome.not_made} calls never made ({'; '.join(outcome.failures)}); "
+            f"resume with `{resume_command(outcome.run_id, db)}`"
+        )
+        codes.add(EXIT_INCOMPLETE)
+    code = next((c for c in PRECEDENCE if c in codes), EXIT_OK)
+    try:
+        with Results(outcome.results_path) as results:
+            report = write_report(results, outcome.run_id, reports_dir, str(db))
+            current = RunData.read(results, outcome.run_id)
+    except EnvironmentFailure as exc:
+        entry.problems.append(str(exc))
+        return entry, EXIT_ENVIRONMENT
     # the index lives in reports/nightly/<date>/: two levels below the reports folder
     entry.report_href = os.path.relpath(report.with_suffix(".html"), reports_dir / "nightly" / "d")
     if previous is None:
@@ -172,7 +214,7 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
         else:
             entry.note = why
         console.print(f"  {why}")
-        return entry
+        return entry, code
     entry.previous = previous.run_id
     gates = plan.spec.experiment.gates
     if gates == type(gates)():
@@ -182,7 +224,7 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> NightEntry:
     print_comparison(
         entry.comparison, f"{entry.experiment}: {current.run_id} against {previous.run_id}"
     )
-    return entry
+    return entry, code
 
 
 def _previous(experiment: str, case_ids: list[str], db: Path) -> tuple[RunData | None, str]:
