@@ -121,7 +121,7 @@ def test_a_a_copy_on_the_real_model_is_inconclusive_on_four_cases(tmp_path: Path
     from abharness.store.queries import Results
 
     with Results(out.db) as results:
-        report = build_report(results, out.run_id)
+        report = build_report(results, out.run_id).to_json()
     pass_rate = next(c for c in report["comparisons"] if c["metric"] == "pass_rate")
     assert (pass_rate["diff"], pass_rate["wins"], pass_rate["losses"]) == (0.0, 0, 0)
     assert pass_rate["verdict"] == "inconclusive" and pass_rate["min_units"] == 6

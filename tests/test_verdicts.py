@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from abharness.cli.main import cli
 from abharness.report.build import build_report
+from abharness.report.figures import Report
 from abharness.report.html import OUTCOME_CELLS, outcomes_chart, render_html
 from abharness.run.experiment import run_experiment
 from abharness.store.queries import Results
@@ -93,6 +94,11 @@ scorers:
 
 
 def report_of(out: Any) -> dict[str, Any]:
+    """The report as its JSON (SPEC §9's fields)."""
+    return figures_of(out).to_json()
+
+
+def figures_of(out: Any) -> Report:
     with Results(out.db) as results:
         return build_report(results, out.run_id)
 
@@ -239,8 +245,9 @@ def test_html_highlights_only_the_verdict_and_escapes_whole_entities(
     truth.wrong = {("model-a", f"c{i:02d}") for i in range(12)}
     path = spec(tmp_path, server, monkeypatch, n_cases=12, arm_b="better-prompt")
     out = run_experiment(path, db=tmp_path / "r.duckdb")
-    report = report_of(out)
-    report["examples"]["better-prompt"][0]["arm_response"] = "x" * 196 + " & more"
+    report = figures_of(out)
+    # cut at 80 characters (words.quote, as in the Markdown) before it is escaped
+    report.examples["better-prompt"][0].arm_response = "x" * 76 + " & more"
     html = render_html(report)
     assert '<span class="better">better</span>' in html
     assert '<span class="better">better</span>-prompt' not in html
@@ -321,15 +328,22 @@ def test_a_case_without_the_cluster_field_is_a_clear_error(tmp_path, server, mon
     assert not (tmp_path / "r.duckdb").exists()
 
 
+def _arm(arm_id: str, outcomes: list[list[str]]) -> Any:
+    """An arm with its per-case outcomes and nothing else the chart reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(arm_id=arm_id, case_outcomes=outcomes)
+
+
 def test_the_outcomes_strip_bins_many_cases_and_says_what_a_cell_holds() -> None:
     """2,000 cases give at most `OUTCOME_CELLS` cells (a page of bounded size), each
     titled with its wins, losses and ties; a few cases keep a cell each."""
     outcomes = [[f"c{i:04d}", "win" if i % 10 == 0 else "tie"] for i in range(2000)]
-    svg = outcomes_chart([{"arm_id": "b", "case_outcomes": outcomes}], "a")
+    svg = outcomes_chart([_arm("b", outcomes)], "a")
     assert svg.count("<rect") == OUTCOME_CELLS
     assert "cases c0000 … c0003: 1 wins, 0 losses, 3 ties against a" in svg
     assert "each cell is 4 cases" in svg
-    few = outcomes_chart([{"arm_id": "b", "case_outcomes": outcomes[:3]}], "a")
+    few = outcomes_chart([_arm("b", outcomes[:3])], "a")
     assert few.count("<rect") == 3 and "case c0001: tie against a" in few
 
 

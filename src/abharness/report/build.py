@@ -1,7 +1,6 @@
-"""The figures of one run, as a dict: SPEC §9's JSON, and what the renderers format.
-
-`build_report` computes everything from the database; `markdown` and `html` only
-format it, so the JSON, the Markdown and the HTML always agree.
+"""The figures of one run: `build_report` computes everything from the database into
+the typed `figures.Report`, which the JSON (SPEC §9), `markdown`, `html` and `abharness
+view` only render, so they always agree.
 """
 
 from __future__ import annotations
@@ -17,6 +16,18 @@ import yaml
 from ..store.health import environment_failure
 from ..store.queries import Results
 from .caveats import error_rate_caveats, explained_by_errors
+from .figures import (
+    ArmFigures,
+    ComparisonFigures,
+    Completeness,
+    Example,
+    MemberFigures,
+    NotRun,
+    PartFigures,
+    Report,
+    RouteFigures,
+)
+from .flakiness import flakiness
 from .stats import (
     ALPHA,
     EQUIVALENCE_MARGIN,
@@ -238,7 +249,7 @@ def _zero_or_unknown_cost(
 
 def _examples(
     db: Results, run_id: str, calls: pd.DataFrame, arm: str, baseline: str, limit: int = 3
-) -> list[dict[str, Any]]:
+) -> list[Example]:
     """A few (case, repeat) pairs where the arm's pass differs from the baseline's, the
     arm's passes first, then by case and repeat, with both responses. Paired here from
     the call table rather than in SQL: DuckDB's join for it held ~40 MB at 100k calls."""
@@ -255,135 +266,237 @@ def _examples(
         if found is not None:
             variables, arm_text, base_text = found
             out.append(
-                {
-                    "case_id": case,
-                    "vars": variables,
-                    "arm_passed": bool(passed),
-                    "arm_response": arm_text,
-                    "baseline_passed": bool(base_passed),
-                    "baseline_response": base_text,
-                }
+                Example(str(case), variables, bool(passed), arm_text, bool(base_passed), base_text)
             )
     return out
 
 
-def _comparison_json(arm: str, baseline: str, c: Comparison) -> dict[str, Any]:
-    return {
-        "arm_id": arm,
-        "baseline": baseline,
-        "metric": c.metric,
-        "scale": "ratio" if c.metric in RATIO_METRICS else "difference",
-        "n_pairs": c.n_pairs,
-        "n_units": c.n_units,
-        "diff": c.diff,
-        "ci_low": c.ci_low,
-        "ci_high": c.ci_high,
-        "ci90_low": c.ci90_low,
-        "ci90_high": c.ci90_high,
-        "p_value": c.p_value,
-        "p_adjusted": c.p_adjusted,
-        "wins": c.wins,
-        "ties": c.ties,
-        "losses": c.losses,
-        "verdict": c.verdict,
-        "compared": c.compared,
-        "label": c.label,
-        "negligible": c.negligible,
-        "reason": c.reason,
-        "mde": c.mde,
-        "n_needed": c.n_needed,
-        "excluded": c.excluded,
-        "n_needed_range": list(c.n_needed_range) if c.n_needed_range else None,
-        "n_needed_goal": c.n_needed_goal,
-        "min_units": c.min_units,
-        "caveats": c.caveats,
-    }
+def comparison_figures(arm: str, baseline: str, c: Comparison) -> ComparisonFigures:
+    return ComparisonFigures(
+        arm_id=arm,
+        baseline=baseline,
+        metric=c.metric,
+        scale="ratio" if c.metric in RATIO_METRICS else "difference",
+        n_pairs=c.n_pairs,
+        n_units=c.n_units,
+        diff=_clean(c.diff),
+        ci_low=_clean(c.ci_low),
+        ci_high=_clean(c.ci_high),
+        ci90_low=_clean(c.ci90_low),
+        ci90_high=_clean(c.ci90_high),
+        p_value=_clean(c.p_value),
+        p_adjusted=_clean(c.p_adjusted),
+        wins=c.wins,
+        ties=c.ties,
+        losses=c.losses,
+        verdict=c.verdict,
+        compared=c.compared,
+        label=c.label,
+        negligible=c.negligible,
+        reason=c.reason,
+        mde=_clean(c.mde),
+        n_needed=c.n_needed,
+        excluded=c.excluded,
+        n_needed_range=list(c.n_needed_range) if c.n_needed_range else None,
+        n_needed_goal=c.n_needed_goal,
+        min_units=c.min_units,
+        caveats=c.caveats,
+    )
 
 
-def build_report(db: Results, run_id: str) -> dict[str, Any]:
+def _completeness(run: dict[str, Any], calls: pd.DataFrame) -> Completeness:
+    """Whether every planned call of the arms has its outcome (issue 19): a run that is
+    not `completed`, or has calls never made or left unfinished, says so and how to
+    finish it."""
+    missing = calls[~calls["made"]]
+    unfinished = int(missing["unfinished"].astype(bool).sum())
+    status = str(run["status"])
+    resumable = status in ("incomplete", "interrupted", "running")
+    return Completeness(
+        status=status,
+        complete=status == "completed" and missing.empty,
+        never_made=len(missing) - unfinished,
+        unfinished=unfinished,
+        by_type={
+            str(k): int(v) for k, v in missing["error_type"].fillna("other").value_counts().items()
+        },
+        resume=f"abharness run --resume {run['run_id']}" if resumable else None,
+    )
+
+
+def _routes(db: Results, run_id: str, arm: ArmFigures) -> None:
+    """A route arm: per route, how often it served and its errors; the fallback rate."""
+    served, errors = db.route_outcomes(run_id, arm.arm_id)
+    labels = [f"{p.provider}:{p.model}" for p in arm.parts]
+    labels += [r for r in served if r not in labels]
+    routes = []
+    for label in labels:
+        by_type = {str(t): int(n) for route, t, n in errors if route == label}
+        routes.append(RouteFigures(label, served.get(label, 0), sum(by_type.values()), by_type))
+    arm.routes = routes
+    total = sum(served.values())
+    arm.fallback_rate = (total - served.get(labels[0], 0)) / total if total and labels else None
+
+
+def _members(db: Results, run_id: str, panels: list[ArmFigures], by_case: pd.DataFrame) -> None:
+    """Each panel against each of its members, on the same cases and scorers, with the
+    panel's cost and latency multiples; Holm across a panel's members."""
+    member_calls = db.call_table(run_id, roles=("member",))
+    if member_calls.empty:
+        return
+    members_by_case = case_level(member_calls)
+    both = pd.concat([by_case, members_by_case])
+    for panel in panels:
+        members = [p for p in panel.parts if p.role == "member"]
+        results: dict[str, dict[str, Comparison]] = {m: {} for m in METRICS}
+        for m in members:
+            mine, base, excluded = _pair(both, panel.arm_id, m.arm_id)
+            for metric, column in (("pass_rate", "passed"), ("mean_score", "score")):
+                if len(mine) == 0:
+                    comp = not_compared(metric, "no case made by both", excluded)
+                else:
+                    comp = compare_paired(mine[column], base[column], metric)
+                    comp.excluded = excluded
+                results[metric][m.arm_id] = comp
+            for metric in RATIO_METRICS:
+                unmeasured = (
+                    _zero_or_unknown_cost(mine, base, panel.arm_id, m.arm_id)
+                    if metric == "cost"
+                    else None
+                )
+                results[metric][m.arm_id] = unmeasured or compare_ratio(
+                    mine[metric], base[metric], metric
+                )
+        for metric in METRICS:
+            compare_arms(results[metric])
+        figures = []
+        for m in members:
+            rows = arm_rows(members_by_case, m.arm_id)
+            made = member_calls[(member_calls["arm_id"] == m.arm_id) & member_calls["made"]]
+            figures.append(
+                MemberFigures(
+                    arm_id=m.arm_id,
+                    provider=m.provider,
+                    model=m.model,
+                    n=len(made),
+                    pass_rate=float(rows["passed"].mean()) if len(rows) else None,
+                    mean_score=float(rows["score"].mean()) if len(rows) else None,
+                    best=False,
+                    comparisons=[
+                        comparison_figures(panel.arm_id, m.arm_id, results[metric][m.arm_id])
+                        for metric in METRICS
+                    ],
+                )
+            )
+        scored = [f for f in figures if f.pass_rate is not None]
+        if scored:
+            best = max(scored, key=lambda f: (f.pass_rate or 0.0, f.mean_score or 0.0))
+            best.best = True
+        panel.members = figures
+
+
+def _kind(parts: list[PartFigures]) -> str:
+    if not parts:
+        return "model"
+    return "route" if any(p.role == "route" for p in parts) else "panel"
+
+
+def build_report(db: Results, run_id: str) -> Report:
     run = db.run(run_id)
     arms = db.arms(run_id)
-    not_run: list[dict[str, Any]] = []
+    not_run: list[NotRun] = []
     if "not_run_reason" in arms.columns:  # migration 4
         skipped = arms["not_run_reason"].notna()
-        not_run = [
-            {"arm_id": a["arm_id"], "reason": a["not_run_reason"]}
-            for _, a in arms[skipped].iterrows()
-        ]
+        not_run = [NotRun(a["arm_id"], a["not_run_reason"]) for _, a in arms[skipped].iterrows()]
         arms = arms[~skipped]
     spec = yaml.safe_load(run["spec_yaml"] or "") or {}
     cluster = spec.get("cluster") if isinstance(spec, dict) else None
     clusters = db.case_field(run_id, cluster) if cluster else None
     judge_cost = db.judge_costs(run_id)
+    usage = db.usage_sources(run_id)
+    parts = db.arm_parts(run_id)
     calls = db.call_table(run_id)
     by_case = case_level(calls)
     n_cases = int(calls["case_id"].nunique()) if len(calls) else 0
     baseline_rows = arms[arms["is_baseline"]]
     baseline = str(baseline_rows.iloc[0]["arm_id"]) if len(baseline_rows) else None
 
-    arm_list = []
+    arm_list: list[ArmFigures] = []
     for _, a in arms.iterrows():
         arm_id = a["arm_id"]
-        figures = _arm_figures(calls[calls["arm_id"] == arm_id], arm_rows(by_case, arm_id))
-        arm_list.append(
-            {
-                "arm_id": arm_id,
-                "provider": a["provider"],
-                "model": a["model"],
-                "tier": _clean(a["tier"]),
-                "prompt": f"{a['prompt_name']}@{a['prompt_version']}",
-                "prompt_hash": a["prompt_hash"],
-                **figures,
-                "judge_cost_usd": judge_cost.get(arm_id),
-            }
+        cases = arm_rows(by_case, arm_id)
+        figures = _arm_figures(calls[calls["arm_id"] == arm_id], cases)
+        own_parts = [PartFigures(**p) for p in parts if p["parent_arm_id"] == arm_id]
+        sources = usage.get(arm_id, {})
+        arm = ArmFigures(
+            arm_id=arm_id,
+            provider=a["provider"],
+            model=a["model"],
+            tier=_clean(a["tier"]),
+            prompt=f"{a['prompt_name']}@{a['prompt_version']}",
+            prompt_hash=a["prompt_hash"],
+            **figures,
+            judge_cost_usd=judge_cost.get(arm_id),
+            kind=_kind(own_parts),
+            usage_missing=sources.get("missing", 0),
+            usage_estimated=sources.get("proxy_estimate", 0),
+            flakiness=flakiness(cases),
+            parts=own_parts,
         )
-    arm_list.sort(key=lambda a: a["arm_id"] != baseline)  # stable: baseline first, then spec order
+        if arm.kind == "route":
+            _routes(db, run_id, arm)
+        arm_list.append(arm)
+    arm_list.sort(key=lambda a: a.arm_id != baseline)  # stable: baseline first, then spec order
     examples = {
-        a["arm_id"]: _examples(db, run_id, calls, a["arm_id"], baseline)
+        a.arm_id: _examples(db, run_id, calls, a.arm_id, baseline)
         for a in arm_list
-        if baseline is not None and a["arm_id"] != baseline
+        if baseline is not None and a.arm_id != baseline
     }
+    completeness = _completeness(run, calls)
     del calls  # a frame of every call: what follows needs only the case-level rows
+    panels = [a for a in arm_list if a.kind == "panel"]
+    if panels:
+        _members(db, run_id, panels, by_case)
 
-    comparisons: list[dict[str, Any]] = []
+    comparisons: list[ComparisonFigures] = []
     if baseline is not None:
-        others = [a["arm_id"] for a in arm_list if a["arm_id"] != baseline]
-        error_types = {a["arm_id"]: a["errors_by_type"] for a in arm_list}
+        others = [a.arm_id for a in arm_list if a.arm_id != baseline]
+        error_types = {a.arm_id: a.errors_by_type for a in arm_list}
         decided, outcomes = _comparisons(by_case, others, baseline, clusters, n_cases, error_types)
-        comparisons = [_comparison_json(arm, baseline, c) for arm, c in decided]
+        comparisons = [comparison_figures(arm, baseline, c) for arm, c in decided]
         for a in arm_list:
-            if a["arm_id"] in outcomes:
-                a["case_outcomes"] = outcomes[a["arm_id"]]
-    return {
-        "run_id": run_id,
-        "experiment": run["experiment"],
-        "description": run["description"],
-        "status": run["status"],
-        "started_at": f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
-        "finished_at": f"{run['finished_at']:%Y-%m-%d %H:%M:%S}"
+            if a.arm_id in outcomes:
+                a.case_outcomes = outcomes[a.arm_id]
+    return Report(
+        run_id=run_id,
+        experiment=run["experiment"],
+        description=run["description"],
+        status=run["status"],
+        started_at=f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
+        finished_at=f"{run['finished_at']:%Y-%m-%d %H:%M:%S}"
         if pd.notna(run["finished_at"])
         else None,
-        "wall_time_s": _clean(run["wall_time_s"]),
-        "spec_hash": run["spec_hash"],
-        "harness_version": run["harness_version"],
-        "n_cases": n_cases,
-        "cluster": cluster,
-        "n_clusters": len(set(clusters.values())) if clusters else None,
-        "baseline": baseline,
-        "alpha": ALPHA,
-        "equivalence_margin": EQUIVALENCE_MARGIN,
-        "ratio_margin": RATIO_MARGIN,
-        "arms": arm_list,
-        "comparisons": comparisons,
-        "not_run": not_run,
-        "examples": examples,
-    }
+        wall_time_s=_clean(run["wall_time_s"]),
+        spec_hash=run["spec_hash"],
+        harness_version=run["harness_version"],
+        n_cases=n_cases,
+        cluster=cluster,
+        n_clusters=len(set(clusters.values())) if clusters else None,
+        baseline=baseline,
+        alpha=ALPHA,
+        equivalence_margin=EQUIVALENCE_MARGIN,
+        ratio_margin=RATIO_MARGIN,
+        arms=arm_list,
+        comparisons=comparisons,
+        not_run=not_run,
+        examples=examples,
+        completeness=completeness,
+    )
 
 
-def to_json(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without chart-only data, JSON-safe."""
-    arms = [{k: v for k, v in a.items() if k != "latency_ms"} for a in report["arms"]]
-    return {**report, "arms": arms}
+def to_json(report: Report) -> dict[str, Any]:
+    """The report without chart-only data, JSON-safe (SPEC §9's fields, and more)."""
+    return report.to_json()
 
 
 def write_report(
@@ -394,7 +507,7 @@ def write_report(
     from .markdown import render_markdown
 
     report = build_report(results, run_id)
-    target = reports_dir / report["experiment"] / f"{run_id}.md"
+    target = reports_dir / report.experiment / f"{run_id}.md"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(render_markdown(report, db_path), encoding="utf-8")

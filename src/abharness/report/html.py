@@ -8,22 +8,12 @@ the baseline.
 from __future__ import annotations
 
 import math
-import re
 from html import escape
-from typing import Any
 
 import numpy as np
 
-from .markdown import (
-    METHOD_NOTE,
-    METRIC_WORDS,
-    _estimate,
-    _fmt,
-    _interval,
-    detectable_text,
-    verdict_sentence,
-    verdict_word,
-)
+from . import words as w
+from .figures import ArmFigures, ComparisonFigures, Report
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d"]
 CSS = """
@@ -41,7 +31,7 @@ td.wrap{white-space:normal;overflow-wrap:anywhere;min-width:7em}
 .no_difference{color:#57606a;font-weight:600} .inconclusive{color:#9a6700;font-weight:600}
 .charts{display:flex;flex-wrap:wrap;gap:24px} .chart{flex:1 1 520px} .note{color:#57606a;font-size:12px}
 code{background:#f6f8fa;padding:1px 4px;border-radius:4px;font-size:12px}
-.ex li{margin:6px 0;font-size:13px}
+.ex li{margin:6px 0;font-size:13px} .lead{font-size:15px;margin:14px 0}
 """
 
 
@@ -57,9 +47,12 @@ def _color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def latency_chart(arms: list[dict[str, Any]]) -> str:
+def latency_chart(arms: list[ArmFigures]) -> str:
     """Horizontal box plots: whiskers p5–p95, box p25–p75, line at the median."""
-    data = [(a["arm_id"], np.asarray(a.get("latency_ms", ()), dtype=float)) for a in arms]
+    data = [
+        (a.arm_id, np.asarray(a.latency_ms if a.latency_ms is not None else (), dtype=float))
+        for a in arms
+    ]
     measured = [d for _, d in data if d.size]
     if not measured:
         return '<p class="note">No latency measured (every call failed or came from the cache).</p>'
@@ -112,10 +105,8 @@ def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:
     return front
 
 
-def score_cost_chart(arms: list[dict[str, Any]]) -> str:
-    points = [
-        (a["arm_id"], a["cost_per_1k_cases_usd"] or 0.0, a["mean_score"] or 0.0) for a in arms
-    ]
+def score_cost_chart(arms: list[ArmFigures]) -> str:
+    points = [(a.arm_id, a.cost_per_1k_cases_usd or 0.0, a.mean_score or 0.0) for a in arms]
     front = pareto_front(points)
     width, height, left, bottom = 540, 300, 56, 40
     max_cost = max(p[1] for p in points) * 1.15 or 1.0
@@ -158,11 +149,11 @@ def score_cost_chart(arms: list[dict[str, Any]]) -> str:
 OUTCOME_CELLS = 500  # past this many cases, a cell holds several (the page stays small)
 
 
-def outcomes_chart(arms: list[dict[str, Any]], baseline: str) -> str:
-    rows = [a for a in arms if a.get("case_outcomes")]
+def outcomes_chart(arms: list[ArmFigures], baseline: str) -> str:
+    rows = [a for a in arms if a.case_outcomes]
     if not rows:
         return ""
-    n = max(len(a["case_outcomes"]) for a in rows)
+    n = max(len(a.case_outcomes or ()) for a in rows)
     per = math.ceil(n / OUTCOME_CELLS)  # cases per cell
     cells = math.ceil(n / per)
     cell, left = max(4, min(14, 1000 // max(cells, 1))), 130
@@ -174,9 +165,9 @@ def outcomes_chart(arms: list[dict[str, Any]], baseline: str) -> str:
     for r, a in enumerate(rows):
         yy = 6 + r * 26
         parts.append(
-            f'<text x="{left - 8}" y="{yy + 13}" font-size="12" text-anchor="end">{_label(a["arm_id"])}</text>'
+            f'<text x="{left - 8}" y="{yy + 13}" font-size="12" text-anchor="end">{_label(a.arm_id)}</text>'
         )
-        outcomes = a["case_outcomes"]
+        outcomes = a.case_outcomes or []
         for i in range(0, len(outcomes), per):
             group = outcomes[i : i + per]
             counts = {k: sum(o == k for _, o in group) for k in colors}
@@ -197,174 +188,135 @@ def outcomes_chart(arms: list[dict[str, Any]], baseline: str) -> str:
     what = "one case" if per == 1 else f"{per} cases in id order (coloured by wins minus losses)"
     parts.append(
         f'<text x="{left}" y="{height - 4}" font-size="11" fill="#57606a">each cell is {what} '
-        "(hover for ids): green win, grey tie, red loss against the baseline, repeats averaged</text></svg>"
+        f"(hover for ids): {w.OUTCOMES_NOTE}</text></svg>"
     )
     return "".join(parts)
 
 
-def sentence_html(c: dict[str, Any], r: dict[str, Any]) -> str:
-    """The verdict sentence with its code spans and its one bold verdict word styled."""
-    text = escape(verdict_sentence(c, r["equivalence_margin"], r["ratio_margin"]))
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(
-        r"\*\*([^*]+)\*\*", lambda m: f'<span class="{_css(c, m[1])}">{m[1]}</span>', text
+def sentence_html(c: ComparisonFigures, r: Report) -> str:
+    """The verdict sentence with its code spans and its bold words styled."""
+    return w.marked_html(
+        w.verdict_sentence(c, r.equivalence_margin, r.ratio_margin), w.sentence_css(c)
     )
 
 
-def _css(c: dict[str, Any], word: str) -> str:
-    if word == "negligible":
-        return "no_difference"
-    if word == "Caveat":
-        return "inconclusive"
-    if not c["compared"]:
-        return "no_difference" if c.get("label") else "inconclusive"
-    return c["verdict"]
+def table_html(headers: list[str], rows: list[list[w.Cell]], css: str = "") -> str:
+    """A table of `words` cells; the first column, and the wrapping ones, read left."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="wrap">{w.cell_html(c)}</td>' if i < 2 else f"<td>{w.cell_html(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f'<div class="wide"><table class="{css}"><tr>{head}</tr>{body}</table></div>'
 
 
-def render_html(r: dict[str, Any], db_path: str | None = None) -> str:
+def render_html(r: Report, db_path: str | None = None, interactive: str = "") -> str:
+    """The self-contained page; `interactive` is the case table's section (`cases`)."""
     e = escape
-    arms, comps, base = r["arms"], r["comparisons"], r["baseline"]
+    base = r.baseline
+    facts = (
+        f"run <code>{e(r.run_id)}</code> · {e(r.status)} · started {e(r.started_at)} UTC · "
+        f"wall time {w.fmt(r.wall_time_s, '.1f', ' s')} · {r.n_cases} cases · baseline "
+        f"<code>{e(str(base))}</code> · abharness {e(r.harness_version or '')}"
+    )
     out = [
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(r["experiment"])} — {e(r["run_id"])}</title>'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(r.experiment)} — {e(r.run_id)}</title>'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head><body><main>',
-        f'<h1>{e(r["experiment"])}</h1><div class="meta">run <code>{e(r["run_id"])}</code> · {e(r["status"])} · '
-        f"started {e(r['started_at'])} UTC · wall time {_fmt(r['wall_time_s'], '.1f', ' s')} · {r['n_cases']} cases · "
-        f"baseline <code>{e(str(base))}</code> · abharness {e(r['harness_version'] or '')}"
+        f'<h1>{e(r.experiment)}</h1><div class="meta">{facts}'
         + (f" · database <code>{e(db_path)}</code>" if db_path else "")
         + "</div>",
     ]
-    if r.get("description"):
-        out.append(f'<p class="desc">{e(r["description"])}</p>')
-    if comps:
+    if r.description:
+        out.append(f'<p class="desc">{e(r.description)}</p>')
+    out.append(report_body(r))
+    out.append(interactive)
+    out.append("</main></body></html>")
+    return "\n".join(out)
+
+
+def report_body(r: Report) -> str:
+    """Everything under the title: the part the view's run page shares."""
+    e = escape
+    base = r.baseline
+    out = []
+    missing = w.completeness_sentence(r.completeness)
+    if missing:
+        out.append(f'<p class="lead incomplete">{w.marked_html(missing, lambda _: "worse")}</p>')
+    usage = w.usage_sentences(r)
+    if usage:
+        out.append("<h2>Token counts</h2><ul>")
+        out += [f"<li>{w.marked_html(s, lambda _: 'inconclusive')}</li>" for s in usage]
+        out.append("</ul>")
+    if r.comparisons:
         out.append('<h2>Verdicts</h2><ul class="verdicts">')
-        out += [
-            f"<li>{sentence_html(c, r)}</li>"
-            for c in comps
-            if c["metric"] in ("pass_rate", "latency")
-        ]
+        out += [f"<li>{sentence_html(c, r)}</li>" for c in r.verdicts()]
         out.append("</ul>")
-    if r.get("not_run"):
-        out.append("<h2>Not run</h2><p>These arms could not run here; they get no verdict:</p><ul>")
-        out += [f"<li><code>{e(n['arm_id'])}</code>: {e(n['reason'])}</li>" for n in r["not_run"]]
+    if r.not_run:
+        out.append(f"<h2>Not run</h2><p>{e(w.NOT_RUN_NOTE)}</p><ul>")
+        out += [f"<li><code>{e(n.arm_id)}</code>: {e(n.reason)}</li>" for n in r.not_run]
         out.append("</ul>")
-    out.append(
-        '<h2>Arms</h2><div class="wide"><table class="arms"><tr><th>arm</th><th class="l">model · prompt</th>'
-        "<th>cases</th><th>calls</th><th>errors</th><th>pass rate</th><th>mean score</th>"
-        "<th>p50 ms</th><th>p90 · p99 ms</th><th>TTFT p50 ms</th><th>tokens in · out</th>"
-        "<th>cost USD</th><th>estimate error (tok/call)</th></tr>"
-    )
-    for a in arms:
-        lo, hi = a["pass_rate_ci"]
-        pr = _fmt(a["pass_rate"], "pct") + (
-            f'<div class="ci">{lo * 100:.1f}–{hi * 100:.1f}</div>' if lo is not None else ""
-        )
-        plo, phi = a["latency_p50_ci"]
-        p50 = _fmt(a["latency_p50_ms"], ".0f") + (
-            f'<div class="ci">{plo:.0f}–{phi:.0f}</div>' if plo is not None else ""
-        )
-        errs = str(a["errors"]) + (
-            f'<div class="ci">{e(", ".join(f"{n} {t}" for t, n in a["errors_by_type"].items()))}</div>'
-            if a["errors"]
-            else ""
-        )
-        if a["scorer_errors"]:
-            errs += f'<div class="ci">{a["scorer_errors"]} scorer errors</div>'
-        calls = str(a["n"])
-        if a["not_made"]:
-            why = ", ".join(f"{n} {t}" for t, n in a["not_made_by_type"].items())
-            calls += f'<div class="ci">{a["not_made"]} not made ({e(why)})</div>'
-        if a["cache_hits"]:
-            calls += f'<div class="ci">{a["cache_hits"]} cached</div>'
-        name = (
-            f'<b>{e(a["arm_id"])}</b> <span class="ci">baseline</span>'
-            if a["arm_id"] == base
-            else e(a["arm_id"])
-        )
-        cost = _fmt(a["cost_usd"], ".4f") + (
-            f'<div class="ci">{_fmt(a["cost_per_1k_cases_usd"], ".4f")} per 1k cases</div>'
-            if a["cost_per_1k_cases_usd"] is not None
-            else ""
-        )
-        out.append(
-            f'<tr><td class="wrap">{name}</td><td class="l wrap">{e(a["provider"])}/{e(a["model"])}'
-            f'<div class="ci">{e(a["prompt"])}</div></td>'
-            f"<td>{a['n_cases']}</td><td>{calls}</td><td>{errs}</td><td>{pr}</td><td>{_fmt(a['mean_score'], '.3f')}</td>"
-            f"<td>{p50}</td><td>{_fmt(a['latency_p90_ms'], '.0f')} · {_fmt(a['latency_p99_ms'], '.0f')}</td>"
-            f"<td>{_fmt(a['ttft_p50_ms'], '.0f')}</td><td>{_fmt(a['input_tokens'], ',')} · {_fmt(a['output_tokens'], ',')}</td>"
-            f"<td>{cost}</td><td>{_fmt(a['est_error_mean_tokens'], '+.1f')}</td></tr>"
-        )
-    out.append("</table></div>")
-    judged = [a for a in arms if a.get("judge_cost_usd") is not None]
-    if judged:
-        out.append(
-            '<p class="note">Judging cost (llm_judge calls, not in the arm\'s own cost): '
-            + "; ".join(f"{e(a['arm_id'])} {a['judge_cost_usd']:.4f} USD" for a in judged)
-            + "</p>"
-        )
-    out.append(
-        '<p class="note">Rates are over the calls made, a case\'s repeats averaged first. 95% intervals '
-        "under the figures: over case means with a pseudo-case at each end of the scale for pass "
-        "rate, order statistics for latency (p90 needs 20 timed calls, p99 200; – below that). A call passes when "
-        "it succeeded and every scorer passed; failed calls and scorer errors count as not passed. "
-        "Calls never made (cost cap, endpoint stopped) are left out. Cached calls cost nothing and "
-        "are left out of latency.</p>"
-    )
-    if comps:
-        out.append(
-            f'<h2>Against the baseline <code>{e(str(base))}</code></h2><table><tr><th>arm</th><th class="l">metric</th>'
-            "<th>estimate</th><th>95% CI</th><th>cases</th><th>wins</th><th>ties</th><th>losses</th><th>p</th>"
-            '<th>p (Holm)</th><th class="l">verdict</th><th>detectable</th></tr>'
-        )
-        for c in comps:
-            word = verdict_word(c) + (" (negligible)" if c["negligible"] else "")
-            mde = e(detectable_text(c))
-            out.append(
-                f'<tr><td>{e(c["arm_id"])}</td><td class="l">{METRIC_WORDS[c["metric"]]}</td>'
-                f"<td>{e(_estimate(c))}</td><td>{e(_interval(c))}</td><td>{c['n_pairs']}</td>"
-                f"<td>{c['wins']}</td><td>{c['ties']}</td><td>{c['losses']}</td>"
-                f"<td>{_fmt(c['p_value'], '.3g')}</td><td>{_fmt(c['p_adjusted'], '.3g')}</td>"
-                f'<td class="l"><span class="{_css(c, word)}">{e(word)}</span></td><td>{mde}</td></tr>'
-            )
-        out.append("</table>")
+    out.append("<h2>Arms</h2>")
+    out.append(table_html(w.ARM_HEADERS, [w.arm_row(a, base) for a in r.arms], "arms"))
+    judging = w.judging_cost(r)
+    if judging:
+        out.append(f'<p class="note">{e(judging)}</p>')
+    notes = w.ARMS_NOTE + (" " + w.CACHE_NOTE if any(a.cache_hits for a in r.arms) else "")
+    out.append(f'<p class="note">{w.marked_html(notes)}</p>')
+    composite = [a for a in r.arms if a.parts]
+    if composite:
+        out.append("<h2>Composite arms</h2><ul>")
+        for a in composite:
+            texts = [w.parts_text(a), w.route_sentence(a)]
+            texts += [w.member_sentence(a, m) for m in a.members]
+            out += [f"<li>{w.marked_html(t, lambda _: 'better')}</li>" for t in texts if t]
+        out.append("</ul>")
+        for a in composite:
+            if a.members:
+                out.append(f"<p>Panel <code>{e(a.arm_id)}</code> against each of its members:</p>")
+                out.append(table_html(*w.member_table(a)))
+    if r.comparisons:
+        out.append(f"<h2>Against the baseline <code>{e(str(base))}</code></h2>")
+        out.append(table_html(w.COMPARISON_HEADERS, [w.comparison_row(c) for c in r.comparisons]))
         out += [
             f'<p class="note">{sentence_html(c, r)}</p>'
-            for c in comps
-            if c["metric"] in ("mean_score", "cost")
+            for c in r.comparisons
+            if c.metric in ("mean_score", "cost")
         ]
-        out.append(
-            '<p class="note">'
-            + e(
-                METHOD_NOTE.format(
-                    margin=r["equivalence_margin"] * 100, ratio=r["ratio_margin"] * 100
-                )
-            )
-            + "</p>"
-        )
+        out.append(f'<p class="note">{e(w.method_note(r))}</p>')
+    headers, rows = w.flakiness_table(r)
+    if rows:
+        out.append("<h2>Flaky cases</h2>" + table_html(headers, rows))
+        out += [
+            f"<p>{w.marked_html(s, lambda _: 'inconclusive')}</p>"
+            for a in r.arms
+            if (s := w.flakiness_sentence(a))
+        ]
+        out.append(f'<p class="note">{e(w.FLAKINESS_NOTE)}</p>')
     out.append(
         '<div class="charts"><div class="chart"><h2>Latency per arm</h2>'
-        + latency_chart(arms)
+        + latency_chart(r.arms)
         + '<p class="note">Box: 25th–75th percentile, thick line: median, whiskers: 5th–95th. Cache hits excluded.</p></div>'
         + '<div class="chart"><h2>Score against cost</h2>'
-        + score_cost_chart(arms)
+        + score_cost_chart(r.arms)
         + '<p class="note">Larger, green-ringed points are on the Pareto front: no other arm scores higher for less.</p></div></div>'
     )
-    chart = outcomes_chart(arms, str(base))
+    chart = outcomes_chart(r.arms, str(base))
     if chart:
         out.append("<h2>Per case against the baseline</h2>" + chart)
-    for arm_id, examples in r.get("examples", {}).items():
+    for arm_id, examples in r.examples.items():
         if examples:
             out.append(
-                f'<h2>Where <code>{e(arm_id)}</code> and <code>{e(str(base))}</code> differ</h2><ul class="ex">'
+                f"<h2>Where <code>{e(arm_id)}</code> and <code>{e(str(base))}</code> differ</h2>"
+                '<ul class="ex">'
             )
-            for x in examples:
-                vars_ = ", ".join(f"{k}={v!r}" for k, v in x["vars"].items())
-                vars_ = f" ({vars_})" if vars_ else ""
-                out.append(
-                    f"<li>case <code>{e(x['case_id'])}</code>{e(vars_)}: <b>{e(arm_id)}</b> "
-                    f"{'passed' if x['arm_passed'] else 'failed'} with <code>{e(str(x['arm_response'])[:200])}</code>; "
-                    f"<b>{e(str(base))}</b> {'passed' if x['baseline_passed'] else 'failed'} with "
-                    f"<code>{e(str(x['baseline_response'])[:200])}</code></li>"
-                )
+            out += [
+                f"<li>{w.marked_html(w.example_sentence(arm_id, str(base), x))}</li>"
+                for x in examples
+            ]
             out.append("</ul>")
-    out.append("</main></body></html>")
     return "\n".join(out)

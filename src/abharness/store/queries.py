@@ -256,8 +256,10 @@ class Results:
 
     # -- calls ---------------------------------------------------------------------
 
-    def call_table(self, run_id: str) -> pd.DataFrame:
-        """One row per arm call with its pass/fail and score.
+    def call_table(self, run_id: str, roles: tuple[str, ...] = ("arm",)) -> pd.DataFrame:
+        """One row per arm call with its pass/fail and score; `roles` ``("member",)``
+        gives a panel's members' calls instead (each member its own arm id). A composite
+        arm's parts are never among the arms' rows.
 
         ``made`` is false for calls never made (cost cap, endpoint stopped): they are
         missing data, not failures. A made call that failed, or whose scorer raised
@@ -267,6 +269,9 @@ class Results:
         judges = (
             "AND c.judged_call_id IS NULL" if self.has_column("calls", "judged_call_id") else ""
         )
+        if self.has_column("calls", "role"):  # a panel's members and synthesizer are parts
+            judges += f" AND coalesce(c.role, 'arm') IN ({', '.join(repr(r) for r in roles)})"
+        unfinished = "c.unfinished" if self.has_column("calls", "unfinished") else "FALSE"
         result = self.con.execute(
             f"""
             WITH s AS (
@@ -277,6 +282,7 @@ class Results:
             )
             SELECT c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit,
                    {made_sql(self.has_column("calls", "unfinished"))} AS made,
+                   coalesce({unfinished}, FALSE) AS unfinished,
                    c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
                    c.est_input_tokens - c.input_tokens AS est_error,
                    coalesce(s.scorer_errors, 0) AS scorer_errors,
@@ -313,6 +319,56 @@ class Results:
                 [run_id],
             ).fetchall()
         )
+
+    def usage_sources(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Per arm, its answered calls by where their token counts came from
+        (``usage_source``: final_chunk, body, missing, proxy_estimate, cache, parts)."""
+        if not self.has_column("calls", "usage_source"):
+            return {}
+        out: dict[str, dict[str, int]] = {}
+        for arm, source, n in self.con.execute(
+            "SELECT arm_id, usage_source, count(*) FROM calls "
+            "WHERE run_id = ? AND status = 'ok' AND usage_source IS NOT NULL GROUP BY ALL",
+            [run_id],
+        ).fetchall():
+            out.setdefault(str(arm), {})[str(source)] = int(n)
+        return out
+
+    def arm_parts(self, run_id: str) -> list[dict[str, Any]]:
+        """A composite arm's parts (``arms.role`` member, synthesizer or route), in the
+        order the spec lists them."""
+        if not self.has_column("arms", "parent_arm_id"):
+            return []
+        cur = self.con.execute(
+            "SELECT arm_id, role, parent_arm_id, provider, model FROM arms "
+            "WHERE run_id = ? AND parent_arm_id IS NOT NULL ORDER BY position, arm_id",
+            [run_id],
+        )
+        names = [d[0] for d in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def route_outcomes(self, run_id: str, arm_id: str) -> tuple[dict[str, int], list[tuple]]:
+        """A route arm's calls made: how many each route served (``served_by``), and each
+        failed route's errors as (route, error_type, count)."""
+        served = dict(
+            self.con.execute(
+                "SELECT served_by, count(*) FROM calls WHERE run_id = ? AND arm_id = ? "
+                "AND served_by IS NOT NULL GROUP BY 1",
+                [run_id, arm_id],
+            ).fetchall()
+        )
+        errors = self.con.execute(
+            """
+            SELECT e.route, e.error_type, count(*) FROM calls,
+                   unnest(from_json(attempt_errors_json,
+                                    '[{"route": "VARCHAR", "error_type": "VARCHAR"}]')) AS t(e)
+            WHERE run_id = ? AND arm_id = ? AND attempt_errors_json IS NOT NULL
+              AND e.route IS NOT NULL
+            GROUP BY ALL ORDER BY 1, 2
+            """,
+            [run_id, arm_id],
+        ).fetchall()
+        return {str(k): int(v) for k, v in served.items()}, errors
 
     def example(
         self, run_id: str, case_id: str, repeat: int, arm_id: str, baseline: str
