@@ -275,6 +275,22 @@ def m007_composite_arms(con: duckdb.DuckDBPyConnection) -> None:
         JOIN arms a ON a.run_id = c.run_id AND a.arm_id = c.arm_id""")
 
 
+@migration(8, "case_flakiness")
+def m008_case_flakiness(con: duckdb.DuckDBPyConnection) -> None:
+    """``case_flakiness``: per run, arm and case, the calls made (``repeats``), how many
+    passed, and whether they disagree (``flaky``: some passed, some did not). A
+    composite arm's parts and judges are left out, as in ``arm_summary``."""
+    con.execute("""
+        CREATE OR REPLACE VIEW case_flakiness AS
+        SELECT run_id, arm_id, case_id,
+               count(*) AS repeats,
+               count(*) FILTER (WHERE passed) AS passes,
+               avg(passed::DOUBLE) AS pass_rate,
+               count(*) >= 2 AND bool_or(passed) AND NOT bool_and(passed) AS flaky
+        FROM call_facts WHERE role = 'arm' AND made
+        GROUP BY run_id, arm_id, case_id""")
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Commit what the block does, or roll all of it back if it raises."""
