@@ -521,3 +521,32 @@ def write_report(
             "writes it again",
         ) from exc
     return target
+
+
+def compare_sides(db: Results, a: tuple[str, str], b: tuple[str, str]) -> list[ComparisonFigures]:
+    """Arm b (run, arm) against arm a, paired by case id — two arms of one run, or one
+    arm across two runs (`abharness view`'s compare page): pass rate, mean score,
+    latency and cost, as the report compares an arm with its baseline, for this one
+    pair (no Holm correction across other arms; clusters are not used)."""
+    frames = {run: db.call_table(run) for run in {a[0], b[0]}}
+    key_a, key_b = "a", "b"
+    rows = pd.concat(
+        [
+            frames[a[0]][frames[a[0]]["arm_id"] == a[1]].assign(arm_id=key_a),
+            frames[b[0]][frames[b[0]]["arm_id"] == b[1]].assign(arm_id=key_b),
+        ],
+        ignore_index=True,
+    )
+    by_case = case_level(rows) if len(rows) else case_level(frames[a[0]].iloc[:0])
+    n_cases = int(rows["case_id"].nunique()) if len(rows) else 0
+    decided, _ = _comparisons(by_case, [key_b], key_a, None, n_cases)
+    out = []
+    for _, c in decided:
+        c.excluded = {
+            k.replace(f"by {key_a}", f"by {a[0]}:{a[1]}").replace(
+                f"by {key_b}", f"by {b[0]}:{b[1]}"
+            ): v
+            for k, v in c.excluded.items()
+        }
+        out.append(comparison_figures(f"{b[0]}:{b[1]}", f"{a[0]}:{a[1]}", c))
+    return out

@@ -202,11 +202,13 @@ def sentence_html(c: ComparisonFigures, r: Report) -> str:
 
 def table_html(headers: list[str], rows: list[list[w.Cell]], css: str = "") -> str:
     """A table of `words` cells; the first column, and the wrapping ones, read left."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    head = "".join(
+        f"<th{' class=l' if i < 2 else ''}>{escape(h)}</th>" for i, h in enumerate(headers)
+    )
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="wrap">{w.cell_html(c)}</td>' if i < 2 else f"<td>{w.cell_html(c)}</td>"
+            f'<td class="l wrap">{w.cell_html(c)}</td>' if i < 2 else f"<td>{w.cell_html(c)}</td>"
             for i, c in enumerate(row)
         )
         + "</tr>"
