@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..shell import db_option, err_console, one_line_errors
+from ..shell import db_option, err_console, fail, one_line_errors
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -25,11 +25,10 @@ def command(db: Path, host: str, port: int, open_: bool) -> None:
     and cases, two arms side by side (/compare), one case's calls; JSON under /api/."""
     import uvicorn
 
-    from ..store.queries import NoDatabase
     from .app import create_app
 
     if not db.exists():
-        raise NoDatabase(f"no database at {db}: run an experiment first")
+        fail(f"no database at {db}: run an experiment first")
     if host not in LOOPBACK:
         err_console.print(
             f"warning: listening on {host}: anyone who can reach this machine can read every "
