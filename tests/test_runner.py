@@ -263,7 +263,9 @@ def test_html_report_is_self_contained_with_charts(project: Path, fake_provider)
     assert html.startswith("<!doctype html>") and html.count("<svg") == 3
     assert not re.search(r"(src|href)=\"(https?:)?//", html) and "@import" not in html
     assert "Per case against the baseline" in html and "Pareto front" in html
-    assert "<script" not in html  # nothing to run, nothing to fetch
+    # a script of its own for the case table, inline: nothing loaded, nothing fetched
+    assert "<script src" not in html and "fetch(" not in html and "XMLHttpRequest" not in html
+    assert html.count("<script") == 2 and '<script type="application/json" id="abh-cases">' in html
     assert pareto_front([("a", 1.0, 0.9), ("b", 0.5, 0.8), ("c", 2.0, 0.85), ("d", 0.5, 0.7)]) == {
         "a",
         "b",

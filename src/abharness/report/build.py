@@ -503,15 +503,19 @@ def write_report(
     results: Results, run_id: str, reports_dir: Path, db_path: str | None = None
 ) -> Path:
     """Write ``<experiment>/<run_id>.md`` and the self-contained ``.html`` beside it."""
-    from .html import render_html
+    from .cases import case_data
+    from .html import cases_section, render_html
     from .markdown import render_markdown
 
     report = build_report(results, run_id)
+    cases = cases_section(case_data(results, report), run_id, db_path)
     target = reports_dir / report.experiment / f"{run_id}.md"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(render_markdown(report, db_path), encoding="utf-8")
-        target.with_suffix(".html").write_text(render_html(report, db_path), encoding="utf-8")
+        target.with_suffix(".html").write_text(
+            render_html(report, db_path, cases), encoding="utf-8"
+        )
     except OSError as exc:
         where = f" --db {db_path}" if db_path else ""
         raise environment_failure(

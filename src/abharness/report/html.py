@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from html import escape
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,16 @@ td.wrap{white-space:normal;overflow-wrap:anywhere;min-width:7em}
 .charts{display:flex;flex-wrap:wrap;gap:24px} .chart{flex:1 1 520px} .note{color:#57606a;font-size:12px}
 code{background:#f6f8fa;padding:1px 4px;border-radius:4px;font-size:12px}
 .ex li{margin:6px 0;font-size:13px} .lead{font-size:15px;margin:14px 0}
+form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:10px 0;font-size:13px}
+form.filters input[type=search]{min-width:18em;padding:3px 6px}
+table.cases td{vertical-align:top} td.vars{white-space:normal;max-width:28em;text-align:left;font-size:12px}
+.side{display:grid;grid-template-columns:repeat(var(--n,2),minmax(0,1fr));gap:12px;margin:8px 0 18px}
+.call{border:1px solid #d0d7de;border-radius:6px;padding:8px 10px;font-size:13px;min-width:0}
+.call h4{margin:0 0 6px;font-size:14px}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f8fa;padding:6px 8px;border-radius:4px;margin:4px 0;font-size:12px;max-height:28em;overflow:auto}
+del{background:#ffebe9;color:#82071e;text-decoration:line-through} ins{background:#dafbe1;color:#116329;text-decoration:none}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 10px;margin:6px 0;font-size:12px} dl.facts dt{color:#57606a}
+.pass{color:#1a7f37;font-weight:600} .fail{color:#cf222e;font-weight:600}
 """
 
 
@@ -322,3 +333,84 @@ def report_body(r: Report) -> str:
             ]
             out.append("</ul>")
     return "\n".join(out)
+
+
+def interactive_js() -> str:
+    """The case table's script (report/interactive.js): plain DOM, no library, nothing
+    fetched; it sets text, never HTML, so no output can become markup."""
+    from importlib.resources import files
+
+    return files("abharness.report").joinpath("interactive.js").read_text(encoding="utf-8")
+
+
+FILTER_WORDS = {
+    "all": "all cases",
+    "differing": "differing",
+    "regressions": "regressions (the arm passes less)",
+    "improvements": "improvements",
+    "errors": "with errors",
+    "flaky": "flaky (repeats disagree)",
+}
+
+
+def cases_section(data: dict[str, Any] | None, run_id: str, db_path: str | None) -> str:
+    """The interactive case table and side-by-side case view, from inline JSON."""
+    if data is None:
+        return ""
+    from .cases import inline_json
+
+    e = escape
+    arms = "".join(f'<option value="{e(a)}">{e(a)}</option>' for a in data["arms"])
+    filters = "".join(f'<option value="{k}">{e(v)}</option>' for k, v in FILTER_WORDS.items())
+    sorts = "".join(
+        f'<option value="{k}">{e(v)}</option>'
+        for k, v in (
+            ("case", "case"),
+            ("-case", "case, last first"),
+            ("diff", "arm − baseline, worst first"),
+            ("-diff", "arm − baseline, best first"),
+        )
+    )
+    where = f" --db {db_path}" if db_path else ""
+    note = (
+        f"All {data['total']:,} cases. "
+        if data["complete"]
+        else f"This page embeds {data['embedded']:,} of {data['total']:,} cases (those that differ "
+        f"between an arm and the baseline); <code>abharness view{e(where)}</code> shows every case "
+        f"at /runs/{e(run_id)}. "
+    )
+    heads = "".join(
+        f"<th{' class=l' if i < 2 else ''}>{h}</th>"
+        for i, h in enumerate(
+            [
+                "case",
+                "variables",
+                "baseline passes",
+                "baseline score",
+                "arm passes",
+                "arm score",
+                "arm − baseline",
+                "baseline p50 ms",
+                "arm p50 ms",
+            ]  # fmt: skip
+        )
+    )
+    return (
+        f'<h2 id="cases">Cases</h2><p class="note">{note}Each row pairs a case\'s calls in the '
+        f"arm with the baseline's <code>{e(data['baseline'])}</code>; click a case to see its "
+        "outputs side by side.</p>"
+        '<form class="filters" onsubmit="return false">'
+        f'<label>arm <select id="abh-arm">{arms}</select></label>'
+        f'<label>show <select id="abh-filter">{filters}</select></label>'
+        '<input type="search" id="abh-q" placeholder="search variables and outputs">'
+        f'<label>sort <select id="abh-sort">{sorts}</select></label></form>'
+        f'<div class="wide"><table class="cases"><thead><tr>{heads}</tr></thead>'
+        '<tbody id="abh-rows"></tbody></table></div>'
+        '<p class="note"><button id="abh-prev" type="button">← previous</button> '
+        '<span id="abh-count"></span> <button id="abh-next" type="button">next →</button></p>'
+        '<section id="abh-case" hidden></section>'
+        '<noscript><p class="note">The case table needs JavaScript; '
+        "<code>abharness view</code> serves it without.</p></noscript>"
+        f'<script type="application/json" id="abh-cases">{inline_json(data)}</script>'
+        f"<script>{interactive_js()}</script>"
+    )

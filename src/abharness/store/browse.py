@@ -319,3 +319,34 @@ def case_calls(
         "arms": [{"arm_id": a, "calls": by_arm[a]} for a in wanted],
         "all_arms": order,
     }
+
+
+def case_outputs(
+    con: duckdb.DuckDBPyConnection, run_id: str, case_ids: list[str], limit_chars: int = 2000
+) -> list[dict[str, Any]]:
+    """Every arm call of these cases, in (case, arm, repeat) order: its outcome, score,
+    latency, cost and its output cut at `limit_chars` (the HTML report embeds them)."""
+    made = made_sql(_has(con, "calls", "unfinished"))
+    role = "AND coalesce(c.role, 'arm') = 'arm'" if _has(con, "calls", "role") else ""
+    judges = "AND c.judged_call_id IS NULL" if _has(con, "calls", "judged_call_id") else ""
+    return _rows(
+        con.execute(
+            f"""
+            WITH s AS (
+                SELECT call_id, bool_and(coalesce(passed, FALSE)) AS passed, avg(value) AS score,
+                       count(*) FILTER (WHERE passed IS NULL) AS bad
+                FROM scores WHERE run_id = $run GROUP BY call_id
+            )
+            SELECT c.case_id, c.arm_id, c.repeat, {made} AS made, c.status, c.error_type,
+                   c.status = 'ok' AND coalesce(s.passed, FALSE) AS passed,
+                   CASE WHEN c.status = 'ok' AND coalesce(s.bad, 0) = 0
+                        THEN coalesce(s.score, 0) ELSE 0 END AS score,
+                   c.latency_ms, c.cost_usd, left(c.response_text, $chars) AS output,
+                   length(c.response_text) > $chars AS cut
+            FROM calls c LEFT JOIN s USING (call_id)
+            WHERE c.run_id = $run AND c.case_id IN (SELECT unnest($ids::VARCHAR[])) {role} {judges}
+            ORDER BY c.case_id, c.arm_id, c.repeat
+            """,
+            {"run": run_id, "ids": case_ids, "chars": limit_chars},
+        )
+    )

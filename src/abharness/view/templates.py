@@ -18,17 +18,8 @@ from ..report.html import CSS, report_body, sentence_html, table_html
 VIEW_CSS = """
 nav{font-size:13px;margin-bottom:10px} nav a{margin-right:12px}
 .banner{background:#fff8c5;border:1px solid #d4a72c;padding:10px 14px;border-radius:6px;margin:12px 0}
-form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:10px 0;font-size:13px}
-form.filters input[type=search]{min-width:18em;padding:3px 6px}
 .pager{margin:10px 0;font-size:13px} .pager a,.pager span{margin-right:10px}
 .tabs a{margin-right:10px;font-size:13px} .tabs a.on{font-weight:700;text-decoration:none;color:#1f2328}
-table.cases td{vertical-align:top} td.vars{white-space:normal;max-width:28em;text-align:left;font-size:12px}
-.side{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:12px;margin:8px 0 18px}
-.call{border:1px solid #d0d7de;border-radius:6px;padding:8px 10px;font-size:13px;min-width:0}
-.call h4{margin:0 0 6px;font-size:14px} pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f8fa;padding:6px 8px;border-radius:4px;margin:4px 0;font-size:12px;max-height:28em;overflow:auto}
-del{background:#ffebe9;color:#82071e;text-decoration:line-through} ins{background:#dafbe1;color:#116329;text-decoration:none}
-dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 10px;margin:6px 0;font-size:12px} dl.facts dt{color:#57606a}
-.pass{color:#1a7f37;font-weight:600} .fail{color:#cf222e;font-weight:600}
 details{margin:4px 0} summary{cursor:pointer;color:#0969da;font-size:12px}
 """
 
