@@ -14,7 +14,7 @@ NIGHTLY ?= experiments/nightly
 WHEELS ?= $(HOME)/.cache/abharness/wheels/llama-native-off
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: experiment nightly test test-fast report lint bench setup clean
+.PHONY: experiment nightly test test-fast report lint bench setup clean chromium view
 
 setup: $(STAMP)
 
@@ -51,8 +51,16 @@ nightly: $(STAMP)
 report: $(STAMP)
 	$(BIN)/abharness report $(RUN)
 
+view: $(STAMP)
+	$(BIN)/abharness view
+
+# The browser tests (tests/test_browser.py) drive Debian's Chromium through Playwright,
+# which never downloads a browser of its own. CI runs as root.
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
 # Both cores, a test file to a worker (module-scoped servers and databases stay shared).
-test: $(STAMP) $(LITELLM_VENV)/.installed
+test: $(STAMP) $(LITELLM_VENV)/.installed chromium
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # The edit-test loop: everything but the tests marked slow (and the real model), in
@@ -75,6 +83,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.staging
 	$(BIN)/python -m tests.benchmarks.verdicts --runs 100
 	$(BIN)/python -m tests.benchmarks.evidence --runs 1000
+	$(BIN)/python -m tests.benchmarks.view
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
