@@ -234,3 +234,56 @@ def test_view_warns_when_it_listens_beyond_this_machine(run, monkeypatch) -> Non
     assert "warning" not in local.output and started[-1]["host"] == "127.0.0.1"
     missing = CliRunner().invoke(cli, ["view", "--db", "nope.duckdb", "--no-open"])
     assert missing.exit_code == 1 and "no database" in missing.output
+
+
+def test_a_run_merges_while_the_view_is_open(run, tmp_path) -> None:
+    """The view opens the database for each request and closes it after: a run that
+    ends while someone is looking merges at once, and the next page shows it."""
+    from .benchmarks.bigrun import build_database
+
+    db, rid = run
+    copy = tmp_path / "live.duckdb"
+    copy.write_bytes(db.read_bytes())
+    with TestClient(create_app(copy, worker=False)) as c:
+        assert c.get("/api/runs").json()["total"] == 1
+        assert c.get(f"/runs/{rid}").status_code == 200
+        build_database(copy, cases=4, repeats=1, run_id="20261203-000000-new000")
+        runs = c.get("/api/runs").json()
+        assert runs["total"] == 2
+        assert {r["run_id"] for r in runs["runs"]} == {rid, "20261203-000000-new000"}
+
+
+def test_a_large_report_embeds_the_cases_that_differ_and_says_so(run) -> None:
+    from abharness.report.cases import case_data
+    from abharness.report.html import cases_section
+
+    db, rid = run
+    with Results(db) as results:
+        report = build_report(results, rid)
+        everything = case_data(results, report)
+        few = case_data(results, report, max_cases=10)
+    assert everything is not None and everything["complete"] and everything["embedded"] == 60
+    assert few is not None and not few["complete"]
+    assert sorted(few["cases"]) == ["c01", "c02", "c03"] and few["embedded"] == 3
+    html = cases_section(few, rid, "r.duckdb")
+    assert "embeds 3 of 60 cases" in html and "<code>abharness view --db r.duckdb</code>" in html
+    # no output can close the script element that carries the data
+    assert "</script>" not in html.split('id="abh-cases">', 1)[1].split("</script>", 1)[0]
+    assert "<script>alert" not in cases_section(everything, rid, None).split("<script>(function")[0]
+
+
+@pytest.mark.slow
+def test_the_worker_computes_the_figures_and_is_replaced_when_it_dies(run) -> None:
+    import os
+    import signal
+
+    db, rid = run
+    app = create_app(db)  # figures in the worker process, as `abharness view` runs
+    with TestClient(app) as c:
+        assert c.get(f"/runs/{rid}").status_code == 200
+        pid = app.state.figures.worker_pid.result(timeout=60)
+        assert pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        page = c.get(f"/compare?a={rid}:arm-b&b={rid}:arm-a")  # a pair not computed yet
+        assert page.status_code == 200 and "arm-a" in page.text

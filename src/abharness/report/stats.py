@@ -54,6 +54,7 @@ import numpy as np
 from scipy import special
 from scipy import stats as sps
 
+from .limits import MIN_CALLS_FOR
 from .power import (
     binary_cases_needed,
     binary_detectable,
@@ -79,7 +80,6 @@ CHUNK_VALUES = 65_536
 SEED = 20261122
 EQUIVALENCE_MARGIN = 0.05  # 5 points of pass rate or mean score
 RATIO_MARGIN = 0.10  # latency and cost: within ±10% is "no difference"
-MIN_CALLS_FOR = {0.5: 5, 0.9: 20, 0.99: 200}  # below this a quantile is not estimable
 MIN_RATIO_CASES = 2  # a latency or cost ratio from fewer cases has no interval
 # "no difference" on a ratio needs this many cases: a handful of cases with the same
 # tokens at the same price have ratios without spread, and an interval without width

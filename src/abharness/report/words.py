@@ -23,7 +23,7 @@ from .figures import (
     MemberFigures,
     Report,
 )
-from .stats import MIN_CALLS_FOR
+from .limits import MIN_CALLS_FOR
 
 
 def fmt(value: Any, spec: str = "", suffix: str = "") -> str:

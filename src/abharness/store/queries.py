@@ -337,7 +337,7 @@ class Results:
     def arm_parts(self, run_id: str) -> list[dict[str, Any]]:
         """A composite arm's parts (``arms.role`` member, synthesizer or route), in the
         order the spec lists them."""
-        if not self.has_column("arms", "parent_arm_id"):
+        if not (self.has_column("arms", "parent_arm_id") and self.has_column("arms", "role")):
             return []
         cur = self.con.execute(
             "SELECT arm_id, role, parent_arm_id, provider, model FROM arms "

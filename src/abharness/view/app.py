@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..report import words as w
 from ..report.figures import ComparisonFigures, Report, _plain
+from ..report.html import report_body
 from ..store import browse
 from ..store.browse import CASE_FILTERS, CASE_SORTS, RUN_KINDS, Side
 from ..store.queries import DatabaseBusy, NoDatabase, Results, RunNotFound
@@ -148,7 +149,16 @@ class View:
                     "pages": _pages(total),
                     "total": total,
                 }
-        return {"report": report, "cases": cases, "arm": arm, "others": others}
+            key = (run_id, browse.fingerprint(results.con, run_id))
+        return {
+            "report": report,
+            "cases": cases,
+            "arm": arm,
+            "others": others,
+            # rendered once per state of the run, as its figures are
+            "body": self.figures.memo(("body", *key), lambda: report_body(report)),
+            "json": lambda: self.figures.memo(("json", *key), report.to_json),
+        }
 
     def compare(self, params: dict[str, str]) -> dict[str, Any]:
         try:
@@ -278,8 +288,10 @@ def create_app(db: Path, *, worker: bool = True) -> Starlette:
         def endpoint(request: Request) -> Response:
             data = compute(request)
             if api:
-                if "report" in data:
-                    data = {**data, "report": data["report"].to_json()}
+                if "report" in data:  # the report's JSON, made once per state of the run
+                    as_json = data.pop("json")
+                    del data["body"]
+                    data["report"] = as_json()
                 return _json(data)
             return HTMLResponse(render(template, data=data, request=request))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import multiprocessing
 import os
 import sys
@@ -19,11 +20,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from ..report.figures import ComparisonFigures, Report
 from ..store.browse import Side
+
+log = logging.getLogger(__name__)
 
 
 def _trim() -> None:
@@ -70,16 +74,14 @@ class FigureCache:
     """Reports and comparisons by (what, the runs' fingerprints), least recently used
     dropped past `size`."""
 
-    def __init__(self, db: Path, *, worker: bool = True, size: int = 8) -> None:
+    def __init__(self, db: Path, *, worker: bool = True, size: int = 24) -> None:
         self.db = str(db)
         self.size = size
         self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         if worker:
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
-            self.worker_pid: Future[int] = self._pool.submit(_warm)
+            self._pool = self._start()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -90,7 +92,40 @@ class FigureCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = self._pool.submit(fn, self.db, *args).result() if self._pool else fn(self.db, *args)
+        value = self._compute(fn, *args)
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def _compute(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn` in the worker; a worker that died (killed, out of memory) is replaced and
+        asked once more, so one bad moment does not break every later page."""
+        if self._pool is None:
+            return fn(self.db, *args)
+        try:
+            return self._pool.submit(fn, self.db, *args).result()
+        except BrokenProcessPool:
+            log.warning("view: the statistics worker died; starting another")
+            with self._lock:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._start()
+            return self._pool.submit(fn, self.db, *args).result()
+
+    def _start(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        self.worker_pid: Future[int] = pool.submit(_warm)
+        return pool
+
+    def memo(self, key: tuple[Any, ...], fn: Callable[[], Any]) -> Any:
+        """What `fn` makes of cached figures (a page's HTML, a JSON), kept beside them."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = fn()
         with self._lock:
             self._items[key] = value
             while len(self._items) > self.size:

@@ -13,7 +13,7 @@ from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
 from ..report import words as w
-from ..report.html import CSS, report_body, sentence_html, table_html
+from ..report.html import CSS
 
 VIEW_CSS = """
 nav{font-size:13px;margin-bottom:10px} nav a{margin-right:12px}
@@ -195,8 +195,7 @@ def _links(template: str, request: Any, data: Any) -> dict[str, Any]:
         "api": f"/api{path if path != '/' else '/runs'}" + (f"?{query}" if query else ""),
     }
     if template == "run.html":
-        report = data["report"]
-        out["body"] = Markup(report_body(report))
+        out["body"] = Markup(data["body"])
         if data["cases"]:
             a, b = Side.parse(data["cases"]["a"]), Side.parse(data["cases"]["b"])
             out.update(side_a=a, side_b=b, compare_query=urlencode({"a": str(a), "b": str(b)}))
@@ -211,4 +210,4 @@ def _links(template: str, request: Any, data: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["render", "sentence_html", "table_html"]
+__all__ = ["render"]
