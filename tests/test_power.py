@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from abharness.cli.validate import power_note
-from abharness.report.markdown import power_text
+from abharness.report.build import comparison_figures
 from abharness.report.power import (
     binary_cases_needed,
     binary_detectable,
@@ -22,6 +22,7 @@ from abharness.report.power import (
     min_units_to_reject,
 )
 from abharness.report.stats import compare_arms, compare_paired, decide, mcnemar_exact
+from abharness.report.words import power_text
 
 from .simulation import Cell, draw, verdict
 
@@ -82,7 +83,7 @@ def test_too_few_cases_to_ever_reject_quote_no_effect_and_say_so(n: int) -> None
     """One tied case once gave '±162 points' and 'about 4 cases would be needed'."""
     c = decide(compare_paired([1.0] * n, [0.0] * (n - 1) + [1.0], "pass_rate"))
     assert c.verdict == "inconclusive" and c.mde is None and c.n_needed is None
-    text = power_text(_as_json(c), "±5 points")
+    text = power_text(_figures(c), "±5 points")
     assert f"No verdict is possible with {n} case" in text and "at least 6 cases" in text
 
 
@@ -92,20 +93,12 @@ def test_too_few_clusters_to_ever_reject_say_so() -> None:
     arm = (np.arange(60) % 3 == 0).astype(float)
     c = decide(compare_paired(arm, np.zeros(60), "pass_rate", clusters=topics))
     assert (c.n_units, c.min_units, c.mde, c.n_needed) == (5, 6, None, None)
-    assert "No verdict is possible with 5 clusters" in power_text(_as_json(c), "±5 points")
+    assert "No verdict is possible with 5 clusters" in power_text(_figures(c), "±5 points")
 
 
-def _as_json(c) -> dict:  # type: ignore[no-untyped-def]
-    return {
-        "n_pairs": c.n_pairs,
-        "n_units": c.n_units,
-        "min_units": c.min_units,
-        "mde": c.mde,
-        "n_needed": c.n_needed,
-        "n_needed_range": c.n_needed_range,
-        "n_needed_goal": c.n_needed_goal,
-        "scale": "difference",
-    }
+def _figures(c):  # type: ignore[no-untyped-def]
+    """The figures the report renders for this comparison."""
+    return comparison_figures("b", "a", c)
 
 
 @pytest.mark.parametrize("seed", range(30))
