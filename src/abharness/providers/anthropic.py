@@ -19,12 +19,15 @@ tokenizer is not public); the report shows its error against the exact count.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import CallError
+from ..errors import CallError, OtherCallError, TimeoutError_
 from ..spec.models import ProviderSpec
 from ._http import (
+    error_from_status,
     map_stainless_error,
     parse_rate_limits,
     require_key,
@@ -32,6 +35,7 @@ from ._http import (
     transport_error,
 )
 from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
+from .batch import BatchItem, BatchState, batch_url_unsupported
 
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens
 
@@ -52,6 +56,84 @@ def _usage(
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
         reasoning_tokens=thinking,
+    )
+
+
+def _from_message(message: Any) -> ProviderResponse:
+    """A whole Message (the SDK's type), as the server sent it."""
+    u = message.usage
+    details = getattr(u, "output_tokens_details", None)
+    return ProviderResponse(
+        text="".join(b.text for b in message.content if b.type == "text"),
+        usage=_usage(
+            u.input_tokens,
+            u.cache_read_input_tokens,
+            u.cache_creation_input_tokens,
+            u.output_tokens,
+            getattr(details, "thinking_tokens", None),
+        ),
+        finish_reason=message.stop_reason,
+        served_model=message.model,
+        usage_source="body",
+    )
+
+
+# the HTTP status of each error type Anthropic names (its errors documentation)
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+def _batch_state(batch: Any) -> BatchState:
+    c = batch.request_counts
+    status = {"in_progress": "in_progress", "canceling": "cancelling"}.get(
+        batch.processing_status,
+        "cancelled" if batch.cancel_initiated_at is not None else "ended",
+    )
+    return BatchState(
+        id=batch.id,
+        status=status,
+        counts={
+            "processing": c.processing,
+            "succeeded": c.succeeded,
+            "errored": c.errored,
+            "canceled": c.canceled,
+            "expired": c.expired,
+        },
+        results=batch.results_url,
+        created_at=batch.created_at.timestamp(),
+        ended_at=batch.ended_at.timestamp() if batch.ended_at else None,
+    )
+
+
+def _batch_item(item: Any) -> BatchItem:
+    """One result: a message, its error, or a request not run (expired, cancelled). A
+    result has no request id of its own: the message's id stands for it."""
+    result = item.result
+    if result.type == "succeeded":
+        response = _from_message(result.message)
+        response.request_id = result.message.id
+        return BatchItem(item.custom_id, response=response)
+    if result.type == "errored":
+        err = result.error.error
+        return BatchItem(
+            item.custom_id,
+            error=error_from_status(_ERROR_STATUS.get(err.type), err.message, code=err.type),
+        )
+    if result.type == "expired":
+        return BatchItem(
+            item.custom_id,
+            error=TimeoutError_("not run: the batch's 24 hours passed before it ran (expired)"),
+        )
+    return BatchItem(
+        item.custom_id, error=OtherCallError(f"not run: the batch was cancelled ({result.type})")
     )
 
 
@@ -84,9 +166,8 @@ class AnthropicProvider(Provider):
             )
         return self._client
 
-    async def generate(self, request: ProviderRequest) -> ProviderResponse:
-        import anthropic
-
+    def _params(self, request: ProviderRequest) -> dict[str, Any]:
+        """The Messages API's parameters for `request`, unstreamed."""
         system = [m["content"] for m in request.messages if m["role"] == "system"]
         messages = [m for m in request.messages if m["role"] != "system"]
         if request.prompt is not None:
@@ -100,6 +181,12 @@ class AnthropicProvider(Provider):
             kwargs["system"] = "\n\n".join(system)
         if request.stop:
             kwargs["stop_sequences"] = list(request.stop)
+        return kwargs
+
+    async def generate(self, request: ProviderRequest) -> ProviderResponse:
+        import anthropic
+
+        kwargs = self._params(request)
         try:
             if request.stream:
                 response = await self._stream(kwargs)
@@ -117,24 +204,10 @@ class AnthropicProvider(Provider):
     async def _create(self, kwargs: dict[str, Any]) -> ProviderResponse:
         raw = await self._get_client().messages.with_raw_response.create(**kwargs)
         mark_first_byte()
-        message = await raw.parse()
-        u = message.usage
-        details = getattr(u, "output_tokens_details", None)
-        return ProviderResponse(
-            text="".join(b.text for b in message.content if b.type == "text"),
-            usage=_usage(
-                u.input_tokens,
-                u.cache_read_input_tokens,
-                u.cache_creation_input_tokens,
-                u.output_tokens,
-                getattr(details, "thinking_tokens", None),
-            ),
-            finish_reason=message.stop_reason,
-            request_id=raw.headers.get("request-id"),
-            served_model=message.model,
-            rate_limits=parse_rate_limits(raw.headers),
-            usage_source="body",
-        )
+        response = _from_message(await raw.parse())
+        response.request_id = raw.headers.get("request-id")
+        response.rate_limits = parse_rate_limits(raw.headers)
+        return response
 
     async def _stream(self, kwargs: dict[str, Any]) -> ProviderResponse:
         import anthropic
@@ -190,6 +263,78 @@ class AnthropicProvider(Provider):
             rate_limits=limits,
             usage_source="final_chunk" if n_in is not None or n_out is not None else "missing",
         )
+
+    # -- Message Batches (SPEC §13; `providers.batch.BatchAPI`) ---------------------
+
+    batch_limits = (100_000, 256 * 1024 * 1024)  # requests, bytes per batch
+
+    def batch_unsupported(self) -> str | None:
+        return batch_url_unsupported(self)
+
+    def batch_group(self, request: ProviderRequest) -> str:
+        return "messages"
+
+    def batch_line(self, custom_id: str, request: ProviderRequest) -> dict[str, Any]:
+        return {"custom_id": custom_id, "params": self._params(request)}
+
+    async def batch_submit(
+        self, group: str, lines: list[bytes], metadata: dict[str, str]
+    ) -> BatchState:
+        """Message Batches take no metadata: `batch_find` matches by time and size."""
+        import anthropic
+
+        requests = [json.loads(line) for line in lines]
+        try:
+            return _batch_state(await self._get_client().messages.batches.create(requests=requests))
+        except Exception as exc:
+            raise map_stainless_error(exc, anthropic) from exc
+
+    async def batch_status(self, batch_id: str) -> BatchState:
+        import anthropic
+
+        try:
+            return _batch_state(await self._get_client().messages.batches.retrieve(batch_id))
+        except Exception as exc:
+            raise map_stainless_error(exc, anthropic) from exc
+
+    async def batch_cancel(self, batch_id: str) -> BatchState:
+        import anthropic
+
+        try:
+            return _batch_state(await self._get_client().messages.batches.cancel(batch_id))
+        except Exception as exc:
+            raise map_stainless_error(exc, anthropic) from exc
+
+    async def batch_find(
+        self, metadata: dict[str, str], created_after: float, count: int
+    ) -> BatchState | None:
+        """The one batch of `count` requests created since `created_after` (a minute's
+        grace for clocks); none, or more than one, and it cannot be told: None."""
+        import anthropic
+
+        found = []
+        try:
+            async for batch in self._get_client().messages.batches.list(limit=100):
+                if batch.created_at.timestamp() < created_after - 60:
+                    break  # newest first
+                state = _batch_state(batch)
+                if sum(state.counts.values()) == count:
+                    found.append(state)
+        except Exception as exc:
+            raise map_stainless_error(exc, anthropic) from exc
+        return found[0] if len(found) == 1 else None
+
+    async def batch_results(self, state: BatchState) -> AsyncIterator[BatchItem]:
+        import anthropic
+
+        try:
+            results = await self._get_client().messages.batches.results(state.id)
+            async for item in results:
+                yield _batch_item(item)
+        except CallError:
+            raise
+        except Exception as exc:
+            raise map_stainless_error(exc, anthropic) from exc
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -20,6 +20,8 @@ boundary. Everything else has a documented default a provider may override:
   lacks (a model file, an extra), found before anything runs;
 - `unavailable()`: why this endpoint cannot be called here (an unset API key), or
   None; the run refuses such arms unless ``--skip-unavailable``;
+- `batch_unsupported()`: why ``mode: batch`` cannot go to this endpoint, or None
+  when the provider implements `providers.batch.BatchAPI` and the URL offers it;
 - `api_for(request)`: which of the endpoint's APIs a request goes to, where it has
   more than one (OpenAI: chat or completions); shown by ``validate``;
 - `load()` / `aclose()`: set-up before the first call (blocking work is fine: the
@@ -160,6 +162,11 @@ class Provider(ABC):
         if key_env and not os.environ.get(key_env):
             return f"{key_env} is not set"
         return None
+
+    def batch_unsupported(self) -> str | None:
+        """Why this endpoint cannot take ``mode: batch`` (SPEC §13), or None when it can
+        (the provider implements `providers.batch.BatchAPI`)."""
+        return f"{self.type_name} has no batch API"
 
     def api_for(self, request: ProviderRequest) -> str | None:
         """The API `request` goes to, where the endpoint offers more than one."""

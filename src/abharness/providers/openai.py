@@ -34,16 +34,19 @@ of the cache key.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import CallError
+from ..errors import CallError, OtherCallError, TimeoutError_
 from ..prompts.tokenizers import TiktokenTokenizer, Tokenizer
 from ..spec.models import ProviderSpec
 from ._http import (
+    error_from_status,
     map_stainless_error,
     parse_rate_limits,
     require_key,
@@ -51,6 +54,7 @@ from ._http import (
     transport_error,
 )
 from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
+from .batch import BatchItem, BatchState, batch_url_unsupported
 
 # Hosted APIs that answer chat only; a raw prompt goes there as one user message.
 CHAT_ONLY_HOSTS = ("api.openai.com", "api.deepseek.com", "api.x.ai")
@@ -95,6 +99,105 @@ def _request_id(headers: Any, body_id: str | None) -> str | None:
     """The provider's request id; through a gateway that sends none (LiteLLM), the
     gateway's call id; else the response's own id."""
     return headers.get("x-request-id") or headers.get("x-litellm-call-id") or body_id
+
+
+def _from_completion(completion: dict[str, Any], url: str) -> ProviderResponse:
+    """A non-streamed completion (chat or raw), as the server sent it."""
+    choices = completion.get("choices") or []
+    if not choices:
+        raise stream_cut(url, "a response without choices")
+    choice = choices[0]
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else choice.get("text")
+    usage = completion.get("usage")
+    return ProviderResponse(
+        text=text or "",
+        usage=_usage(usage),
+        finish_reason=choice.get("finish_reason"),
+        request_id=completion.get("id"),
+        served_model=completion.get("model"),
+        usage_source="body" if usage is not None else "missing",
+    )
+
+
+_BATCH_STATUS = {
+    "validating": "validating",
+    "in_progress": "in_progress",
+    "finalizing": "finalizing",
+    "completed": "ended",
+    "failed": "failed",
+    "expired": "expired",
+    "cancelling": "cancelling",
+    "cancelled": "cancelled",
+}
+
+
+def _batch_state(batch: Any) -> BatchState:
+    counts = batch.request_counts
+    error = None
+    if batch.errors and batch.errors.data:
+        first = batch.errors.data[0]
+        where = f"line {first.line}: " if first.line is not None else ""
+        param = f", {first.param}" if first.param else ""
+        error = f"{where}{first.message} ({first.code}{param})"
+    return BatchState(
+        id=batch.id,
+        status=_BATCH_STATUS.get(batch.status, batch.status),
+        counts=(
+            {"total": counts.total, "completed": counts.completed, "failed": counts.failed}
+            if counts
+            else {}
+        ),
+        error=error,
+        results=[f for f in (batch.output_file_id, batch.error_file_id) if f],
+        created_at=float(batch.created_at),
+        ended_at=next(
+            (
+                float(t)
+                for t in (
+                    batch.completed_at,
+                    batch.failed_at,
+                    batch.expired_at,
+                    batch.cancelled_at,
+                )
+                if t
+            ),
+            None,
+        ),
+    )
+
+
+def _batch_item(line: dict[str, Any], url: str) -> BatchItem:
+    """One line of an output or error file."""
+    custom_id = line.get("custom_id") or ""
+    failure = line.get("error")
+    if failure:
+        code, message = failure.get("code"), failure.get("message") or ""
+        if code == "batch_expired":  # a timeout: retried in a new batch
+            return BatchItem(custom_id, error=TimeoutError_(f"not run: {message} ({code})"))
+        if code == "batch_cancelled":
+            return BatchItem(custom_id, error=OtherCallError(f"not run: {message} ({code})"))
+        return BatchItem(custom_id, error=OtherCallError(f"{message} ({code})"))
+    response = line.get("response") or {}
+    status = response.get("status_code")
+    body = response.get("body") or {}
+    if status != 200:
+        err: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
+        return BatchItem(
+            custom_id,
+            error=error_from_status(
+                status,
+                err.get("message") or json.dumps(body)[:500],
+                request_id=response.get("request_id"),
+                code=err.get("code") or err.get("type"),
+            ),
+        )
+    try:
+        parsed = _from_completion(body, url)
+    except CallError as exc:
+        return BatchItem(custom_id, error=exc)
+    parsed.request_id = response.get("request_id") or parsed.request_id
+    return BatchItem(custom_id, response=parsed)
 
 
 class OpenAIProvider(Provider):
@@ -156,9 +259,8 @@ class OpenAIProvider(Provider):
         base = str(self._get_client().base_url).rstrip("/")
         return f"{base}/{path}"
 
-    async def generate(self, request: ProviderRequest) -> ProviderResponse:
-        import openai
-
+    def _body(self, request: ProviderRequest) -> tuple[str, dict[str, Any]]:
+        """(path, JSON body) of `request`, unstreamed."""
         api = self.api_for(request)
         kwargs: dict[str, Any] = {"model": request.model}
         if api == "completions":
@@ -177,11 +279,16 @@ class OpenAIProvider(Provider):
         if request.stop:
             kwargs["stop"] = list(request.stop)
         kwargs.update(self.opts.extra_body or {})
-        path = "/completions" if api == "completions" else "/chat/completions"
+        return ("/completions" if api == "completions" else "/chat/completions"), kwargs
+
+    async def generate(self, request: ProviderRequest) -> ProviderResponse:
+        import openai
+
+        path, kwargs = self._body(request)
         url = self._url(path.lstrip("/"))
         try:
             if request.stream:
-                return await self._stream(path, kwargs, api, url)
+                return await self._stream(path, kwargs, self.api_for(request), url)
             # The SDK's own request path, without its per-request type transform and
             # response model construction: the body is already plain JSON, and the
             # answer is read as a dict (BENCHMARKS.md: the two were half its CPU).
@@ -190,25 +297,10 @@ class OpenAIProvider(Provider):
             completion = raw.json()
         except Exception as exc:
             raise map_stainless_error(exc, openai) from exc
-        choices = completion.get("choices") or []
-        if not choices:
-            raise stream_cut(url, "a response without choices")
-        choice = choices[0]
-        text = (
-            choice.get("text")
-            if api == "completions"
-            else (choice.get("message") or {}).get("content")
-        )
-        usage = completion.get("usage")
-        return ProviderResponse(
-            text=text or "",
-            usage=_usage(usage),
-            finish_reason=choice.get("finish_reason"),
-            request_id=_request_id(raw.headers, completion.get("id")),
-            served_model=completion.get("model"),
-            rate_limits=parse_rate_limits(raw.headers),
-            usage_source="body" if usage is not None else "missing",
-        )
+        response = _from_completion(completion, url)
+        response.request_id = _request_id(raw.headers, completion.get("id"))
+        response.rate_limits = parse_rate_limits(raw.headers)
+        return response
 
     async def _stream(
         self, path: str, kwargs: dict[str, Any], api: str, url: str
@@ -279,6 +371,89 @@ class OpenAIProvider(Provider):
                 else "final_chunk"
             ),
         )
+
+    # -- the Batch API (SPEC §13; `providers.batch.BatchAPI`) ----------------------
+
+    batch_limits = (50_000, 200 * 1024 * 1024)  # requests, bytes of the input file
+
+    def batch_unsupported(self) -> str | None:
+        return batch_url_unsupported(self)
+
+    def batch_group(self, request: ProviderRequest) -> str:
+        return "/v1" + self._body(request)[0]  # one endpoint per batch
+
+    def batch_line(self, custom_id: str, request: ProviderRequest) -> dict[str, Any]:
+        path, body = self._body(request)
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1" + path, "body": body}
+
+    async def batch_submit(
+        self, group: str, lines: list[bytes], metadata: dict[str, str]
+    ) -> BatchState:
+        import openai
+
+        client = self._get_client()
+        try:
+            uploaded = await client.files.create(
+                file=("abharness-batch.jsonl", b"".join(lines), "application/jsonl"),
+                purpose="batch",
+            )
+            batch = await client.batches.create(
+                completion_window="24h",
+                endpoint=group,
+                input_file_id=uploaded.id,
+                metadata=metadata,
+            )
+        except Exception as exc:
+            raise map_stainless_error(exc, openai) from exc
+        return _batch_state(batch)
+
+    async def batch_status(self, batch_id: str) -> BatchState:
+        import openai
+
+        try:
+            return _batch_state(await self._get_client().batches.retrieve(batch_id))
+        except Exception as exc:
+            raise map_stainless_error(exc, openai) from exc
+
+    async def batch_cancel(self, batch_id: str) -> BatchState:
+        import openai
+
+        try:
+            return _batch_state(await self._get_client().batches.cancel(batch_id))
+        except Exception as exc:
+            raise map_stainless_error(exc, openai) from exc
+
+    async def batch_find(
+        self, metadata: dict[str, str], created_after: float, count: int
+    ) -> BatchState | None:
+        import openai
+
+        try:
+            async for batch in self._get_client().batches.list(limit=100):
+                if batch.created_at < created_after - 60:
+                    return None  # newest first: nothing older can be ours
+                mine = batch.metadata or {}
+                if all(mine.get(k) == v for k, v in metadata.items()):
+                    return _batch_state(batch)
+        except Exception as exc:
+            raise map_stainless_error(exc, openai) from exc
+        return None
+
+    async def batch_results(self, state: BatchState) -> AsyncIterator[BatchItem]:
+        """The output file's lines, then the error file's, read as they download."""
+        import openai
+
+        url = self._url("batches")
+        for file_id in state.results or ():
+            try:
+                async with self._get_client().files.with_streaming_response.content(file_id) as raw:
+                    async for line in raw.iter_lines():
+                        if line.strip():
+                            yield _batch_item(json.loads(line), url)
+            except CallError:
+                raise
+            except Exception as exc:
+                raise map_stainless_error(exc, openai) from exc
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -3,6 +3,11 @@
 Order of precedence: the arm's ``price:``, then its provider's ``price:`` in the spec,
 then (for API providers) genai-prices; local models cost 0 unless the spec prices them.
 ``price_source`` says which was used, so a cost figure can always be traced.
+
+Batch calls (SPEC §13) cost the batch price: genai-prices' where it has one for the
+model (its ``processing: batch`` variant), else half the live price, which is what
+OpenAI and Anthropic charge; ``price_source`` ends in ``batch price`` or ``batch: half
+the live price`` to say which. A spec's ``price:`` is a live price and is halved.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ def price_usage(usage: Usage, price: Price) -> Decimal:
     return total / MILLION
 
 
+HALF = Decimal("0.5")
+BATCH_HALF = "batch: half the live price"
+
+
 def genai_price(
     usage: Usage,
     model: str,
@@ -61,8 +70,10 @@ def genai_price(
     provider_id: str | None,
     api_url: str | None,
     when: datetime | None = None,
-) -> Decimal | None:
-    """genai-prices' total for `usage` at the call's time, or None if it knows no price."""
+    batch: bool = False,
+) -> tuple[Decimal, bool] | None:
+    """genai-prices' total for `usage` at the call's time, and whether it is its own batch
+    price (with `batch`); None if it knows no price."""
     from genai_prices import Usage as PriceUsage
     from genai_prices import calc_price
 
@@ -71,18 +82,32 @@ def genai_price(
     del counts["reasoning_tokens"]
     usage_obj = PriceUsage(**{k: v for k, v in counts.items() if v is not None})
     at = (when or datetime.now(UTC)).replace(tzinfo=UTC)
+    context = {"processing": "batch"} if batch else None
     try:
         if provider_id is not None:
             result = calc_price(
-                usage_obj, model, provider_id=provider_id, genai_request_timestamp=at
+                usage_obj,
+                model,
+                provider_id=provider_id,
+                genai_request_timestamp=at,
+                price_context=context,
             )
         else:
             result = calc_price(
-                usage_obj, model, provider_api_url=api_url, genai_request_timestamp=at
+                usage_obj,
+                model,
+                provider_api_url=api_url,
+                genai_request_timestamp=at,
+                price_context=context,
             )
     except LookupError:
         return None
-    return Decimal(result.total_price)
+    own_batch = batch and any(
+        variant.when.get("processing") == "batch"
+        and (variant.constraint is None or variant.constraint.active(at))
+        for variant in result.model.price_variants or ()
+    )
+    return Decimal(result.total_price), own_batch
 
 
 def _free(price: Price) -> bool:
@@ -104,9 +129,11 @@ def call_cost(
     provider_id: str | None = None,
     api_url: str | None = None,
     when: datetime | None = None,
+    batch: bool = False,
 ) -> tuple[Decimal | None, str | None]:
-    """(cost, price_source) for one call; (None, None) when no price is known or the
-    provider reported no usage (an unknown cost is never shown as zero)."""
+    """(cost, price_source) for one call (with `batch`, a batch call's); (None, None)
+    when no price is known or the provider reported no usage (an unknown cost is never
+    shown as zero)."""
     if local and price is None:
         return Decimal(0), "local:free"
     if price is not None and _free(price):
@@ -114,8 +141,18 @@ def call_cost(
     if not usage.reported:
         return None, None
     if price is not None:
-        return price_usage(usage, price), "spec"
+        live = price_usage(usage, price)
+        return (live * HALF, f"spec; {BATCH_HALF}") if batch else (live, "spec")
     if provider_id is None and api_url is None:
         return None, None
-    cost = genai_price(usage, model, provider_id=provider_id, api_url=api_url, when=when)
-    return (cost, genai_prices_source()) if cost is not None else (None, None)
+    priced = genai_price(
+        usage, model, provider_id=provider_id, api_url=api_url, when=when, batch=batch
+    )
+    if priced is None:
+        return None, None
+    cost, own_batch = priced
+    if not batch:
+        return cost, genai_prices_source()
+    if own_batch:
+        return cost, f"{genai_prices_source()}; batch price"
+    return cost * HALF, f"{genai_prices_source()}; {BATCH_HALF}"

@@ -40,6 +40,9 @@ class GenerationParams(_Model):
     stop: list[str] | None = None
     timeout_s: float | None = Field(None, gt=0, description="per attempt")
     stream: bool | None = None
+    mode: Literal["live", "batch"] | None = Field(
+        None, description="batch: through the provider's batch API, at its batch price (SPEC §13)"
+    )
 
     def merged(self, override: GenerationParams) -> GenerationParams:
         """These params with every field `override` sets replacing ours."""
@@ -51,6 +54,13 @@ class GenerationParams(_Model):
 
 
 DEFAULT_PARAMS = GenerationParams(temperature=0, max_tokens=256, timeout_s=60)
+
+
+class BatchSettings(_Model):
+    """How a provider's batches are polled: from `poll_s`, growing ×1.5 to `max_poll_s`."""
+
+    poll_s: float = Field(30, gt=0)
+    max_poll_s: float = Field(600, gt=0)
 
 
 class ProviderSpec(_Model):
@@ -66,6 +76,12 @@ class ProviderSpec(_Model):
     price: Price | None = None
     price_provider: str | None = Field(None, description="genai-prices provider id, e.g. openai")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the provider")
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    batch_api: bool | None = Field(
+        None,
+        description="a custom base_url that offers the provider's batch API (default: only "
+        "the provider's own URL does)",
+    )
 
     @field_validator("base_url")
     @classmethod
