@@ -27,6 +27,7 @@ from typing import Any
 import duckdb
 
 from ..errors import EnvironmentFailure
+from .batches import snapshot_path
 from .health import check_main_db, classify, environment_failure
 from .journal import Journal, journal_files, read_journal
 from .migrations import KEYS, TABLES, migrate, transaction
@@ -57,7 +58,7 @@ SHED_TO = "4MB"  # `Store.shed_cache`
 MERGE_ROW_GROUP_SIZE = 8192
 
 
-LOGS = ("cases", "calls", "scores")  # unkeyed in a staging file
+LOGS = ("cases", "calls", "scores", "batch_calls")  # unkeyed in a staging file
 
 
 def sql_string(value: str | Path) -> str:
@@ -209,13 +210,22 @@ class Store:
         return finished
 
     def copy_run_from(self, main: Path, run_id: str) -> set[str]:
-        """Copy a merged run's ``runs`` and ``arms`` rows from `main` into this staging
-        file, for a resume; return its finished call ids (its calls stay in `main`)."""
+        """Copy a merged run's ``runs``, ``arms`` and ``batches`` rows from `main` into this
+        staging file, for a resume; return its finished call ids (its calls stay in `main`)."""
         self.con.execute(f"ATTACH {sql_string(main)} AS main_db (READ_ONLY)")
         try:
-            for table in ("runs", "arms"):
+            tables = {
+                r[0]
+                for r in self.con.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE database_name = 'main_db'"
+                ).fetchall()
+            }
+            for table in ("runs", "arms", "batches", "batch_calls"):  # batches: to poll them
+                if table not in tables:
+                    continue  # a main file from before batch mode
+                verb = "INSERT" if table in LOGS else "INSERT OR REPLACE"
                 self.con.execute(
-                    f"INSERT OR REPLACE INTO {table} SELECT * FROM main_db.{table} WHERE run_id = ?",
+                    f"{verb} INTO {table} BY NAME SELECT * FROM main_db.{table} WHERE run_id = ?",
                     [run_id],
                 )
             migrated = self.con.execute(
@@ -371,7 +381,12 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
             raise _merge_failure(exc, staging, main) from exc
         finally:
             con.close()
-        for path in (staging, Path(f"{staging}.wal"), *journal_files(staging)):
+        for path in (
+            staging,
+            Path(f"{staging}.wal"),
+            *journal_files(staging),
+            snapshot_path(staging),
+        ):
             path.unlink(missing_ok=True)
         log.info("merged %s into %s: %s", staging.name, main, rows)
         return MergeResult(True, rows)

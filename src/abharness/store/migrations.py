@@ -19,6 +19,8 @@ KEYS = {
     "cases": ("run_id", "case_id"),
     "calls": ("call_id",),
     "scores": ("call_id", "scorer"),
+    "batches": ("run_id", "batch_key"),  # migration 9
+    "batch_calls": ("batch_key", "call_id"),
 }
 TABLES = tuple(KEYS)
 
@@ -289,6 +291,44 @@ def m008_case_flakiness(con: duckdb.DuckDBPyConnection) -> None:
                count(*) >= 2 AND bool_or(passed) AND NOT bool_and(passed) AS flaky
         FROM call_facts WHERE role = 'arm' AND made
         GROUP BY run_id, arm_id, case_id""")
+
+
+@migration(9, "batches")
+def m009_batches(con: duckdb.DuckDBPyConnection) -> None:
+    """Batch mode (SPEC §13). ``batches``: one row per batch submitted to a provider's
+    batch API (its id there, state, counts, and when it was submitted, ended and
+    collected); ``batch_calls``: which calls each batch holds. Written to the staging
+    file before the submission returns, so a resumed run polls the same batches."""
+    con.execute("""
+        CREATE TABLE batches (
+            run_id VARCHAR NOT NULL,
+            batch_key VARCHAR NOT NULL,       -- ours: the run, the arm and the generation
+            arm_id VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,        -- the spec's provider name
+            provider_type VARCHAR NOT NULL,   -- openai | anthropic
+            base_url VARCHAR,
+            api_key_env VARCHAR,              -- the variable, never the key
+            generation INTEGER NOT NULL,      -- 1; 2 and 3 re-send expired or retryable requests
+            provider_batch_id VARCHAR,        -- null until the provider accepted it
+            status VARCHAR NOT NULL,          -- submitting, validating, in_progress, finalizing,
+                                              -- ended, failed, expired, cancelling, cancelled
+            request_count INTEGER NOT NULL,
+            request_bytes BIGINT,
+            counts_json VARCHAR,              -- the provider's request counts, as it said
+            error_message VARCHAR,            -- why the batch failed (validation: the first bad line)
+            submitted_at TIMESTAMP,
+            ended_at TIMESTAMP,
+            collected_at TIMESTAMP,           -- every result stored as a call
+            updated_at TIMESTAMP,
+            PRIMARY KEY (run_id, batch_key)
+        )""")
+    con.execute("""
+        CREATE TABLE batch_calls (
+            run_id VARCHAR NOT NULL,
+            batch_key VARCHAR NOT NULL,
+            call_id VARCHAR NOT NULL,
+            PRIMARY KEY (batch_key, call_id)
+        )""")
 
 
 @contextmanager

@@ -241,6 +241,15 @@ class Results:
             f"SELECT * FROM arms WHERE run_id = ? {role}ORDER BY position, arm_id", [run_id]
         ).df()
 
+    def batched_arms(self, run_id: str) -> list[str]:
+        """The run's arms that ran in batch mode (SPEC §13: ``params_json.mode``)."""
+        rows = self.con.execute(
+            "SELECT arm_id FROM arms WHERE run_id = ? "
+            "AND json_extract_string(params_json, '$.mode') = 'batch' ORDER BY position, arm_id",
+            [run_id],
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def totals(self, run_id: str) -> tuple[int, int, int]:
         """(calls made, errors among them, calls never made) of a run, judges' calls
         included; a call never made is not an error (`CallRecord.made`)."""
