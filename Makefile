@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 EXPERIMENT ?= experiments/default.yaml
 RUN ?= --last
 NIGHTLY ?= experiments/nightly
+# e.g. NIGHTLY_ARGS=--batch: half price through the batch APIs (README "Batch mode")
+NIGHTLY_ARGS ?=
 # llama-cpp-python is built here, once, without -march=native: a native build uses AMX
 # where the CPU has it, and crashed (SIGSEGV at the first decode) on a machine whose
 # sandbox does not grant AMX. pip's own wheel cache ignores CMAKE_ARGS, so our wheel
@@ -44,7 +46,7 @@ experiment: $(STAMP)
 # cron: `cd /path/to/project && make nightly` (NIGHTLY=dir for another folder). make
 # itself exits 2 whenever a recipe fails; the recipe says which code abharness gave.
 nightly: $(STAMP)
-	@$(BIN)/abharness nightly $(NIGHTLY); code=$$?; [ $$code -eq 0 ] || echo "abharness nightly \
+	@$(BIN)/abharness nightly $(NIGHTLY) $(NIGHTLY_ARGS); code=$$?; [ $$code -eq 0 ] || echo "abharness nightly \
 	exited $$code (3: a gate failed, 2: errors above max_error_rate, 4: a run is incomplete, \
 	5: the machine refused, 1: a spec was invalid, 130: interrupted)"; exit $$code
 

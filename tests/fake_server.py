@@ -10,7 +10,8 @@ Speaks, streamed and not:
 Token counts are deterministic (words + a fixed overhead) and every response's usage
 is logged with the request, so a test can assert that the database holds exactly what
 the server sent. Faults are scripted per request (status, headers such as
-Retry-After, body, delay, hang). Binds 127.0.0.1 only; a hang ends when the server
+Retry-After, body, delay, hang). The batch APIs (OpenAI's files and batches,
+Anthropic's message batches) are `server.batches` (`tests.fake_batches`). Binds 127.0.0.1 only; a hang ends when the server
 stops or after `HANG_LIMIT_S`, so nothing runs forever.
 
 Standalone: ``python -m tests.fake_server --port 8765`` (for benchmarks).
@@ -29,6 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from .fake_batches import BatchEngine
 
 PROMPT_OVERHEAD = 7  # tokens the fake "template" adds to every prompt
 HANG_LIMIT_S = 30.0
@@ -133,6 +136,7 @@ class FakeServer:
         # headers added to every response (e.g. rate-limit headers), made per response
         self.extra_headers: Callable[[], dict[str, str]] | None = None
         self.log: list[Logged] = []
+        self.batches = BatchEngine(self)  # the batch APIs (tests.fake_batches)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd = _Server(("127.0.0.1", port), _handler(self))
@@ -195,9 +199,32 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
 
+        def _batches(self, method: str, raw: bytes) -> bool:
+            """A batch API route (`tests.fake_batches`): answered, True."""
+            answer = server.batches.handle(method, self.path, self.headers, raw)
+            if answer is None:
+                return False
+            status, data = answer
+            if isinstance(data, bytes):
+                self.send_response(status)
+                self.send_header("content-type", "application/octet-stream")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            else:
+                self._json(status, data)
+            return True
+
+        def do_GET(self) -> None:  # noqa: N802
+            if not self._batches("GET", b""):
+                self._json(404, {"error": f"no route {self.path}"})
+
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("content-length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
+            raw = self.rfile.read(length)
+            if self._batches("POST", raw):
+                return
+            body = json.loads(raw or b"{}")
             entry = Logged(
                 self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
             )

@@ -16,7 +16,7 @@ import click
 
 from .. import __version__
 from ..shell import EXIT_INVALID, err_console
-from . import compare, export, merge, nightly, prompts, report, run, sql, validate
+from . import batches, compare, export, merge, nightly, prompts, report, run, sql, validate
 
 
 class _Group(click.Group):
@@ -49,7 +49,7 @@ def cli(verbose: bool) -> None:
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
-for module in (run, validate, report, compare, nightly, prompts, sql, export, merge):
+for module in (run, validate, report, compare, nightly, prompts, sql, export, merge, batches):
     cli.add_command(module.command)
 
 

@@ -9,6 +9,13 @@ the message); 1 a spec was invalid (the others still ran); else 0. The last line
 printed name each failing gate with its figures, and each problem. One nightly at a
 time: a second one exits at once (the lock file sits beside the database). Ctrl-C or
 SIGTERM stops the night after the run in progress has saved: exit 130.
+
+``--batch`` runs every arm that can through its provider's batch API at half price
+(SPEC §13; ``mode: batch`` in a spec does so for that spec). The night waits for its
+batches until ``--batch-deadline`` (default 6 h from the start of the night: a run
+started at 01:00 has its page by 07:00); a batch still running then is left to the
+provider, the run is incomplete (exit 4) and its page says so, and ``abharness run
+--resume RUN_ID`` collects the batch later without sending a call twice.
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -45,6 +53,27 @@ if TYPE_CHECKING:
 
 DEFAULT_DIR = Path("experiments/nightly")
 MERGE_ATTEMPTS = 10  # a second apart: a busy database leaves the run in staging
+DEFAULT_BATCH_DEADLINE = "6h"
+
+
+class Duration(click.ParamType):
+    """``90s``, ``45m``, ``6h`` or plain seconds."""
+
+    name = "duration"
+    UNITS = {"s": 1, "m": 60, "h": 3600}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = self.UNITS.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration such as 90s, 45m or 6h", param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r}: a deadline must be more than 0", param, ctx)
+        return seconds
 
 
 @click.command("nightly")
@@ -53,8 +82,20 @@ MERGE_ATTEMPTS = 10  # a second apart: a busy database leaves the run in staging
 )
 @db_option
 @reports_dir_option
+@click.option(
+    "--batch",
+    is_flag=True,
+    help="Every arm whose provider has a batch API runs through it, at half price.",
+)
+@click.option(
+    "--batch-deadline",
+    type=Duration(),
+    default=DEFAULT_BATCH_DEADLINE,
+    show_default=True,
+    help="Stop waiting for batches this long after the night started; resume collects them.",
+)
 @one_line_errors
-def command(folder: Path, db: Path, reports_dir: Path) -> None:
+def command(folder: Path, db: Path, reports_dir: Path, batch: bool, batch_deadline: float) -> None:
     """Run every spec in FOLDER (default experiments/nightly) against its previous night."""
     from ..errors import InvalidInput
     from ..report.nightly import summary_lines
@@ -66,9 +107,10 @@ def command(folder: Path, db: Path, reports_dir: Path) -> None:
     codes: set[int] = set()
     with _nightly_lock(db.parent / "nightly.lock"):
         started = datetime.now(UTC)
+        deadline = time.monotonic() + batch_deadline
         entries = []
         for spec in specs:
-            entry, code = _one(spec, db, reports_dir)
+            entry, code = _one(spec, db, reports_dir, batch, deadline - time.monotonic())
             entries.append(entry)
             codes.add(code)
             if code == EXIT_INTERRUPTED:
@@ -130,9 +172,12 @@ def _nightly_lock(path: Path) -> Iterator[None]:
         handle.close()
 
 
-def _one(spec: Path, db: Path, reports_dir: Path) -> tuple[NightEntry, int]:
+def _one(
+    spec: Path, db: Path, reports_dir: Path, batch: bool, deadline_s: float
+) -> tuple[NightEntry, int]:
     """Run one spec as tonight's nightly and compare it with its previous night; the
-    entry for the page, and the exit code the run alone calls for."""
+    entry for the page, and the exit code the run alone calls for. Its batches are
+    waited for `deadline_s` at most."""
     from rich.markup import escape
 
     from ..errors import EnvironmentFailure, InvalidInput, StoreWriteError
@@ -145,8 +190,9 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> tuple[NightEntry, int]:
 
     entry = NightEntry(spec=str(spec))
     try:
-        plan, warnings = prepare(spec, db)
+        plan, warnings = prepare(spec, db, batch=batch)
         entry.experiment = plan.spec.experiment.name
+        entry.batched = [a.id for a in plan.batched]
         previous, why = _previous(entry.experiment, [c.id for c in plan.cases()], db)
         console.print(f"[bold]{entry.experiment}[/] ({spec})")
         outcome = run_experiment(
@@ -156,6 +202,7 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> tuple[NightEntry, int]:
             kind="nightly",
             merge_attempts=MERGE_ATTEMPTS,
             prepared=(plan, warnings),  # checked once, above
+            batch_deadline_s=max(deadline_s, 0.0),
         )
     except InvalidInput as exc:  # the spec, or an arm that cannot run here
         entry.problems.append(f"invalid spec, not run: {exc}")
@@ -193,9 +240,17 @@ def _one(spec: Path, db: Path, reports_dir: Path) -> tuple[NightEntry, int]:
         )
         codes.add(EXIT_ERRORS)
     elif outcome.status == "incomplete":
+        missing = []
+        if outcome.not_made:
+            missing.append(f"{outcome.not_made} calls never made ({'; '.join(outcome.failures)})")
+        if outcome.batches_running:
+            missing.append(
+                f"{len(outcome.batches_running)} batches still running at the provider at the "
+                f"deadline, and billed ({'; '.join(outcome.batches_running)})"
+            )
         entry.problems.append(
-            f"incomplete: {outcome.not_made} calls never made ({'; '.join(outcome.failures)}); "
-            f"resume with `{resume_command(outcome.run_id, db)}`"
+            f"incomplete: {', and '.join(missing)}; resume with "
+            f"`{resume_command(outcome.run_id, db)}`"
         )
         codes.add(EXIT_INCOMPLETE)
     code = next((c for c in PRECEDENCE if c in codes), EXIT_OK)

@@ -27,6 +27,9 @@ from ..shell import (
 )
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from ..run.batch import Tracked
     from ..store.records import CallRecord
 
 
@@ -60,6 +63,12 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Run the arms that can run here; report the others (e.g. API key unset) as not run.",
 )
+@click.option(
+    "--batch",
+    is_flag=True,
+    help="Every arm whose provider has a batch API runs through it, at the batch price "
+    "(SPEC §13); the others run live.",
+)
 @one_line_errors
 def command(
     spec: Path | None,
@@ -71,6 +80,7 @@ def command(
     concurrency: int | None,
     allow_changed_prompts: bool,
     skip_unavailable: bool,
+    batch: bool,
 ) -> None:
     """Run the experiment SPEC (a YAML file), or --resume an earlier run."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -85,7 +95,7 @@ def command(
     if dry_run:
         if spec is None:
             raise InvalidInput("--dry-run needs a SPEC", file="abharness run")
-        _dry_run(spec, db)
+        _dry_run(spec, db, batch)
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -109,6 +119,21 @@ def command(
         errors += not record.ok and record.made  # a call never made is not an error
         progress.update(task, advance=record.role == "arm", errors=errors)
 
+    batch_rows: dict[str, TaskID] = {}
+
+    def on_batch(tracked: Tracked) -> None:  # a row per batch: its state and counts
+        done, total = tracked.progress()
+        row = batch_rows.get(tracked.row.batch_key)
+        if row is None:
+            row = batch_rows[tracked.row.batch_key] = progress.add_task("", errors=0)
+        progress.update(
+            row,
+            description=tracked.describe(),
+            completed=done,
+            total=total,
+            errors=tracked.failed(),
+        )
+
     try:
         outcome = run_experiment(
             spec,
@@ -120,6 +145,8 @@ def command(
             use_cache=not no_cache,
             resume=resume,
             concurrency=concurrency,
+            batch=batch,
+            on_batch=on_batch,
         )
     except StoreWriteError as exc:
         progress.stop()
@@ -168,6 +195,14 @@ def command(
         sys.exit(EXIT_ENVIRONMENT)
     else:
         err_console.print(f"[yellow]warning:[/] {escape(outcome.merge.message)}")
+    if outcome.batches_running:
+        err_console.print(
+            f"[yellow]{_batches(len(outcome.batches_running))} still running at the provider, "
+            "and billed:[/] resume collects their results (it never sends their calls again); "
+            "`abharness batches cancel RUN_ID` cancels them"
+        )
+        for line in outcome.batches_running:
+            err_console.print(f"  {escape(line)}")
     if outcome.status == "interrupted":
         err_console.print(
             "interrupted: finished calls are saved. Resume with:\n"
@@ -185,9 +220,14 @@ def command(
         )
         sys.exit(EXIT_ERRORS)
     if outcome.status == "incomplete":
+        why = (
+            f"{_calls(outcome.not_made)} never made (not errors: an endpoint or model "
+            "stopped, above). When it is back"
+            if outcome.not_made
+            else "batches are still running (above). Later"
+        )
         err_console.print(
-            f"[red]incomplete:[/] {_calls(outcome.not_made)} never made (not errors: an "
-            "endpoint or model stopped, above). When it is back, resume with:\n"
+            f"[red]incomplete:[/] {why}, resume with:\n"
             f"  {resume_command(outcome.run_id, outcome.db)}"
         )
         sys.exit(EXIT_INCOMPLETE)
@@ -198,12 +238,16 @@ def _calls(n: int) -> str:
     return f"{n} call was" if n == 1 else f"{n} calls were"
 
 
-def _dry_run(spec: Path, db: Path) -> None:
+def _batches(n: int) -> str:
+    return "1 batch is" if n == 1 else f"{n} batches are"
+
+
+def _dry_run(spec: Path, db: Path, batch: bool) -> None:
     from rich.table import Table
 
     from ..run.experiment import dry_run
 
-    projections, warnings = dry_run(spec, db)
+    projections, warnings = dry_run(spec, db, batch=batch)
     for w in warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
     table = Table(title=f"dry run of {spec}: no call made")

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 @click.option(
     "--allow-changed-prompts", is_flag=True, help="Only warn when name@N's content changed."
 )
+@click.option("--batch", is_flag=True, help="As `run --batch` would run it.")
 @one_line_errors
-def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
+def command(spec: Path, db: Path, allow_changed_prompts: bool, batch: bool) -> None:
     """Render every prompt for every case and fit it to its budget, calling no model."""
     from rich.table import Table
 
@@ -30,7 +31,7 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
     from ..run.experiment import prepare
     from ..run.plan import check_budgets
 
-    plan, warnings = prepare(spec, db, allow_changed_prompts=allow_changed_prompts)
+    plan, warnings = prepare(spec, db, allow_changed_prompts=allow_changed_prompts, batch=batch)
     for w in warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
     try:
@@ -52,7 +53,7 @@ def command(spec: Path, db: Path, allow_changed_prompts: bool) -> None:
             a.model,
             a.template.ref,
             a.template.hash,
-            a.api(),
+            a.api() + (" (batch)" if a.batch else ""),
             a.tokenizer().method,
             str(a.budget() if a.budget() is not None else "unlimited"),
         )

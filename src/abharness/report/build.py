@@ -163,9 +163,11 @@ def _comparisons(
     clusters: dict[str, str] | None,
     n_cases: int,
     error_types: dict[str, dict[str, int]] | None = None,
+    batched: frozenset[str] = frozenset(),
 ) -> tuple[list[tuple[str, Comparison]], dict[str, list[list[str]]]]:
     """Every arm against the baseline on pass rate, mean score, latency and cost, with
-    caveats where errors may be what differs (`caveats`)."""
+    caveats where errors may be what differs (`caveats`). Latency is not compared for
+    an arm that ran in batch mode, or against a baseline that did (`batched`)."""
     results: dict[str, dict[str, Comparison]] = {m: {} for m in METRICS}
     outcomes: dict[str, list[list[str]]] = {}
     score_range = _score_range(by_case["score"].to_numpy(dtype=float))
@@ -191,9 +193,14 @@ def _comparisons(
                 comp.excluded = excluded
             results[metric][arm] = comp
         for metric in RATIO_METRICS:
-            unmeasured = (
-                _zero_or_unknown_cost(mine, base, arm, baseline) if metric == "cost" else None
-            )
+            in_batch = [a for a in (arm, baseline) if a in batched]
+            if metric == "cost":
+                unmeasured = _zero_or_unknown_cost(mine, base, arm, baseline)
+            elif in_batch:
+                why = f"latency not measured: {in_batch[0]} ran in batch mode"
+                unmeasured = not_compared(metric, why)
+            else:
+                unmeasured = None
             comp = unmeasured or compare_ratio(mine[metric], base[metric], metric)
             comp.excluded = excluded
             results[metric][arm] = comp
@@ -414,6 +421,7 @@ def build_report(db: Results, run_id: str) -> Report:
     clusters = db.case_field(run_id, cluster) if cluster else None
     judge_cost = db.judge_costs(run_id)
     usage = db.usage_sources(run_id)
+    batched = frozenset(db.batched_arms(run_id))
     parts = db.arm_parts(run_id)
     calls = db.call_table(run_id)
     by_case = case_level(calls)
@@ -440,6 +448,7 @@ def build_report(db: Results, run_id: str) -> Report:
             kind=_kind(own_parts),
             usage_missing=sources.get("missing", 0),
             usage_estimated=sources.get("proxy_estimate", 0),
+            batch=arm_id in batched,
             flakiness=flakiness(cases),
             parts=own_parts,
         )
@@ -462,7 +471,9 @@ def build_report(db: Results, run_id: str) -> Report:
     if baseline is not None:
         others = [a.arm_id for a in arm_list if a.arm_id != baseline]
         error_types = {a.arm_id: a.errors_by_type for a in arm_list}
-        decided, outcomes = _comparisons(by_case, others, baseline, clusters, n_cases, error_types)
+        decided, outcomes = _comparisons(
+            by_case, others, baseline, clusters, n_cases, error_types, batched
+        )
         comparisons = [comparison_figures(arm, baseline, c) for arm, c in decided]
         for a in arm_list:
             if a.arm_id in outcomes:

@@ -19,7 +19,9 @@ interval lies beyond its threshold, so noise between two clean runs does not fai
 
 A gate that cannot be evaluated says why, and is never a pass: an arm of B answered
 from the response cache (its calls measure nothing new), a figure missing in either
-run (no latency measured, no price), a relative gate without a second arm.
+run (no latency measured, no price), a latency gate on an arm that ran in batch mode in
+either run (or whose baseline did: a batch call has no latency), a relative gate
+without a second arm.
 `nightly_default_gates` apply to nightly specs that set none. Expected false alarms:
 README "Nightly runs".
 """
@@ -95,6 +97,7 @@ class RunData:
     spec_hash: str
     arms: list[str]  # spec order
     calls: pd.DataFrame
+    batched: list[str] = field(default_factory=list)  # arms run in batch mode: no latency
 
     @classmethod
     def read(cls, db: Results, run_id: str) -> RunData:
@@ -109,6 +112,7 @@ class RunData:
             run["spec_hash"] or "",
             [str(a) for a in db.arms(run_id)["arm_id"]],
             db.call_table(run_id),
+            db.batched_arms(run_id),
         )
 
     @property
@@ -306,6 +310,10 @@ def _arm_gates(
         if cached:
             out.append(GateResult(arm, gate, threshold, cached, None))
             continue
+        batched = _batched(ctx, [arm, str(ctx.baseline)] if relative else [arm])
+        if metric == "latency" and batched:
+            out.append(GateResult(arm, gate, threshold, batched, None))
+            continue
         comp, against = ratios[(metric, relative)][arm], ""
         if relative:
             against = f" against {ctx.baseline}"
@@ -324,6 +332,19 @@ def _arm_gates(
         passed = not comp.ci_low > 1 + pct / 100
         out.append(GateResult(arm, gate, threshold, value, passed, catch, comp.n_pairs))
     return out
+
+
+def _batched(ctx: _Context, arms: list[str]) -> str | None:
+    """Why latency cannot be compared for `arms`: one ran in batch mode in either run
+    (batch calls have no per-call latency; SPEC §13). Never a pass, never a fail."""
+    for run in (ctx.b, ctx.a):
+        for arm in arms:
+            if arm in run.batched:
+                return (
+                    f"latency not measured: {arm} ran in batch mode in {run.run_id} "
+                    "(a batch call has no latency of its own)"
+                )
+    return None
 
 
 def _no_yardstick(ctx: _Context, gate: str) -> str:

@@ -173,6 +173,7 @@ class ArmFigures(Figures):
     kind: str = "model"  # model | panel | route
     usage_missing: int = 0  # answered calls whose server reported no token counts
     usage_estimated: int = 0  # answered calls whose counts are a proxy's estimate
+    batch: bool = False  # ran in batch mode (SPEC §13): no latency, the batch price
     flakiness: Flakiness | None = None
     parts: list[PartFigures] = field(default_factory=list)
     routes: list[RouteFigures] = field(default_factory=list)

@@ -265,6 +265,11 @@ def report_body(r: Report) -> str:
         out.append("<h2>Token counts</h2><ul>")
         out += [f"<li>{w.marked_html(s, lambda _: 'inconclusive')}</li>" for s in usage]
         out.append("</ul>")
+    batch = w.batch_sentences(r)
+    if batch:
+        out.append("<h2>Batch mode</h2><ul>")
+        out += [f"<li>{w.marked_html(s)}</li>" for s in batch]
+        out.append("</ul>")
     if r.comparisons:
         out.append('<h2>Verdicts</h2><ul class="verdicts">')
         out += [f"<li>{sentence_html(c, r)}</li>" for c in r.verdicts()]

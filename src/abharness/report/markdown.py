@@ -27,6 +27,9 @@ def render_markdown(r: Report, db_path: str | None = None) -> str:
     usage = w.usage_sentences(r)
     if usage:
         lines += ["", "## Token counts", ""] + [f"- {s}" for s in usage]
+    batch = w.batch_sentences(r)
+    if batch:
+        lines += ["", "## Batch mode", ""] + [f"- {s}" for s in batch]
     if r.comparisons:
         lines += ["", "## Verdicts", ""]
         lines += [

@@ -27,6 +27,19 @@ class NightEntry:
     comparison: RunComparison | None = None
     problems: list[str] = field(default_factory=list)  # invalid spec, error rate, not merged
     note: str | None = None  # e.g. "first night: nothing to compare with"
+    batched: list[str] = field(default_factory=list)  # arms run in batch mode (SPEC §13)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the page says besides the gates and the problems."""
+        out = [self.note] if self.note else []
+        if self.batched:
+            out.append(
+                f"batch mode: {', '.join(self.batched)} ran through the provider's batch API at "
+                "the batch price; latency is not measured for batch calls, so their latency "
+                "gates are not evaluated"
+            )
+        return out
 
 
 def pass_rate_band(pass_rate: float, cases: int) -> tuple[float, float]:
@@ -123,7 +136,7 @@ def render_index(night: str, entries: list[NightEntry], trend: pd.DataFrame) -> 
                     f'<td class="l"><span class="{css}">{e(g.status)}</span></td>'
                 )
         warnings = entry.comparison.warnings if entry.comparison is not None else []
-        for text in ([entry.note] if entry.note else []) + entry.problems + warnings:
+        for text in entry.notes + entry.problems + warnings:
             css = "worse" if text in entry.problems else "inconclusive"
             text = f"warning: {text}" if text in warnings else text
             lines.append(

@@ -298,6 +298,17 @@ def usage_sentences(r: Report) -> list[str]:
     return out
 
 
+def batch_sentences(r: Report) -> list[str]:
+    """One sentence per arm that ran in batch mode: what its figures do not measure."""
+    return [
+        f"`{a.arm_id}` ran in **batch mode**: latency and time to first token are not "
+        "measured for batch calls (each batch's turnaround is in `provider_metrics_json`), "
+        "so its latency is neither shown nor compared; its cost is the batch price."
+        for a in r.arms
+        if a.batch
+    ]
+
+
 # -- flaky cases ------------------------------------------------------------------------
 
 

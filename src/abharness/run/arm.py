@@ -42,6 +42,7 @@ class ArmPlan:
     max_input_tokens: int | None
     role: str = "arm"  # arm | judge | member | synthesizer | route
     parent: str | None = None  # the composite arm a part belongs to
+    batch: bool = False  # its calls go through the provider's batch API (SPEC §13)
     _budget: int | None = field(default=None, repr=False)
     _budget_known: bool = field(default=False, repr=False)
     _tokenizer: Tokenizer | None = field(default=None, repr=False)
@@ -110,7 +111,8 @@ class ArmPlan:
         return cost if cost is not None else Decimal(0)
 
     def cost(self, usage: Usage, when: datetime | None = None) -> tuple[Decimal | None, str | None]:
-        """(cost, price_source) of `usage` on this arm: its price, else genai-prices."""
+        """(cost, price_source) of `usage` on this arm: its price, else genai-prices; the
+        batch price for a batch arm."""
         return call_cost(
             usage,
             self.price,
@@ -119,6 +121,7 @@ class ArmPlan:
             provider_id=self.endpoint.price_provider,
             api_url=self.endpoint.base_url,
             when=when,
+            batch=self.batch,
         )
 
     def request(self, fitted: FittedPrompt) -> ProviderRequest:

@@ -72,6 +72,15 @@ class CallJob:
 
 
 @dataclass
+class Prepared:
+    """A call ready to be made: its request, estimated input tokens and cache key."""
+
+    request: ProviderRequest
+    est_tokens: int
+    cache_key: str | None
+
+
+@dataclass
 class Call:
     """One call on its way down the path: what every step needs, in one place."""
 
@@ -175,6 +184,67 @@ class Executor:
         record.attempt_errors_json = json.dumps(routed, ensure_ascii=False) if routed else None
         return record, response
 
+    def new_record(self, job: CallJob, arm: ArmPlan) -> CallRecord:
+        """The record `job`'s call made by `arm` will fill."""
+        return CallRecord(
+            job.call_id,
+            self.run_id,
+            arm.id,
+            job.case.id,
+            job.repeat,
+            judged_call_id=job.judged_call_id,
+            role=arm.role if arm.role in ("judge", "member", "synthesizer") else "arm",
+            parent_call_id=job.parent_call_id,
+        )
+
+    def prepare(self, job: CallJob, arm: ArmPlan, record: CallRecord) -> Prepared:
+        """The prompt fitted to the arm's budget, the request, its hash and cache key, put
+        on `record`; raises the `CallError` that ends the call before it is made (the
+        provider could not load, the prompt cannot fit)."""
+        load_error = self.load_errors.get(id(arm.provider))
+        if load_error is not None:
+            raise load_error
+        fitted = arm.fit_vars(job.variables)
+        record.est_input_tokens = fitted.est_input_tokens
+        record.est_method = fitted.method
+        record.truncated_json = json.dumps(fitted.truncated) if fitted.truncated else None
+        record.prompt_text = fitted.rendered.text
+        request = arm.request(fitted)
+        parts = {
+            "type": arm.endpoint.type,
+            "endpoint": arm.provider.connection_key(),
+            "model": request.model,
+            "prompt": fitted.rendered.as_json(),
+            "params": arm.params.model_dump(
+                exclude_none=True, exclude={"timeout_s", "stream", "mode"}
+            ),
+        }
+        api = arm.provider.api_for(request)
+        if api is not None:  # only where one request can go to two APIs
+            parts["api"] = api
+        parts.update(arm.provider.cache_parts())
+        record.request_hash = content_hash(parts, 24)
+        key = None
+        if self.cache is not None:
+            key = cache_key({**parts, "repeat": job.repeat}, request.temperature, request.seed)
+        return Prepared(request, fitted.est_input_tokens, key)
+
+    async def from_cache(self, prepared: Prepared, record: CallRecord) -> ProviderResponse | None:
+        """The cached answer to the call, filled into `record`, or None."""
+        if prepared.cache_key is None:
+            return None
+        assert self.cache is not None
+        hit = await asyncio.to_thread(self.cache.get, prepared.cache_key)
+        if hit is None:
+            return None
+        _fill_from_cache(record, hit)
+        return ProviderResponse(text=hit["response_text"] or "", usage=Usage())
+
+    async def to_cache(self, prepared: Prepared, record: CallRecord) -> None:
+        if prepared.cache_key is not None:
+            assert self.cache is not None
+            await asyncio.to_thread(self.cache.put, prepared.cache_key, record)
+
     async def _run(
         self,
         job: CallJob,
@@ -185,57 +255,22 @@ class Executor:
         """`job`'s call made by `arm` (its own, or a route's); `finished` gets the record
         as soon as it is final, before the cache is written. A route's errors of a type
         in `fallback_on` are not retried: the next route is tried instead."""
-        record = CallRecord(
-            job.call_id,
-            self.run_id,
-            arm.id,
-            job.case.id,
-            job.repeat,
-            judged_call_id=job.judged_call_id,
-            role=arm.role if arm.role in ("judge", "member", "synthesizer") else "arm",
-            parent_call_id=job.parent_call_id,
-        )
+        record = self.new_record(job, arm)
         cap = job.cost_cap or self.cost_cap
         try:
-            load_error = self.load_errors.get(id(arm.provider))
-            if load_error is not None:
-                raise load_error
-            fitted = arm.fit_vars(job.variables)
-            record.est_input_tokens = fitted.est_input_tokens
-            record.est_method = fitted.method
-            record.truncated_json = json.dumps(fitted.truncated) if fitted.truncated else None
-            record.prompt_text = fitted.rendered.text
-            request = arm.request(fitted)
-            parts = {
-                "type": arm.endpoint.type,
-                "endpoint": arm.provider.connection_key(),
-                "model": request.model,
-                "prompt": fitted.rendered.as_json(),
-                "params": arm.params.model_dump(exclude_none=True, exclude={"timeout_s", "stream"}),
-            }
-            api = arm.provider.api_for(request)
-            if api is not None:  # only where one request can go to two APIs
-                parts["api"] = api
-            parts.update(arm.provider.cache_parts())
-            record.request_hash = content_hash(parts, 24)
-            key = None
-            if self.cache is not None:
-                key = cache_key({**parts, "repeat": job.repeat}, request.temperature, request.seed)
-            if key is not None:
-                assert self.cache is not None
-                hit = await asyncio.to_thread(self.cache.get, key)
-                if hit is not None:
-                    _fill_from_cache(record, hit)
-                    finished(record)
-                    return record, ProviderResponse(text=hit["response_text"] or "", usage=Usage())
+            prepared = self.prepare(job, arm, record)
+            hit = await self.from_cache(prepared, record)
+            if hit is not None:
+                finished(record)
+                return record, hit
             endpoint = self.endpoints.of(arm.provider)
             call = Call(
                 job,
                 arm,
-                request,
-                fitted.est_input_tokens,
+                prepared.request,
+                prepared.est_tokens,
                 endpoint,
-                endpoint.model(request.model),
+                endpoint.model(prepared.request.model),
                 record,
                 cap,
                 fallback_on=fallback_on,
@@ -243,9 +278,7 @@ class Executor:
             response = await self._reserve_and_call(call)
             record.status = "ok"
             finished(record)  # no await since its slot was freed: nothing ran yet
-            if key is not None:
-                assert self.cache is not None
-                await asyncio.to_thread(self.cache.put, key, record)
+            await self.to_cache(prepared, record)
             return record, response
         except (asyncio.CancelledError, NotStarted):
             raise
@@ -255,9 +288,7 @@ class Executor:
             finished(record)
             return record, None
         except Exception as exc:  # every failure is a record; nothing a call raises stops the run
-            record.fail(error_type_of(exc), _describe(exc))
-            if isinstance(exc, CallError) and exc.request_id and record.request_id is None:
-                record.request_id = exc.request_id
+            failed(record, exc)
             finished(record)
             return record, None
 
@@ -283,17 +314,9 @@ class Executor:
             billed = isinstance(exc, TimeoutError_ | asyncio.CancelledError)
             cap.settle(worst, None if billed else Decimal(0))
             raise
-        cost, source = arm.cost(response.usage, record.started_at)
+        cost = answered(record, response, arm)
         cap.settle(worst, cost)
-        record.usage = response.usage
-        record.cost_usd = float(cost) if cost is not None else None
-        record.price_source = source
         record.ttft_ms = response.ttft_ms
-        record.response_text = response.text
-        record.finish_reason = response.finish_reason
-        record.request_id = response.request_id
-        record.served_model = response.served_model
-        record.usage_source = response.usage_source
         record.provider_metrics_json = _metrics_json(call, response)
         return response
 
@@ -470,6 +493,27 @@ class Executor:
             endpoint_breaker.record(None)
             model_breaker.record(error if scope == "model" else None, call.record.call_id)
         return None, error
+
+
+def answered(record: CallRecord, response: ProviderResponse, arm: ArmPlan) -> Decimal | None:
+    """Put what the provider answered on `record`, with its cost on `arm`; the cost."""
+    cost, source = arm.cost(response.usage, record.started_at)
+    record.usage = response.usage
+    record.cost_usd = float(cost) if cost is not None else None
+    record.price_source = source
+    record.response_text = response.text
+    record.finish_reason = response.finish_reason
+    record.request_id = response.request_id
+    record.served_model = response.served_model
+    record.usage_source = response.usage_source
+    return cost
+
+
+def failed(record: CallRecord, exc: Exception) -> None:
+    """`record` ends with `exc` (typed as SPEC's error_type), keeping its request id."""
+    record.fail(error_type_of(exc), _describe(exc))
+    if isinstance(exc, CallError) and exc.request_id and record.request_id is None:
+        record.request_id = exc.request_id
 
 
 def _metrics_json(call: Call, response: ProviderResponse) -> str | None:

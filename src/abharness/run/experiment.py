@@ -36,6 +36,7 @@ from ..store.health import check_main_db
 from ..store.queries import Results, RunNotFound
 from ..store.records import CallRecord
 from .arm import ArmPlan, CompositePlan, parts_of
+from .batch import Tracked
 from .plan import Plan, build_plan, check_cases, check_prompt_versions, check_warnings
 from .retry import RetryPolicy
 from .runner import Runner, RunStats
@@ -64,6 +65,7 @@ class Outcome:
     staging: Path | None = None  # the run's own file, until it is merged
     limits: dict[str, str] = field(default_factory=dict)  # per endpoint, at the end
     concurrency: list[str] = field(default_factory=list)  # models whose concurrency was lowered
+    batches_running: list[str] = field(default_factory=list)  # at the provider, not collected
 
     @property
     def results_path(self) -> Path:
@@ -85,15 +87,16 @@ def new_run_id() -> str:
 
 
 def prepare(
-    spec_path: str | Path, db: Path, *, allow_changed_prompts: bool = False
+    spec_path: str | Path, db: Path, *, allow_changed_prompts: bool = False, batch: bool = False
 ) -> tuple[Plan, list[str]]:
-    """Every pre-call check; raises `InvalidInput` and writes nothing."""
+    """Every pre-call check; raises `InvalidInput` and writes nothing. `batch`:
+    ``--batch`` (every arm that can runs in batch mode)."""
     check_main_db(db, writing=False)
     spec = load_spec(spec_path)
-    plan = build_plan(spec)
+    plan = build_plan(spec, batch=batch)
     check_cases(plan)
     warnings = check_prompt_versions(plan, db, allow_changed=allow_changed_prompts)
-    return plan, warnings + check_warnings(plan)
+    return plan, warnings + check_warnings(plan) + plan.live_notes
 
 
 def _warm_up(plan: Plan) -> threading.Thread:
@@ -175,6 +178,7 @@ def _arm_row(run_id: str, a: ArmPlan | CompositePlan, not_run: str | None) -> di
     else:
         provider, endpoint, model = a.endpoint_name, a.endpoint.base_url, a.model
         tier, params = a.tier, a.params.model_dump(exclude_none=True)
+        params["mode"] = "batch" if a.batch else "live"  # as run: --batch included
     return {
         "run_id": run_id,
         "arm_id": a.id,
@@ -208,10 +212,17 @@ def run_experiment(
     merge_attempts: int = 10,
     kind: str = "run",
     prepared: tuple[Plan, list[str]] | None = None,
+    batch: bool = False,
+    on_batch: Callable[[Tracked], None] | None = None,
+    batch_deadline_s: float | None = None,
 ) -> Outcome:
     """Run `spec_path`, or with `resume` (a run id or 'last') finish an earlier run.
     `kind` is recorded in ``runs.kind`` (``nightly`` for `abharness nightly`);
     `prepared` is `prepare`'s result when the caller has already checked the spec.
+
+    `batch` is ``--batch``; a resumed run runs its arms as it first did. `on_batch`
+    hears of every change of a batch's state; `batch_deadline_s` stops polling after
+    that long (the batches run on; resume collects them).
 
     Raises `InvalidInput` (nothing written) for a bad spec, and for arms that cannot
     run here (an API key unset) unless `skip_unavailable` leaves them out."""
@@ -219,9 +230,11 @@ def run_experiment(
     check_main_db(db)  # a junk, foreign or newer database is refused before anything is paid
     skip: set[str] = set()
     if resume is not None:
-        run_id, recorded_path, recorded_hash, leftover = _find_resumable(resume, db)
+        run_id, recorded_path, recorded_hash, leftover, batched = _find_resumable(resume, db)
         spec_path = recorded_path
-        plan, warnings = prepare(spec_path, db, allow_changed_prompts=allow_changed_prompts)
+        plan, warnings = prepare(
+            spec_path, db, allow_changed_prompts=allow_changed_prompts, batch=batched
+        )
         if plan.spec.hash != recorded_hash:
             raise InvalidInput(
                 f"the spec changed since run {run_id} started; resume needs the same spec",
@@ -239,7 +252,7 @@ def run_experiment(
     else:
         assert spec_path is not None
         plan, warnings = prepared or prepare(
-            spec_path, db, allow_changed_prompts=allow_changed_prompts
+            spec_path, db, allow_changed_prompts=allow_changed_prompts, batch=batch
         )
         not_run = plan.drop_unavailable(skip_unavailable)
         warm = _warm_up(plan)
@@ -263,6 +276,8 @@ def run_experiment(
         skip=skip,
         concurrency=concurrency,
         policy=policy,
+        on_batch=on_batch,
+        batch_deadline_s=batch_deadline_s,
     )
     try:
         stats = asyncio.run(runner.run())
@@ -316,11 +331,13 @@ def run_experiment(
         staging,
         runner.limits(),
         runner.concurrency(),
+        [t.describe() for t in runner.batches_running()],
     )
 
 
-def _find_resumable(ref: str, db: Path) -> tuple[str, Path, str, Path | None]:
-    """(run id, spec path, spec hash, leftover staging file) of the run to resume; reads only.
+def _find_resumable(ref: str, db: Path) -> tuple[str, Path, str, Path | None, bool]:
+    """(run id, spec path, spec hash, leftover staging file, whether an arm ran in batch
+    mode) of the run to resume; reads only.
 
     A crashed run still has its staging file; a stopped run was merged into `db`."""
     leftovers = {p.stem: p for p in staging_dir(db).glob("*.duckdb")}
@@ -340,7 +357,8 @@ def _find_resumable(ref: str, db: Path) -> tuple[str, Path, str, Path | None]:
             run = results.run(run_id)
         except RunNotFound as exc:
             raise InvalidInput(f"no run record for {run_id}", file=leftover or db) from exc
-    return run_id, Path(run["spec_path"]), str(run["spec_hash"]), leftover
+        batched = results.batched_arms(run_id)
+    return run_id, Path(run["spec_path"]), str(run["spec_hash"]), leftover, bool(batched)
 
 
 @dataclass
@@ -355,12 +373,15 @@ class Projection:
     not_run: str | None = None  # why this arm cannot run here (an API key unset)
 
 
-def dry_run(spec_path: str | Path, db: Path | None = None) -> tuple[list[Projection], list[str]]:
-    """Render and fit every call and project its cost range; make no call, write nothing.
+def dry_run(
+    spec_path: str | Path, db: Path | None = None, *, batch: bool = False
+) -> tuple[list[Projection], list[str]]:
+    """Render and fit every call and project its cost range (a batch arm's at its batch
+    price); make no call, write nothing.
 
     The low end prices the estimated input with no output; the high end adds
     ``max_tokens`` of output to every call."""
-    plan, warnings = prepare(spec_path, db or default_db())
+    plan, warnings = prepare(spec_path, db or default_db(), batch=batch)
     out = {a.id: Projection(a.id) for a in plan.arms}
     missing = dict(plan.unavailable())
     for part, why in missing.items():

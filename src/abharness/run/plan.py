@@ -53,6 +53,13 @@ class Plan:
     providers: list[Provider]
     n_cases: int = 0
     judges: dict[str, ArmPlan] = field(default_factory=dict)  # llm_judge scorer name -> its arm
+    # --batch: the arms that run live all the same, with why
+    live_notes: list[str] = field(default_factory=list)
+
+    @property
+    def batched(self) -> list[ArmPlan]:
+        """The arms whose calls go through their provider's batch API (SPEC §13)."""
+        return [a for a in self.arms if isinstance(a, ArmPlan) and a.batch]
 
     @property
     def n_calls(self) -> int:
@@ -131,11 +138,31 @@ class Plan:
         return iter_cases(self.spec.dataset_path(), x.cases, self.spec.path)
 
 
-def build_plan(spec: LoadedSpec) -> Plan:
-    """Resolve templates, parameters, providers and scorers; raises `InvalidInput`."""
+def build_plan(spec: LoadedSpec, *, batch: bool = False) -> Plan:
+    """Resolve templates, parameters, providers and scorers; raises `InvalidInput`.
+    `batch` (``--batch``): every single-model arm whose provider has a batch API runs
+    in batch mode; the others run live, with a note saying why (`Plan.live_notes`)."""
     x = spec.experiment
     library = PromptLibrary(spec.prompts_dir)
     providers: dict[tuple[str, str], Provider] = {}
+    live_notes: list[str] = []
+
+    def batch_mode(arm: Arm, provider: Provider, model_key: tuple[str | int, ...]) -> bool:
+        """Whether `arm` runs in batch mode; an arm that asks for it on a provider
+        without a batch API is an error naming the arm and the line."""
+        mode = spec.params(arm).mode
+        if mode == "live" or (mode is None and not batch):
+            return False
+        why = provider.batch_unsupported()
+        if why is None:
+            return True
+        if mode is None:  # --batch asked for every arm that can
+            live_notes.append(f"{arm.id} runs live: {why}")
+            return False
+        where: tuple[str | int, ...] = (
+            (*model_key[:-1], "mode") if arm.mode == "batch" else ("defaults", "mode")
+        )
+        raise spec.error_at(f"arm {arm.id}: mode: batch, but {why}", where)
 
     def arm_plan(
         arm: Arm,
@@ -173,6 +200,8 @@ def build_plan(spec: LoadedSpec) -> Plan:
             max_input_tokens=x.budget.max_input_tokens,
             role=role,
             parent=parent,
+            # judges and a composite's parts run live
+            batch=role == "arm" and batch_mode(arm, providers[key], model_key),
         )
 
     arms: list[ArmPlan | CompositePlan] = []
@@ -231,7 +260,13 @@ def build_plan(spec: LoadedSpec) -> Plan:
             judges[scorer.name] = arm_plan(
                 judge, f"scorers[{i}].rubric", ("scorers", i, "model"), role="judge"
             )
-    return Plan(spec, arms, scorers, list(providers.values()), judges=judges)
+    if batch:
+        live_notes += [
+            f"{a.id} runs live: a {a.kind} arm's calls depend on each other's answers"
+            for a in arms
+            if isinstance(a, CompositePlan)
+        ]
+    return Plan(spec, arms, scorers, list(providers.values()), judges=judges, live_notes=live_notes)
 
 
 def _check_options(

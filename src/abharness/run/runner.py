@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 from ..errors import CallError, OtherCallError
 from ..providers import Provider
 from ..providers.base import ProviderResponse, Usage
+from ..store.batches import uncollected
 from ..store.cache import ResponseCache
 from ..store.db import Store
 from ..store.records import CallRecord, ScoreRecord
-from .arm import CompositePlan, parts_of
+from .arm import ArmPlan, CompositePlan, parts_of
+from .batch import Batcher, Tracked
 from .composite import panel_call
 from .costcap import CostCap
 from .endpoints import Endpoints
@@ -130,6 +132,8 @@ class Runner:
         skip: Collection[str] = (),
         concurrency: int | None = None,
         grace_s: float | None = None,
+        on_batch: Callable[[Tracked], None] | None = None,
+        batch_deadline_s: float | None = None,
     ) -> None:
         self.plan = plan
         self.run_id = run_id
@@ -155,16 +159,37 @@ class Runner:
             self._writer.finished,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self.batcher: Batcher | None = None
+        if plan.batched:
+            self.batcher = Batcher(
+                run_id,
+                self.executor,
+                self._writer,
+                self.cost_cap,
+                self._deliver,
+                policy=self.endpoints.policy,
+                resumed=uncollected(store.con, run_id),
+                arms=plan.batched,
+                on_batch=on_batch,
+                deadline_s=batch_deadline_s,
+            )
 
     @property
     def status(self) -> str:
         """interrupted (a signal), budget_exhausted (the cost cap), incomplete (calls
-        never made because an endpoint or model stopped: resume makes them), completed."""
+        never made because an endpoint or model stopped, or still in a batch at the
+        provider: resume makes or collects them), completed."""
         if self.stopping:
             return "interrupted"
         if self.cost_cap.refused:
             return "budget_exhausted"
-        return "incomplete" if self.stats.not_made_count else "completed"
+        if self.stats.not_made_count or self.batches_running():
+            return "incomplete"
+        return "completed"
+
+    def batches_running(self) -> list[Tracked]:
+        """Batches still running at the provider (billed) whose results resume collects."""
+        return self.batcher.outstanding() if self.batcher else []
 
     def request_stop(self, sig: signal.Signals | None = None) -> None:
         """First call: stop dispatching, let calls in flight finish for `grace_s`.
@@ -179,6 +204,8 @@ class Runner:
             self.grace_s,
         )
         self.stopping = True
+        if self.batcher is not None:
+            self.batcher.stop()  # they run on at the provider; resume collects them
         asyncio.get_running_loop().call_later(self.grace_s, self._cancel_all)
 
     def _store_failed(self) -> None:
@@ -189,6 +216,8 @@ class Runner:
     def _cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self.batcher is not None:
+            self.batcher.cancel()
 
     async def run(self) -> RunStats:
         started = time.perf_counter()
@@ -205,6 +234,8 @@ class Runner:
         writer = asyncio.create_task(self._writer.run())
         try:
             await self._produce()
+            if self.batcher is not None:
+                await self.batcher.finish()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
@@ -252,7 +283,7 @@ class Runner:
                     "its calls were recorded as errors, none made"
                 )
         lines += [line for e in self.endpoints for c in e.circuits() if (line := c.failure_line())]
-        return lines
+        return lines + (self.batcher.failures if self.batcher else [])
 
     async def _load(self, provider: Provider) -> None:
         try:
@@ -281,6 +312,9 @@ class Runner:
                     cid = call_id(self.run_id, arm.id, case.id, repeat)
                     if cid in self.skip:
                         continue
+                    if self.batcher is not None and isinstance(arm, ArmPlan) and arm.batch:
+                        await self.batcher.add(CallJob(arm, case, repeat, cid, variables))
+                        continue
                     pending = endpoints[arm.id].pending
                     await pending.acquire()
                     if self.stopping:
@@ -305,6 +339,16 @@ class Runner:
             scores = [] if response is None else await self._score(job, record, response)
         except NotStarted:
             return  # no record: resume makes it
+        await self._write(record, scores)
+
+    async def _deliver(
+        self, job: CallJob, record: CallRecord, response: ProviderResponse | None
+    ) -> None:
+        """A batch call's result, journaled already: scored and written."""
+        try:
+            scores = [] if response is None else await self._score(job, record, response)
+        except NotStarted:
+            return  # a judge not called: resume scores it without paying for it again
         await self._write(record, scores)
 
     async def _write_part(

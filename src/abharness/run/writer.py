@@ -17,6 +17,7 @@ is closed: the run stops with what was written before, resumable, instead of han
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -85,6 +86,20 @@ class Writer:
                 "expected_json": json.dumps(case.expected, ensure_ascii=False),
             }
         )
+
+    async def now(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`fn(connection, *args, **kwargs)` in the writer's thread, between its inserts, committed
+        when this returns (a batch's row before it is sent: `run.batch`)."""
+        if self.failure is not None:
+            raise StoreWriteError(f"the staging file cannot be written: {self.failure}")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._thread, functools.partial(fn, self.store.con, *args, **kwargs)
+            )
+        except Exception as exc:
+            self._fail(exc)
+            raise StoreWriteError(f"could not write to {self.store.path}: {exc}") from exc
 
     async def close(self) -> None:
         await self.queue.put(None)

@@ -30,6 +30,7 @@ from .models import (
     JsonValidScorer,
     LlmJudgeScorer,
     NumericScorer,
+    Part,
     ProviderSpec,
     PythonScorer,
     RegexScorer,
@@ -267,6 +268,23 @@ def _check_arm(arm: Arm, i: int, x: Experiment, fail: Any) -> None:
             )
     for j, route in enumerate(arm.route or []):
         known_provider(route.provider, "route", j, "provider")
+    if composites:
+        parts: list[tuple[Part, tuple[str | int, ...]]]
+        if arm.panel is not None:
+            parts = [(m, ("panel", "members", j)) for j, m in enumerate(arm.panel.members)]
+            parts.append((arm.panel.synthesizer, ("panel", "synthesizer")))
+        else:
+            parts = [(r, ("route", j)) for j, r in enumerate(arm.route or [])]
+        batched: list[tuple[str | int, ...]] = [("mode",)] if arm.mode == "batch" else []
+        batched += [(*loc, "mode") for part, loc in parts if part.mode == "batch"]
+        if batched:
+            raise fail(
+                f"a {composites[0]} arm runs live: its calls depend on each other's answers "
+                "(mode: batch is for single-model arms)",
+                "arms",
+                i,
+                *batched[0],
+            )
     if arm.prompt is None and x.prompt is None:
         raise fail("no prompt: set prompt on the arm or at the top of the spec", "arms", i)
 
