@@ -21,6 +21,7 @@ from abharness.report.build import build_report
 from abharness.report.markdown import render_markdown
 from abharness.run.experiment import run_experiment
 from abharness.store.batches import read_snapshot
+from abharness.store.export import export_parquet
 from abharness.store.queries import Results
 from abharness.store.records import Usage
 
@@ -133,6 +134,10 @@ def test_a_two_arm_batch_run_stores_every_call_once_with_exact_usage_at_half_pri
         ("claude", "ended", 8, True),
         ("gpt", "ended", 8, True),
     ]
+    # analysts' Parquet carries the batches with the calls
+    with Results(db) as results:
+        written = export_parquet(results, tmp_path / "parquet")
+    assert (written["batches"], written["batch_calls"]) == (2, 16)
     # the report says so and compares no latency; the cost still is
     with Results(db) as results:
         report = build_report(results, out.run_id)

@@ -341,7 +341,7 @@ def test_the_outcomes_strip_bins_many_cases_and_says_what_a_cell_holds() -> None
     outcomes = [[f"c{i:04d}", "win" if i % 10 == 0 else "tie"] for i in range(2000)]
     svg = outcomes_chart([_arm("b", outcomes)], "a")
     assert svg.count("<rect") == OUTCOME_CELLS
-    assert "cases c0000 … c0003: 1 wins, 0 losses, 3 ties against a" in svg
+    assert "cases c0000 … c0003: 1 win, 3 ties, 0 losses against a" in svg
     assert "each cell is 4 cases" in svg
     few = outcomes_chart([_arm("b", outcomes[:3])], "a")
     assert few.count("<rect") == 3 and "case c0001: tie against a" in few
