@@ -197,8 +197,9 @@ def _comparisons(
             if metric == "cost":
                 unmeasured = _zero_or_unknown_cost(mine, base, arm, baseline)
             elif in_batch:
-                why = f"latency not measured: {in_batch[0]} ran in batch mode"
-                unmeasured = not_compared(metric, why)
+                unmeasured = not_compared(
+                    metric, f"latency not measured: {in_batch[0]} ran in batch mode"
+                )
             else:
                 unmeasured = None
             comp = unmeasured or compare_ratio(mine[metric], base[metric], metric)
