@@ -439,6 +439,8 @@ def test_cost_of_a_run_answered_from_the_cache_is_0_in_both(tmp_path, server, mo
     c, md = _cost(path, tmp_path / "r.duckdb")  # the same calls again: every one cached
     assert c["label"] == "0 in both"
     assert "on cost: **0 in both**: every call answered from the cache in both arms." in md
+    # and latency says why no case was timed, with the fix
+    assert "calls of arm-a came from the cache, which is not timed; `--no-cache` times them" in md
 
 
 def test_cost_without_a_price_is_not_compared(tmp_path, server, monkeypatch) -> None:
