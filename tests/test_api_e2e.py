@@ -179,6 +179,7 @@ def test_unset_keys_are_found_before_anything_runs(
     assert not server.log and not Path("r.duckdb").exists()  # nothing called, nothing written
 
 
+@pytest.mark.slow
 def test_skip_unavailable_runs_the_rest_and_reports_them_not_run(
     api_spec: Path, server: FakeServer, monkeypatch
 ) -> None:
@@ -211,6 +212,7 @@ def test_skip_unavailable_runs_the_rest_and_reports_them_not_run(
     assert "Not run" in md and "FAKE_ANTHROPIC_KEY is not set" in md
 
 
+@pytest.mark.slow
 def test_no_api_key_reaches_db_logs_reports_or_cassettes(
     api_spec: Path, server: FakeServer, monkeypatch, caplog, capfd
 ) -> None:

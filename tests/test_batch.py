@@ -150,6 +150,7 @@ def test_a_two_arm_batch_run_stores_every_call_once_with_exact_usage_at_half_pri
     assert next(c for c in report.comparisons if c.metric == "cost").compared
 
 
+@pytest.mark.slow
 def test_expired_and_retryable_requests_go_into_new_batches_at_most_twice(
     tmp_path: Path, server: FakeServer
 ) -> None:
@@ -458,6 +459,7 @@ def test_the_cost_cap_reserves_every_batched_calls_worst_case_before_submitting(
     assert sum(r["cost_usd"] or 0 for r in rows) <= 0.00009
 
 
+@pytest.mark.slow
 def test_raw_completion_goes_to_the_completions_batch_endpoint_and_resumes_elsewhere(
     tmp_path: Path, server: FakeServer
 ) -> None:
