@@ -111,7 +111,7 @@ def test_timestamps_and_numbers_give_the_same_comparison() -> None:
 
 
 def test_the_boundary_is_the_asymptotic_confidence_sequence() -> None:
-    """Waudby-Smith et al. (2024) Thm 2.2: σ̂·√(2(tρ²+1)/(t²ρ²)·log(√(tρ²+1)/α)) with
+    """Waudby-Smith et al. (arXiv 2103.06476): σ̂·√(2(tρ²+1)/(t²ρ²)·log(√(tρ²+1)/α)) with
     σ̂ = √(tV); and Λ equals 1/α exactly on it (so p ≤ α ⇔ 0 outside the interval)."""
     rho2 = mixture_rho2(4_000)
     for t in (40, 400, 4_000, 40_000):

@@ -24,10 +24,10 @@ The arms are compared unpaired: Welch's variance V = s²_arm/n_arm + s²_control
   Λ = √(V/(V+τ²)) · exp(τ²(d−θ0)² / (2V(V+τ²))), a martingale under H0, so by Ville's
   inequality P(sup_t Λ_t ≥ 1/α) ≤ α. The always-valid p-value at time t is
   min(1, min over looks s ≤ t of 1/Λ_s(0)).
-- the asymptotic confidence sequence of Waudby-Smith, Arnold, Wu, McAuliffe & Ramdas,
-  "Time-uniform central limit theory and asymptotic confidence sequences" (Annals of
-  Statistics, 2024; arXiv 2103.06476), Theorem 2.2: with the variance *estimated*
-  (not known, as the mSPRT assumes), μ̂_t ± σ̂_t·√(2(tρ² + 1)/(t²ρ²) · log(√(tρ² + 1)/α))
+- the asymptotic confidence sequence of Waudby-Smith, Arbour, Sinha, Kennedy & Ramdas,
+  "Time-uniform central limit theory and asymptotic confidence sequences" (arXiv
+  2103.06476, 2021): with the variance *estimated* (not known, as the mSPRT
+  assumes), μ̂_t ± σ̂_t·√(2(tρ² + 1)/(t²ρ²) · log(√(tρ² + 1)/α))
   covers μ at all t ≥ m at once with probability → 1 − α. With V = σ²/t and
   τ² = ρ²σ² = tρ²V the mSPRT interval {θ0 : Λ(θ0) < 1/α} is exactly this interval,
   and that theorem is what licenses the plug-in variance, and non-normal (binary,
@@ -41,21 +41,23 @@ the per-subject scale), so with z = (d − θ0)/√V
 
 **The mixture parameter ρ** is chosen for a planned number of subjects t* (keyword
 `planned_subjects`, default `PLANNED_SUBJECTS` = 4,000: 2,000 per arm): ρ² =
-(2·log(1/α) + log(1 + 2·log(1/α)))/t* minimises the interval's width at t = t*
-(Waudby-Smith et al., §B.2). It is scale-free (τ = ρ·σ̂ follows the metric's own
-spread, so one choice serves a 0/1 rate and log latency). At t* the 95% interval is
-1.55× a fixed-sample one; at t*/10 it is 1.96×, at 10·t* 1.65×
-(`width_factor`): the price of being allowed to look at any time, and of being
-wrong about the size by a factor 10 is small. For the 0/1 feedback at 50% with
-2,000 subjects per arm, τ ≈ 4.5 points: the mixture puts its weight on effects of the
-size worth detecting, as the mSPRT papers advise.
+(2·log(1/α) + log(1 + 2·log(1/α)))/t* (nearly) minimises the interval's width at
+t = t* (the approximate optimiser of Howard, Ramdas, McAuliffe & Sekhon,
+"Time-uniform, nonparametric, nonasymptotic confidence sequences", Annals of
+Statistics 2021, which Waudby-Smith et al.'s software uses). It is scale-free
+(τ = ρ·σ̂ follows the metric's own spread, so one choice serves a 0/1 rate and log
+latency). At t* the 95% interval is 1.55× as wide as a fixed-sample one; at t*/10
+1.97×, at 10·t* 1.65× (`width_factor`): that is the price of being allowed to look
+at any time, and guessing the size wrong by a factor 10 costs little. For a 0/1
+feedback at 50%, τ ≈ 4.5 points: the mixture puts its weight on effects of the size
+worth detecting, as the mSPRT papers advise.
 
 **Looks.** The statistic is evaluated after every arrival time (each distinct `at`),
 once both arms have `min_subjects` subjects: the p-value is the minimum over all of
 them, so it is valid whoever looked whenever (a subset of looks — daily — only gives a
 larger p). Subjects' means change as their later requests arrive; each look uses the
 data up to it. The interval is the *running intersection* of the intervals at all
-looks so far (Johari et al. 2022, §4): an intersection of intervals that all cover at
+looks so far (as Johari et al. 2022 define it): an intersection of intervals that all cover at
 once still covers, it never widens, and 0 lies outside it exactly when p ≤ α, so the
 interval and the p-value always agree. If the intersection is empty (the estimate has
 moved — a novelty effect, a changing population), the current interval is reported
@@ -121,8 +123,8 @@ PATH_COLUMNS = [
 
 
 def mixture_rho2(planned_subjects: int = PLANNED_SUBJECTS, alpha: float = ALPHA) -> float:
-    """ρ² that makes the (1 − α) boundary narrowest at `planned_subjects`
-    (Waudby-Smith et al. 2024, §B.2)."""
+    """ρ² that makes the (1 − α) boundary (nearly) narrowest at `planned_subjects`
+    (Howard et al. 2021's approximation; `width_factor` checks it)."""
     k = 2 * math.log(1 / alpha)
     return (k + math.log(1 + k)) / planned_subjects
 
