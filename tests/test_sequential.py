@@ -102,9 +102,11 @@ def test_timestamps_and_numbers_give_the_same_comparison() -> None:
     as_time = [f.assign(at=start + pd.to_timedelta(f["at"], unit="min")) for f in (arm, control)]
     by_number = sequential_compare(arm, control, "feedback")
     by_time = sequential_compare(*as_time, "feedback")
-    assert (by_time.diff, by_time.ci_low, by_time.ci_high, by_time.p_value) == pytest.approx(
-        (by_number.diff, by_number.ci_low, by_number.ci_high, by_number.p_value)
-    )
+    as_text = [f.assign(at=f["at"].map(lambda t: t.isoformat())) for f in as_time]
+    for other in (by_time, sequential_compare(*as_text, "feedback")):
+        assert (other.diff, other.ci_low, other.ci_high, other.p_value) == pytest.approx(
+            (by_number.diff, by_number.ci_low, by_number.ci_high, by_number.p_value)
+        )
 
 
 # -- the boundary ---------------------------------------------------------------------------

@@ -165,6 +165,9 @@ class _Path:
 
 
 def _times(at: pd.Series) -> np.ndarray:
+    """Arrival times as numbers (timestamps: ns since the epoch, UTC)."""
+    if not pd.api.types.is_numeric_dtype(at) and not pd.api.types.is_datetime64_any_dtype(at):
+        at = pd.to_datetime(at, utc=True)  # datetime objects or ISO strings
     if pd.api.types.is_datetime64_any_dtype(at):
         if isinstance(at.dtype, pd.DatetimeTZDtype):
             at = at.dt.tz_convert("UTC").dt.tz_localize(None)
