@@ -304,7 +304,9 @@ def test_aa_over_30_days_claims_at_most_alpha(scenario: Scenario) -> None:
     claims = sum(o.claimed for o in out)
     assert _at_most(claims, len(out), ALPHA), claims
     assert _at_least(sum(o.covered for o in out), len(out), 1 - ALPHA)
-    assert sum(o.naive_claimed for o in out) / len(out) > 0.15
+    naive = sum(o.naive_claimed for o in out) / len(out)
+    # ~30% measured; 8% for 60 subjects per arm, whose looks begin around day 10
+    assert naive > (0.15 if scenario.subjects >= 1_000 else ALPHA)
 
 
 @pytest.mark.slow
