@@ -327,3 +327,33 @@ def test_power_helper_predicts_the_measured_power(effect: float) -> None:
     measured = sum(o.claimed for o in out) / len(out)
     predicted = sequential_power(effect, 0.5, s.subjects, days=s.days)
     assert predicted - 0.05 <= measured <= predicted + 0.08, (measured, predicted)
+
+
+def test_a_novelty_effect_that_reverses_is_flagged() -> None:
+    """Arm loved for the first days (+40 points), then disliked (−40): the early
+    intervals exclude what the later data say, their intersection is empty, and the
+    report shows the current interval with a caveat instead of an empty one."""
+    rng = np.random.default_rng(11)
+    n = 4_000
+    at = np.sort(rng.random(n) * 30)
+    early = at < 5
+    rate = np.where(early, 0.9, 0.1)
+    arm = _frame([f"a{i}" for i in range(n)], list((rng.random(n) < rate).astype(float)), list(at))
+    control = _frame(
+        [f"c{i}" for i in range(n)], list((rng.random(n) < 0.5).astype(float)), list(at)
+    )
+    c = sequential_compare(arm, control, "feedback")
+    assert any("changed over time" in x for x in c.caveats)
+    assert c.ci_low is not None and c.ci_high is not None and c.ci_low < c.diff < c.ci_high
+    assert c.p_value is not None and c.p_value < 1e-6  # the early effect was real
+
+
+def test_a_slower_arm_is_worse_on_latency_and_cheaper_is_better_on_cost() -> None:
+    rng = np.random.default_rng(12)
+    s = Scenario("slow arm", kind="latency", subjects=1_000, effect=math.log(1.5))
+    arm, control = experiment(rng, s)
+    latency = sequential_compare(arm, control, "latency")
+    assert latency.verdict == "worse" and latency.ci_low is not None and latency.ci_low > 1
+    assert latency.ci_high is not None and latency.ci_low < 1.5 < latency.ci_high
+    cost = sequential_compare(arm.assign(value=arm["value"] / 3), control, "cost")
+    assert cost.verdict == "better" and cost.diff is not None and cost.diff < 1
