@@ -27,7 +27,7 @@ import argparse
 import math
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,7 @@ class Scenario:
     concentration: float = 4.0
     missing: float = 0.0
     effect: float = 0.0  # 0..1 kinds: difference; latency: log of the ratio
+    control_subjects: int | None = None  # an unequal split: the control's own count
 
     @property
     def metric(self) -> str:
@@ -101,7 +102,8 @@ def draw_arm(rng: np.random.Generator, s: Scenario, effect: float, prefix: str) 
 
 
 def experiment(rng: np.random.Generator, s: Scenario) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return draw_arm(rng, s, s.effect, "a"), draw_arm(rng, s, 0.0, "c")
+    control = s if s.control_subjects is None else replace(s, subjects=s.control_subjects)
+    return draw_arm(rng, s, s.effect, "a"), draw_arm(rng, control, 0.0, "c")
 
 
 @dataclass
@@ -143,6 +145,10 @@ AA = [
     Scenario("heavy users, binary 50%", heavy=True),
     Scenario("latency (log-normal)", kind="latency"),
     Scenario("binary 5%, 60 subjects/arm", p=0.05, subjects=60, missing=0.5),
+    Scenario("binary 10%, split 10/90 (200 vs 1,800)", p=0.1, subjects=200, control_subjects=1_800),
+    Scenario(
+        "latency, split 10/90 (200 vs 1,800)", kind="latency", subjects=200, control_subjects=1_800
+    ),
 ]
 EFFECTS = [
     Scenario(

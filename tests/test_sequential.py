@@ -74,9 +74,10 @@ def test_running_subject_means_match_pandas_scipy_and_statsmodels() -> None:
         assert look["p_fixed"] == pytest.approx(welch.pvalue, rel=1e-7)
         _, p_sm, _ = sm_ttest_ind(a, c, usevar="unequal")
         assert look["p_fixed"] == pytest.approx(p_sm, rel=1e-7)
-        se = math.sqrt(a.var(ddof=1) / a.size + c.var(ddof=1) / c.size)
-        floor = math.sqrt(0.25 / (a.size + 1) / a.size + 0.25 / (c.size + 1) / c.size)
-        assert look["se"] == pytest.approx(se, rel=1e-9) or look["se"] >= floor
+        # each arm's variance at least the pooled one and the 0..1 floor
+        pooled = ((a.size - 1) * a.var() + (c.size - 1) * c.var()) / (a.size + c.size - 2)
+        v = sum(max(g.var(), pooled, 0.25 / (g.size + 1)) / g.size for g in (a, c))
+        assert look["se"] == pytest.approx(math.sqrt(v), rel=1e-9)
 
 
 def test_the_logs_of_latency_are_compared_per_subject() -> None:
@@ -90,8 +91,9 @@ def test_the_logs_of_latency_are_compared_per_subject() -> None:
         for f in (arm, control)
     )
     assert end["diff"] == pytest.approx(a.mean() - c.mean(), abs=1e-10)
-    se = math.sqrt(a.var() / a.size + c.var() / c.size)
-    assert end["se"] == pytest.approx(se, rel=1e-9)  # no floor on the log scale
+    pooled = ((a.size - 1) * a.var() + (c.size - 1) * c.var()) / (a.size + c.size - 2)
+    se = math.sqrt(max(a.var(), pooled) / a.size + max(c.var(), pooled) / c.size)
+    assert end["se"] == pytest.approx(se, rel=1e-9)  # no 0..1 floor on the log scale
     result = sequential_compare(arm, control, "latency")
     assert result.diff == pytest.approx(math.exp(end["diff"]))
 

@@ -13,7 +13,14 @@ score, latency, cost) are averaged first; each arm's mean is the mean over its s
 and its variance the spread across subjects, so a heavy user's hundreds of correlated
 requests count as one unit, not as hundreds of independent ones. The estimand is the
 difference between the arms' means over subjects (each subject weighs the same).
-The arms are compared unpaired: Welch's variance V = s²_arm/n_arm + s²_control/n_control.
+The arms are compared unpaired: Welch's variance V = s²_arm/n_arm + s²_control/n_control,
+except that no arm's s² is taken below the pooled one (both arms' squared deviations
+from their own means over n_arm + n_control − 2). With skewed values — a 10% rate
+whose subjects are mostly at 0 — a small arm's s² falls with its mean, and Welch's z
+is then too large exactly when the mean is low: with 200 subjects against 1,800, A/A
+experiments claimed a difference in 10% of 400 runs with Welch's own variances, 0.25%
+with the pooled floor. The floor is conservative when the arms' spreads differ (the
+narrower arm's variance is raised), never anti-conservative.
 
 **The boundary** is the normal-mixture boundary, which is two papers' answer at once:
 
@@ -320,6 +327,8 @@ def _path(
         with np.errstate(invalid="ignore", divide="ignore"):
             df = v_raw.sum(axis=0) ** 2 / (v_raw**2 / (n - 1)).sum(axis=0)  # Welch–Satterthwaite
             figures["p_fixed"] = 2 * special.stdtr(df, -np.abs(d) / np.sqrt(v_raw.sum(axis=0)))
+    pooled = ((n - 1) * var).sum(axis=0) / (n.sum(axis=0) - 2)  # see the module's doc
+    var = np.maximum(var, pooled)
     if metric in BOUNDED_METRICS:
         var = np.maximum(var, 1.0 / (4 * (n + 1)))
     se = np.sqrt((var / n).sum(axis=0))
