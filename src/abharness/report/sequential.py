@@ -3,7 +3,7 @@
 An online run (`abharness serve`, SPEC §16) assigns each *subject* (a user, hashed) to
 one arm and keeps collecting. Its report is read again and again while data arrive,
 and a fixed-sample test re-read daily for 30 days claims a difference between equal
-arms in about a quarter of experiments, not 5% (docs/online-statistics.md measures
+arms in about a third of experiments, not 5% (docs/online-statistics.md measures
 it). So every figure here is *always valid*: the p-value is valid at any stopping time
 (P(p_τ ≤ α) ≤ α for every stopping rule τ, however it depends on the data seen) and the
 interval covers the truth at every look at once with probability ≥ 1 − α.
