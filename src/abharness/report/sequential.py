@@ -6,7 +6,8 @@ and a fixed-sample test re-read daily for 30 days claims a difference between eq
 arms in about a third of experiments, not 5% (docs/online-statistics.md measures
 it). So every figure here is *always valid*: the p-value is valid at any stopping time
 (P(p_τ ≤ α) ≤ α for every stopping rule τ, however it depends on the data seen) and the
-interval covers the truth at every look at once with probability ≥ 1 − α.
+interval covers the truth at every look at once with probability ≥ 1 − α — in the
+large-sample sense below, checked by simulation down to 20 subjects per arm.
 
 **The unit is the subject.** A subject's values (a request's feedback, a scorer's
 score, latency, cost) are averaged first; each arm's mean is the mean over its subjects
@@ -34,8 +35,8 @@ narrower arm's variance is raised), never anti-conservative.
 - the asymptotic confidence sequence of Waudby-Smith, Arbour, Sinha, Kennedy & Ramdas,
   "Time-uniform central limit theory and asymptotic confidence sequences" (arXiv
   2103.06476, 2021): with the variance *estimated* (not known, as the mSPRT
-  assumes), μ̂_t ± σ̂_t·√(2(tρ² + 1)/(t²ρ²) · log(√(tρ² + 1)/α))
-  covers μ at all t ≥ m at once with probability → 1 − α. With V = σ²/t and
+  assumes), μ̂_t ± σ̂_t·√(2(tρ² + 1)/(t²ρ²) · log(√(tρ² + 1)/α)) covers μ at all
+  t ≥ m at once with a probability that tends to 1 − α as m grows. With V = σ²/t and
   τ² = ρ²σ² = tρ²V the mSPRT interval {θ0 : Λ(θ0) < 1/α} is exactly this interval,
   and that theorem is what licenses the plug-in variance, and non-normal (binary,
   skewed) values through the central limit theorem.
@@ -64,9 +65,9 @@ once both arms have `min_subjects` subjects: the p-value is the minimum over all
 them, so it is valid whoever looked whenever (a subset of looks — daily — only gives a
 larger p). Subjects' means change as their later requests arrive; each look uses the
 data up to it. The interval is the *running intersection* of the intervals at all
-looks so far (as Johari et al. 2022 define it): an intersection of intervals that all cover at
-once still covers, it never widens, and 0 lies outside it exactly when p ≤ α, so the
-interval and the p-value always agree. If the intersection is empty (the estimate has
+looks so far (as Johari et al. 2022 define it): an intersection of intervals that all
+cover at once still covers, it never widens, and 0 lies outside it exactly when
+p ≤ α, so the interval and the p-value always agree. If the intersection is empty (the estimate has
 moved — a novelty effect, a changing population), the current interval is reported
 with a caveat saying so. The point estimate is the current one. The 90% sequence
 (2α) gives `ci90_*` for the equivalence ("no difference") rule of `stats.decide`.
