@@ -506,8 +506,8 @@ def sequential_detectable(
     reps: int = 4_000,
 ) -> float | None:
     """The smallest difference `sequential_power` finds with `power` (same model;
-    fewer paths and looks, so a report can afford it: a few hundredths of a second a
-    call, the paths shared across the search so it is monotone). None when the
+    fewer paths and looks, so a report can afford it: the search takes a few tenths of a
+    second, the paths shared across it so it is monotone). None when the
     subjects are too few ever to compare, or no difference up to 20 SDs would do."""
     if subjects_per_arm < MIN_SUBJECTS or sd <= 0:
         return None
