@@ -9,7 +9,7 @@ look at once, and that the power helper predicts the power measured."""
 from __future__ import annotations
 
 import math
-import time
+import os
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,12 @@ from abharness.report.sequential import (
 from abharness.report.stats import compare_arms
 
 from .simulation_online import AA, EFFECTS, Scenario, experiment, run
+
+# Experiments per simulated scenario in the suite: 200 keeps the slow tests near a minute
+# and the binomial tolerances honest; docs/online-statistics.md's figures are 1,000 each
+# (`python -m tests.simulation_online --experiments 1000`), and so is this with
+# ABHARNESS_SIM_EXPERIMENTS=1000.
+EXPERIMENTS = int(os.environ.get("ABHARNESS_SIM_EXPERIMENTS", "200"))
 
 ALPHA = 0.05
 
@@ -243,7 +249,10 @@ def test_holm_across_arms_keeps_the_sequential_figures() -> None:
     assert comparisons["same"].verdict != "better" and comparisons["same"].mde is None
 
 
-def test_a_million_observations_take_well_under_a_second() -> None:
+@pytest.mark.slow
+def test_a_million_observations_in_arrival_order() -> None:
+    """Its speed (about 0.5 s here) is a benchmark figure (docs/online-statistics.md),
+    not a timed test; this checks that a run of this size is handled whole."""
     rng = np.random.default_rng(10)
     n = 500_000
     arms = [
@@ -256,12 +265,9 @@ def test_a_million_observations_take_well_under_a_second() -> None:
         )
         for p in ("a", "c")
     ]
-    sequential_compare(arms[0], arms[1], "feedback")  # warm
-    started = time.perf_counter()
     c = sequential_compare(arms[0], arms[1], "feedback")
-    elapsed = time.perf_counter() - started
     assert c.n_units > 99_900  # 50,000 possible subjects per arm, nearly all drawn
-    assert elapsed < 2.0, elapsed  # ~0.5 s on one core of the shared 2-core machine
+    assert c.compared and c.ci_low is not None and c.ci_low < 0 < c.ci_high
 
 
 # -- power ---------------------------------------------------------------------------------
@@ -303,7 +309,7 @@ def test_aa_claims_at_most_alpha_where_a_daily_t_test_inflates() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", AA, ids=[s.name for s in AA])
 def test_aa_over_30_days_claims_at_most_alpha(scenario: Scenario) -> None:
-    out = run(scenario, 1_000)
+    out = run(scenario, EXPERIMENTS)
     claims = sum(o.claimed for o in out)
     assert _at_most(claims, len(out), ALPHA), claims
     assert _at_least(sum(o.covered for o in out), len(out), 1 - ALPHA)
@@ -315,7 +321,7 @@ def test_aa_over_30_days_claims_at_most_alpha(scenario: Scenario) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", EFFECTS, ids=[s.name for s in EFFECTS])
 def test_the_interval_covers_the_truth_at_every_look(scenario: Scenario) -> None:
-    out = run(scenario, 1_000)
+    out = run(scenario, EXPERIMENTS)
     assert _at_least(sum(o.covered for o in out), len(out), 1 - ALPHA)
 
 
@@ -326,7 +332,7 @@ def test_power_helper_predicts_the_measured_power(effect: float) -> None:
     the helper looks daily, the report after every arrival: it may underestimate a
     little, never overestimate."""
     s = Scenario("power", subjects=2_000, extra_requests=0, effect=effect)
-    out = run(s, 1_000)
+    out = run(s, EXPERIMENTS)
     measured = sum(o.claimed for o in out) / len(out)
     predicted = sequential_power(effect, 0.5, s.subjects, days=s.days)
     assert predicted - 0.05 <= measured <= predicted + 0.08, (measured, predicted)
@@ -363,9 +369,7 @@ def test_a_slower_arm_is_worse_on_latency_and_cheaper_is_better_on_cost() -> Non
 
 
 def test_the_detectable_difference_has_the_stated_power() -> None:
-    started = time.perf_counter()
     mde = sequential_detectable(0.5, 2_000)
-    assert time.perf_counter() - started < 3.0
     assert mde is not None
     # +5 points has ~67% power (docs): 80% needs a little more; a single fixed look
     # would need 2.8 standard errors (0.044)
