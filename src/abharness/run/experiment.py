@@ -93,6 +93,12 @@ def prepare(
     ``--batch`` (every arm that can runs in batch mode)."""
     check_main_db(db, writing=False)
     spec = load_spec(spec_path)
+    x = spec.experiment
+    if x.dataset is None and x.cases is None:
+        raise InvalidInput(
+            "no dataset: or cases: to run; a spec with only serve: is for `abharness serve`",
+            file=spec.path,
+        )
     plan = build_plan(spec, batch=batch)
     check_cases(plan)
     warnings = check_prompt_versions(plan, db, allow_changed=allow_changed_prompts)
