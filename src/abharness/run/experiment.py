@@ -11,11 +11,8 @@ import asyncio
 import contextlib
 import ctypes
 import gc
-import json
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -23,21 +20,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-from .. import __version__
 from ..errors import CallError, EnvironmentFailure, InvalidInput, StoreWriteError
 from ..providers.base import Usage
 from ..spec.load import load_spec
-from ..spec.models import GenerationParams
 from ..store.cache import ResponseCache, open_cache
 from ..store.db import MergeResult, Store, merge, staging_dir
 from ..store.health import check_main_db
 from ..store.queries import Results, RunNotFound
 from ..store.records import CallRecord
-from .arm import ArmPlan, CompositePlan, parts_of
+from .arm import CompositePlan, parts_of
 from .batch import Tracked
 from .plan import Plan, build_plan, check_cases, check_prompt_versions, check_warnings
+from .recorder import record_start
 from .retry import RetryPolicy
 from .runner import Runner, RunStats
 
@@ -123,86 +118,6 @@ def _release_run_memory(plan: Plan) -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _git_sha(where: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
-def _record_start(
-    store: Store,
-    plan: Plan,
-    run_id: str,
-    not_run: list[tuple[ArmPlan | CompositePlan, str]],
-    kind: str,
-) -> None:
-    spec = plan.spec
-    x = spec.experiment
-    store.insert(
-        "runs",
-        [
-            {
-                "run_id": run_id,
-                "experiment": x.name,
-                "description": x.description,
-                "status": "running",
-                "started_at": datetime.now(UTC).replace(tzinfo=None),
-                "spec_hash": spec.hash,
-                "spec_yaml": spec.source,
-                "spec_path": str(spec.path.resolve()),
-                "git_sha": _git_sha(spec.path.parent),
-                "harness_version": __version__,
-                "host": socket.gethostname(),
-                "total_calls": plan.n_calls,
-                "kind": kind,
-            }
-        ],
-    )
-    rows = [_arm_row(run_id, a, None) for a in plan.arms]
-    rows += [_arm_row(run_id, a, why) for a, why in not_run]
-    rows += [
-        _arm_row(run_id, p, None)
-        for a in plan.arms
-        if isinstance(a, CompositePlan)
-        for p in a.parts
-    ]
-    rows += [_arm_row(run_id, j, None) for j in plan.judges.values()]
-    store.insert("arms", [{**row, "position": i} for i, row in enumerate(rows)])
-
-
-def _arm_row(run_id: str, a: ArmPlan | CompositePlan, not_run: str | None) -> dict[str, Any]:
-    """The arm's row in ``arms``: a composite's provider is its kind (``panel``,
-    ``route``) and its model the list of its parts; each part has a row of its own."""
-    if isinstance(a, CompositePlan):
-        provider, endpoint, model = a.kind, None, a.describe()
-        tier = max(p.tier for p in a.parts)
-        params = a.arm.model_dump(exclude_none=True, include=set(GenerationParams.model_fields))
-    else:
-        provider, endpoint, model = a.endpoint_name, a.endpoint.base_url, a.model
-        tier, params = a.tier, a.params.model_dump(exclude_none=True)
-        params["mode"] = "batch" if a.batch else "live"  # as run: --batch included
-    return {
-        "run_id": run_id,
-        "arm_id": a.id,
-        "provider": provider,
-        "endpoint": endpoint,
-        "model": model,
-        "tier": tier,
-        "prompt_name": a.template.name,
-        "prompt_version": a.template.version,
-        "prompt_hash": a.template.hash,
-        "params_json": json.dumps(params),
-        "is_baseline": a.is_baseline,
-        "role": "arm" if isinstance(a, CompositePlan) else a.role,
-        "parent_arm_id": None if isinstance(a, CompositePlan) else a.parent,
-        "not_run_reason": not_run,
-    }
-
-
 def run_experiment(
     spec_path: str | Path | None = None,
     *,
@@ -264,7 +179,7 @@ def run_experiment(
         warm = _warm_up(plan)
         run_id = new_run_id()
         store = Store(staging_dir(db) / f"{run_id}.duckdb")
-        _record_start(store, plan, run_id, not_run, kind)
+        record_start(store, plan, run_id, not_run, kind)
     if on_start:
         on_start(plan.n_calls - len(skip))
     cache: ResponseCache | None = None
