@@ -245,6 +245,11 @@ class Report(Figures):
     not_run: list[NotRun]
     examples: dict[str, list[Example]]
     completeness: Completeness | None = None
+    kind: str = "run"  # runs.kind: run | nightly | online | mcp
+    # online runs (SPEC §16): each arm against the control, unpaired, by subject,
+    # always-valid; `online_note` says why there are none
+    online: list[ComparisonFigures] = field(default_factory=list)
+    online_note: str | None = None
 
     def arm(self, arm_id: str) -> ArmFigures:
         return next(a for a in self.arms if a.arm_id == arm_id)

@@ -51,6 +51,7 @@ METRIC_WORDS = {
     "mean_score": "mean score",
     "latency": "latency",
     "cost": "cost",
+    "feedback": "feedback score",
 }
 RATIO_WORDS = {
     ("latency", "better"): "faster",
@@ -609,3 +610,35 @@ def cell_html(cell: Cell) -> str:
 def cell_markdown(cell: Cell) -> str:
     text = cell.text + (f" ({cell.note})" if cell.note else "")
     return text.replace("|", "\\|")
+
+
+ONLINE_NOTE = (
+    "Live traffic: each arm's requests against the control's, unpaired, with the subject "
+    "(the keyed hash of the request's user) as the unit, so a heavy user counts once. A "
+    "request counts for the arm it was assigned, whoever answered it (a fallback's answer "
+    "included). The intervals and p-values are always valid: they hold however often the "
+    "report is read while traffic arrives, so looking every day does not inflate false "
+    "claims (docs/online-statistics.md). They do not protect against a changed spec or "
+    "split mid-run, nor against subjects that are not independent."
+)
+ONLINE_HEADERS = [
+    "arm",
+    "metric",
+    "estimate",
+    "always-valid 95% CI",
+    "subjects",
+    "p (always valid)",
+    "verdict",
+]
+
+
+def online_row(c: ComparisonFigures) -> list[Cell]:
+    return [
+        Cell(c.arm_id),
+        Cell(METRIC_WORDS[c.metric]),
+        Cell(estimate_text(c)),
+        Cell(interval_text(c)),
+        Cell(str(c.n_units)),
+        Cell(fmt(c.p_value, ".3g")),
+        Cell(verdict_word(c), css=verdict_css(c)),
+    ]
