@@ -16,10 +16,11 @@ import secrets
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from ..errors import CallError, EnvironmentFailure, InvalidInput, StoreWriteError
 from ..providers.base import Usage
@@ -118,50 +119,65 @@ def _release_run_memory(plan: Plan) -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+@dataclass
+class RunOptions:
+    """How to run a spec: everything `run_experiment` takes besides the spec, in one
+    place (`abharness run`'s flags, nightly's and the MCP server's settings)."""
+
+    db: Path | None = None  # the main database (default: `default_db`)
+    allow_changed_prompts: bool = False  # run a name@N whose content changed
+    skip_unavailable: bool = False  # leave out arms that cannot run here, not refuse
+    on_call: Callable[[CallRecord], None] | None = None  # every record, as it is written
+    on_start: Callable[[int], None] | None = None  # the calls to make, once known
+    use_cache: bool = True  # the response cache (off for nightly and --no-cache)
+    resume: str | None = None  # a run id, or 'last': finish that run
+    concurrency: int | None = None  # cap on calls in flight per endpoint
+    policy: RetryPolicy | None = None  # retries and circuit breakers (tests shorten them)
+    merge_attempts: int = 10  # tries to get the main database's lock at the end
+    kind: str = "run"  # runs.kind: run | nightly | mcp
+    prepared: tuple[Plan, list[str]] | None = None  # `prepare`'s result, if already checked
+    batch: bool = False  # --batch: every arm that can runs in batch mode
+    on_batch: Callable[[Tracked], None] | None = None  # every change of a batch's state
+    batch_deadline_s: float | None = None  # stop polling batches after this long
+
+
 def run_experiment(
     spec_path: str | Path | None = None,
-    *,
-    db: Path | None = None,
-    allow_changed_prompts: bool = False,
-    skip_unavailable: bool = False,
-    on_call: Callable[[CallRecord], None] | None = None,
-    on_start: Callable[[int], None] | None = None,
-    use_cache: bool = True,
-    resume: str | None = None,
-    concurrency: int | None = None,
-    policy: RetryPolicy | None = None,
-    merge_attempts: int = 10,
-    kind: str = "run",
-    prepared: tuple[Plan, list[str]] | None = None,
-    batch: bool = False,
-    on_batch: Callable[[Tracked], None] | None = None,
-    batch_deadline_s: float | None = None,
+    options: RunOptions | None = None,
+    /,
+    **overrides: Any,
 ) -> Outcome:
-    """Run `spec_path`, or with `resume` (a run id or 'last') finish an earlier run.
-    `kind` is recorded in ``runs.kind`` (``nightly`` for `abharness nightly`);
-    `prepared` is `prepare`'s result when the caller has already checked the spec.
+    """Run `spec_path`, or with ``options.resume`` (a run id or 'last') finish an earlier
+    run. ``options.kind`` is recorded in ``runs.kind`` (``nightly`` for `abharness
+    nightly`); ``prepared`` is `prepare`'s result when the caller has already checked the
+    spec. `overrides` are `RunOptions` fields by name (``db=..., use_cache=False``),
+    replacing those of `options`; an unknown name is a TypeError.
 
-    `batch` is ``--batch``; a resumed run runs its arms as it first did. `on_batch`
-    hears of every change of a batch's state; `batch_deadline_s` stops polling after
+    ``batch`` is ``--batch``; a resumed run runs its arms as it first did. ``on_batch``
+    hears of every change of a batch's state; ``batch_deadline_s`` stops polling after
     that long (the batches run on; resume collects them).
 
     Raises `InvalidInput` (nothing written) for a bad spec, and for arms that cannot
-    run here (an API key unset) unless `skip_unavailable` leaves them out."""
-    db = db or default_db()
+    run here (an API key unset) unless ``skip_unavailable`` leaves them out."""
+    o = replace(options or RunOptions(), **overrides)
+    return _run(spec_path, o, o.db or default_db())
+
+
+def _run(spec_path: str | Path | None, o: RunOptions, db: Path) -> Outcome:
     check_main_db(db)  # a junk, foreign or newer database is refused before anything is paid
     skip: set[str] = set()
-    if resume is not None:
-        run_id, recorded_path, recorded_hash, leftover, batched = _find_resumable(resume, db)
+    if o.resume is not None:
+        run_id, recorded_path, recorded_hash, leftover, batched = _find_resumable(o.resume, db)
         spec_path = recorded_path
         plan, warnings = prepare(
-            spec_path, db, allow_changed_prompts=allow_changed_prompts, batch=batched
+            spec_path, db, allow_changed_prompts=o.allow_changed_prompts, batch=batched
         )
         if plan.spec.hash != recorded_hash:
             raise InvalidInput(
                 f"the spec changed since run {run_id} started; resume needs the same spec",
                 file=spec_path,
             )
-        plan.drop_unavailable(skip_unavailable)
+        plan.drop_unavailable(o.skip_unavailable)
         warm = _warm_up(plan)
         if leftover is not None:
             store = Store(leftover)
@@ -172,18 +188,18 @@ def run_experiment(
         store.update_run(run_id, status="running")
     else:
         assert spec_path is not None
-        plan, warnings = prepared or prepare(
-            spec_path, db, allow_changed_prompts=allow_changed_prompts, batch=batch
+        plan, warnings = o.prepared or prepare(
+            spec_path, db, allow_changed_prompts=o.allow_changed_prompts, batch=o.batch
         )
-        not_run = plan.drop_unavailable(skip_unavailable)
+        not_run = plan.drop_unavailable(o.skip_unavailable)
         warm = _warm_up(plan)
         run_id = new_run_id()
         store = Store(staging_dir(db) / f"{run_id}.duckdb")
-        record_start(store, plan, run_id, not_run, kind)
-    if on_start:
-        on_start(plan.n_calls - len(skip))
+        record_start(store, plan, run_id, not_run, o.kind)
+    if o.on_start:
+        o.on_start(plan.n_calls - len(skip))
     cache: ResponseCache | None = None
-    if use_cache:
+    if o.use_cache:
         cache, why_not = open_cache(db.parent / "cache.duckdb")
         if why_not:
             warnings.append(why_not)
@@ -192,13 +208,13 @@ def run_experiment(
         plan,
         store,
         run_id,
-        on_call=on_call,
+        on_call=o.on_call,
         cache=cache,
         skip=skip,
-        concurrency=concurrency,
-        policy=policy,
-        on_batch=on_batch,
-        batch_deadline_s=batch_deadline_s,
+        concurrency=o.concurrency,
+        policy=o.policy,
+        on_batch=o.on_batch,
+        batch_deadline_s=o.batch_deadline_s,
     )
     try:
         stats = asyncio.run(runner.run())
@@ -223,7 +239,7 @@ def run_experiment(
     staging = store.path
     store.close()
     try:
-        merged = merge(staging, db, attempts=merge_attempts)
+        merged = merge(staging, db, attempts=o.merge_attempts)
     except EnvironmentFailure as exc:  # the run is whole in its staging file
         merged = MergeResult(False, {}, str(exc), failed=True)
     except KeyboardInterrupt:  # the merge is one transaction: rolled back, nothing lost
