@@ -274,3 +274,25 @@ def test_the_subject_hash_is_keyed_and_stable(
 def test_the_rate_limiter_is_a_token_bucket(ticks: list[float], expected: list[float]) -> None:
     limiter = RateLimiter(2)  # 2 a minute: one token every 30 s
     assert [limiter.admit(b"k", now=t) for t in ticks] == pytest.approx(expected)
+
+
+def test_serve_refuses_bad_input_in_one_line_before_listening(
+    tmp_path: Path, upstream: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from abharness.entry import cli
+
+    spec = serve_spec(tmp_path, upstream.url, "  split: {control: 1}\n  keys_env: NO_SUCH_KEYS\n")
+    monkeypatch.delenv("NO_SUCH_KEYS", raising=False)
+    out = CliRunner().invoke(cli, ["serve", str(spec), "--db", str(tmp_path / "ab.duckdb")])
+    assert out.exit_code == 1
+    assert "serve.keys_env: the environment variable NO_SUCH_KEYS holds no keys" in out.output
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(
+        spec.read_text().split("serve:")[0] + "cases: [{id: a, x: 1}]\nprompt: p\n",
+        encoding="utf-8",
+    )
+    out = CliRunner().invoke(cli, ["serve", str(plain), "--db", str(tmp_path / "ab.duckdb")])
+    assert out.exit_code == 1 and "no serve: section" in out.output
+    assert not (tmp_path / "ab.duckdb").exists() and not (tmp_path / "staging").exists()
