@@ -192,6 +192,11 @@ class Gateway:
         except Refused as refused:
             status = refused.status
             return refused.response()
+        except Exception as exc:  # a bug of ours: still an OpenAI-shaped answer, and logged
+            log.exception("request failed")
+            return Refused(
+                500, f"internal error: {type(exc).__name__}", "api_error", "internal_error"
+            ).response()
         finally:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - began)
