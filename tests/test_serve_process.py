@@ -3,6 +3,7 @@ the official `openai` client, the loopback fake upstream; SIGTERM and kill -9.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,8 @@ import httpx
 import openai
 import pytest
 from scipy.stats import binomtest
+
+from abharness.report.online import sequential
 
 from .fake_server import FakeServer, Fault
 from .test_serve import CHAT, KEY, serve_spec
@@ -175,6 +178,24 @@ def test_done_when_a_thousand_requests_from_a_hundred_subjects(
     feedback = rows(db, "SELECT count(*), avg(value) FROM scores WHERE scorer = 'feedback'")
     assert feedback == [(50, 0.5)]
     assert rows(db, "SELECT kind, status, total_calls FROM runs") == [("online", "completed", 2000)]
+    # the online report compares each arm with the control, the subject as the unit
+    run_id = rows(db, "SELECT run_id FROM runs")[0][0]
+    out = subprocess.run(
+        [ABHARNESS, "report", run_id, "--db", str(db), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["kind"] == "online" and report["comparisons"] == []
+    if sequential() is None:
+        assert "report/sequential.py" in report["online_note"]
+    else:
+        by = {(c["arm_id"], c["metric"]): c for c in report["online"]}
+        assert {m for a, m in by if a == "treatment"} >= {"feedback", "latency", "cost"}
+        assert by[("treatment", "latency")]["n_units"] == treated  # subjects, not requests
+        assert by[("candidate", "latency")]["n_units"] == 100  # the shadow saw everyone
 
 
 def test_sigterm_drains_the_requests_in_flight(tmp_path: Path, upstream: FakeServer) -> None:
