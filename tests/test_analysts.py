@@ -114,6 +114,9 @@ def test_parquet_export_reads_back_row_for_row_and_is_idempotent(database, tmp_p
     try:
         for table in TABLES:
             original = con.execute(f"SELECT * FROM {table}").df()
+            if len(original) == 0:  # batches: no run here used batch mode
+                assert not list((out / table).iterdir()), table
+                continue
             key = [
                 c
                 for c in ("run_id", "arm_id", "case_id", "call_id", "scorer")

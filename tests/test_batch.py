@@ -21,6 +21,7 @@ from abharness.report.build import build_report
 from abharness.report.markdown import render_markdown
 from abharness.run.experiment import run_experiment
 from abharness.store.batches import read_snapshot
+from abharness.store.export import export_parquet
 from abharness.store.queries import Results
 from abharness.store.records import Usage
 
@@ -133,6 +134,10 @@ def test_a_two_arm_batch_run_stores_every_call_once_with_exact_usage_at_half_pri
         ("claude", "ended", 8, True),
         ("gpt", "ended", 8, True),
     ]
+    # analysts' Parquet carries the batches with the calls
+    with Results(db) as results:
+        written = export_parquet(results, tmp_path / "parquet")
+    assert (written["batches"], written["batch_calls"]) == (2, 16)
     # the report says so and compares no latency; the cost still is
     with Results(db) as results:
         report = build_report(results, out.run_id)
@@ -145,6 +150,7 @@ def test_a_two_arm_batch_run_stores_every_call_once_with_exact_usage_at_half_pri
     assert next(c for c in report.comparisons if c.metric == "cost").compared
 
 
+@pytest.mark.slow
 def test_expired_and_retryable_requests_go_into_new_batches_at_most_twice(
     tmp_path: Path, server: FakeServer
 ) -> None:
@@ -453,6 +459,7 @@ def test_the_cost_cap_reserves_every_batched_calls_worst_case_before_submitting(
     assert sum(r["cost_usd"] or 0 for r in rows) <= 0.00009
 
 
+@pytest.mark.slow
 def test_raw_completion_goes_to_the_completions_batch_endpoint_and_resumes_elsewhere(
     tmp_path: Path, server: FakeServer
 ) -> None:

@@ -94,6 +94,7 @@ def test_a_black_hole_endpoint_ends_its_arm_in_seconds(tmp_path: Path, black_hol
     assert out.failures and f"endpoint {black_hole} down" in out.failures[0]
 
 
+@pytest.mark.slow
 def test_a_broken_model_never_stops_a_healthy_one_on_the_same_endpoint(tmp_path: Path) -> None:
     """Before: five cut streams from one model opened the circuit of the whole base URL
     and the healthy model's calls were not made."""
@@ -198,6 +199,7 @@ def test_a_server_killed_mid_run_ends_incomplete_and_resume_finishes_it(tmp_path
     assert len(calls(db)) == 200 and all(r["status"] == "ok" for r in calls(db))
 
 
+@pytest.mark.slow
 def test_a_nightly_whose_endpoint_is_gone_exits_4_and_says_how_to_resume(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

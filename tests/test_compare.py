@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from abharness.cli.main import cli
@@ -39,6 +40,7 @@ def compare(db: Path, a: str, b: str) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.output) if result.output.startswith("{") else {}
 
 
+@pytest.mark.slow
 def test_a_significant_drop_and_a_slowdown_fail_the_gates(project: Path, fake_provider) -> None:
     many_cases(project)
     spec = project / "experiments/spec.yaml"
@@ -69,6 +71,7 @@ def test_a_significant_drop_and_a_slowdown_fail_the_gates(project: Path, fake_pr
     )  # the fake arms have no price
 
 
+@pytest.mark.slow
 def test_compare_needs_the_same_cases(project: Path, fake_provider) -> None:
     db = project / "r.duckdb"
     first = run_experiment("experiments/spec.yaml", db=db)

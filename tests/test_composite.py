@@ -187,6 +187,7 @@ def test_a_route_does_not_fall_back_on_what_it_was_not_told_to(tmp_path: Path) -
     assert asked["m-c"] == 0  # a 400 is not in fallback_on: the backup was never asked
 
 
+@pytest.mark.slow
 def test_the_panels_cost_cap_holds_its_whole_worst_case_before_any_part(tmp_path: Path) -> None:
     with FakeServer(answers) as server:
         spec = project(tmp_path, server.url, PANEL, cases=20, extra="max_cost_usd: 0.5")

@@ -107,6 +107,7 @@ def test_tier_defaults_only_on_the_providers_own_urls(monkeypatch) -> None:
     assert make_provider("anthropic").rate_limits() == (50, 50_000)
 
 
+@pytest.mark.slow
 def test_a_custom_endpoint_without_rpm_is_not_throttled_to_a_tier(
     tmp_path, server, monkeypatch
 ) -> None:

@@ -114,6 +114,7 @@ def run_nightly(folder: Path, db: Path) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_two_clean_nights_pass_and_a_worse_arm_fails_naming_the_gate(
     tmp_path, server, nights, monkeypatch
 ) -> None:
@@ -451,6 +452,7 @@ def test_the_drop_validate_says_a_gate_catches_is_caught_80_percent_of_the_time(
     assert 0.72 <= caught / 400 <= 0.88, (catch.detectable, caught / 400)
 
 
+@pytest.mark.slow
 def test_compare_and_the_nightly_page_say_what_each_gate_catches(
     tmp_path, server, nights, monkeypatch
 ) -> None:

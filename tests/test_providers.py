@@ -58,6 +58,7 @@ def request(kind: str, stream: bool, raw: bool = False) -> ProviderRequest:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
 @pytest.mark.parametrize("stream", [True, False])
 async def test_usage_is_exactly_what_the_server_sent(

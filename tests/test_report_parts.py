@@ -34,6 +34,7 @@ def key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_KEY", "k")
 
 
+@pytest.mark.slow
 def test_panel_against_each_member_and_route_fallbacks(tmp_path: Path) -> None:
     with FakeServer(answers) as server:
         spec = project(tmp_path, server.url, PANEL + ROUTE)
@@ -75,6 +76,7 @@ def test_panel_against_each_member_and_route_fallbacks(tmp_path: Path) -> None:
     assert "Composite arms" in html and "Fallback rate 100.0%" in html
 
 
+@pytest.mark.slow
 def test_an_incomplete_run_says_what_is_missing_and_how_to_finish(tmp_path: Path) -> None:
     with FakeServer(answers) as server:
         out = run_experiment(project(tmp_path, server.url, ""), db=tmp_path / "r.duckdb")

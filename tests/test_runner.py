@@ -114,6 +114,7 @@ def test_auth_failure_stops_the_endpoint_after_one_call(project: Path, fake_prov
     )
 
 
+@pytest.mark.slow
 def test_max_error_rate_lets_a_few_errors_pass(project: Path, fake_provider) -> None:
     spec = project / "experiments/spec.yaml"
     spec.write_text(spec.read_text() + "max_error_rate: 0.2\n")

@@ -107,6 +107,7 @@ def comparison(report: dict[str, Any], metric: str = "pass_rate") -> dict[str, A
     return next(c for c in report["comparisons"] if c["metric"] == metric)
 
 
+@pytest.mark.slow
 def test_repeats_of_a_case_count_once(tmp_path, server, truth, monkeypatch) -> None:
     """3 of 20 cases differ; five identical repeats (temperature 0) change nothing:
     the old pairing of (case, repeat) rows gave p = 6e-5 and 'better'."""
@@ -141,6 +142,7 @@ def test_every_call_failed_in_both_arms_is_not_compared(tmp_path, server, monkey
     assert "**not compared**: every call failed in both arms" in md
 
 
+@pytest.mark.slow
 def test_calls_never_made_are_left_out_not_failed(tmp_path, server, truth, monkeypatch) -> None:
     """The cost cap stops dispatch part-way: cases the candidate never reached are left
     out of the comparison (and counted), not scored as failures."""
@@ -181,6 +183,7 @@ def test_an_arm_without_calls_does_not_crash_the_report(tmp_path, server, monkey
     assert not c["compared"] and c["reason"] == "arm-b made no call"
 
 
+@pytest.mark.slow
 def test_a_scorer_error_neither_passes_nor_scores(tmp_path, server, monkeypatch) -> None:
     write(
         tmp_path / "fussy.py",
@@ -214,6 +217,7 @@ def test_latency_ratio_gets_an_interval_and_a_verdict(tmp_path, server, truth, m
     assert "`arm-b` is **slower** than `arm-a` on latency" in written_report(out).read_text()
 
 
+@pytest.mark.slow
 def test_the_report_is_the_same_at_the_end_of_the_run_and_later(
     tmp_path, server, truth, monkeypatch
 ) -> None:
@@ -239,6 +243,7 @@ def test_the_report_is_the_same_at_the_end_of_the_run_and_later(
     assert again.replace(database_line, "") == first
 
 
+@pytest.mark.slow
 def test_html_highlights_only_the_verdict_and_escapes_whole_entities(
     tmp_path, server, truth, monkeypatch
 ) -> None:
@@ -255,6 +260,7 @@ def test_html_highlights_only_the_verdict_and_escapes_whole_entities(
     assert "&amp;" in html and "&a<" not in html and "&am<" not in html
 
 
+@pytest.mark.slow
 def test_examples_are_the_differing_calls_arm_passes_first(
     tmp_path, server, truth, monkeypatch
 ) -> None:
@@ -296,6 +302,7 @@ def test_report_json_is_json(tmp_path, server, monkeypatch) -> None:
     }
 
 
+@pytest.mark.slow
 def test_clusters_are_the_unit_when_the_spec_names_one(
     tmp_path, server, truth, monkeypatch
 ) -> None:
@@ -341,7 +348,7 @@ def test_the_outcomes_strip_bins_many_cases_and_says_what_a_cell_holds() -> None
     outcomes = [[f"c{i:04d}", "win" if i % 10 == 0 else "tie"] for i in range(2000)]
     svg = outcomes_chart([_arm("b", outcomes)], "a")
     assert svg.count("<rect") == OUTCOME_CELLS
-    assert "cases c0000 … c0003: 1 wins, 0 losses, 3 ties against a" in svg
+    assert "cases c0000 … c0003: 1 win, 3 ties, 0 losses against a" in svg
     assert "each cell is 4 cases" in svg
     few = outcomes_chart([_arm("b", outcomes[:3])], "a")
     assert few.count("<rect") == 3 and "case c0001: tie against a" in few
@@ -383,6 +390,7 @@ def test_an_arm_that_failed_every_call_does_not_make_the_other_better_silently(
     )
 
 
+@pytest.mark.slow
 def test_a_difference_errors_alone_explain_says_so(tmp_path, server, monkeypatch) -> None:
     """arm-b answers as well as arm-a but its endpoint rejects 8 of 30 cases: 'worse',
     with its error rate and the cases without errors (no difference there) named."""
@@ -397,6 +405,7 @@ def test_a_difference_errors_alone_explain_says_so(tmp_path, server, monkeypatch
     )
 
 
+@pytest.mark.slow
 def test_few_errors_that_do_not_change_the_verdict_add_no_caveat(
     tmp_path, server, truth, monkeypatch
 ) -> None:
@@ -418,6 +427,7 @@ def _cost(path: Path, db: Path) -> tuple[dict[str, Any], str]:
     return c, written_report(out).read_text()
 
 
+@pytest.mark.slow
 def test_cost_0_in_both_arms_says_so(tmp_path, server, monkeypatch) -> None:
     path = spec(tmp_path, server, monkeypatch, n_cases=4)
     path.write_text(
@@ -433,12 +443,15 @@ def test_cost_0_in_both_arms_says_so(tmp_path, server, monkeypatch) -> None:
     assert "fewer than 2 cases" not in md
 
 
+@pytest.mark.slow
 def test_cost_of_a_run_answered_from_the_cache_is_0_in_both(tmp_path, server, monkeypatch) -> None:
     path = spec(tmp_path, server, monkeypatch, n_cases=4)
     _cost(path, tmp_path / "r.duckdb")
     c, md = _cost(path, tmp_path / "r.duckdb")  # the same calls again: every one cached
     assert c["label"] == "0 in both"
     assert "on cost: **0 in both**: every call answered from the cache in both arms." in md
+    # and latency says why no case was timed, with the fix
+    assert "calls of arm-a came from the cache, which is not timed; `--no-cache` times them" in md
 
 
 def test_cost_without_a_price_is_not_compared(tmp_path, server, monkeypatch) -> None:
@@ -468,6 +481,7 @@ def _target(case: str) -> str:
     return f"the answer to question {case} is {case}-blue-lighthouse"[:45].ljust(45, ".")
 
 
+@pytest.mark.slow
 def test_a_uniform_4_point_similarity_gain_on_30_cases_is_called_better(
     tmp_path, server, monkeypatch
 ) -> None:

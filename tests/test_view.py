@@ -236,6 +236,7 @@ def test_view_warns_when_it_listens_beyond_this_machine(run, monkeypatch) -> Non
     assert missing.exit_code == 1 and "no database" in missing.output
 
 
+@pytest.mark.slow
 def test_a_run_merges_while_the_view_is_open(run, tmp_path) -> None:
     """The view opens the database for each request and closes it after: a run that
     ends while someone is looking merges at once, and the next page shows it."""

@@ -194,15 +194,7 @@ def _comparisons(
                 comp.excluded = excluded
             results[metric][arm] = comp
         for metric in RATIO_METRICS:
-            in_batch = [a for a in (arm, baseline) if a in batched]
-            if metric == "cost":
-                unmeasured = _zero_or_unknown_cost(mine, base, arm, baseline)
-            elif in_batch:
-                why = f"latency not measured: {in_batch[0]} ran in batch mode"
-                unmeasured = not_compared(metric, why)
-            else:
-                unmeasured = None
-            comp = unmeasured or compare_ratio(mine[metric], base[metric], metric)
+            comp = _ratio(metric, mine, base, arm, baseline, batched)
             comp.excluded = excluded
             results[metric][arm] = comp
         diff = (mine["passed"] - base["passed"]).sort_index()
@@ -224,6 +216,45 @@ def _comparisons(
             why = explained_by_errors(c, column, mine, base, cl, high - low, low)
             c.caveats += [why] if why else []
     return out, outcomes
+
+
+def _ratio(
+    metric: str,
+    mine: pd.DataFrame,
+    base: pd.DataFrame,
+    arm: str,
+    baseline: str,
+    batched: frozenset[str] = frozenset(),
+) -> Comparison:
+    """Latency or cost of `arm` as a ratio to `baseline`'s, or why it is not compared:
+    a cost that is 0 or unknown, an arm run in batch mode (no latency), few timed cases
+    because calls came from the cache."""
+    if metric == "cost":
+        return _zero_or_unknown_cost(mine, base, arm, baseline) or compare_ratio(
+            mine[metric], base[metric], metric
+        )
+    in_batch = [a for a in (arm, baseline) if a in batched]
+    if in_batch:
+        return not_compared(metric, f"latency not measured: {in_batch[0]} ran in batch mode")
+    comp = compare_ratio(mine[metric], base[metric], metric)
+    if not comp.compared:
+        comp.reason = f"{comp.reason}{_cached_note(mine, base, arm, baseline)}"
+    return comp
+
+
+def _cached_note(mine: pd.DataFrame, base: pd.DataFrame, arm: str, baseline: str) -> str:
+    """Why few cases have a latency, when it is the response cache: cached calls are not
+    timed."""
+    notes = [
+        f"{int(rows['cached'].sum())} of {int(rows['calls'].sum())} calls of {who}"
+        for who, rows in ((arm, mine), (baseline, base))
+        if len(rows) and rows["cached"].sum()
+    ]
+    if not notes:
+        return ""
+    return (
+        f": {' and '.join(notes)} came from the cache, which is not timed; `--no-cache` times them"
+    )
 
 
 def _zero_or_unknown_cost(
@@ -367,14 +398,7 @@ def _members(db: Results, run_id: str, panels: list[ArmFigures], by_case: pd.Dat
                     comp.excluded = excluded
                 results[metric][m.arm_id] = comp
             for metric in RATIO_METRICS:
-                unmeasured = (
-                    _zero_or_unknown_cost(mine, base, panel.arm_id, m.arm_id)
-                    if metric == "cost"
-                    else None
-                )
-                results[metric][m.arm_id] = unmeasured or compare_ratio(
-                    mine[metric], base[metric], metric
-                )
+                results[metric][m.arm_id] = _ratio(metric, mine, base, panel.arm_id, m.arm_id)
         for metric in METRICS:
             compare_arms(results[metric])
         figures = []

@@ -187,10 +187,8 @@ def outcomes_chart(arms: list[ArmFigures], baseline: str) -> str:
             else:
                 net = counts["win"] - counts["loss"]
                 outcome = "win" if net > 0 else "loss" if net < 0 else "tie"
-                title = (
-                    f"cases {group[0][0]} … {group[-1][0]}: {counts['win']} wins, "
-                    f"{counts['loss']} losses, {counts['tie']} ties"
-                )
+                tally = w.tally_text(counts["win"], counts["tie"], counts["loss"])
+                title = f"cases {group[0][0]} … {group[-1][0]}: {tally}"
             parts.append(
                 f'<rect x="{left + i // per * cell}" y="{yy}" width="{cell - 1}" height="18" '
                 f'fill="{colors[outcome]}"><title>{escape(title)} against {escape(baseline)}'

@@ -41,6 +41,11 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
+def tally_text(wins: int, ties: int, losses: int) -> str:
+    """ "1 win, 3 ties, 0 losses": the cases' own directions, in words."""
+    return f"{plural(wins, 'win')}, {plural(ties, 'tie')}, {losses:,} loss{'' if losses == 1 else 'es'}"
+
+
 def counts(by_type: dict[str, int]) -> str:
     """'3 timeout, 1 server'."""
     return ", ".join(f"{n} {t}" for t, n in by_type.items())
@@ -118,7 +123,7 @@ def verdict_sentence(c: ComparisonFigures, margin: float, ratio_margin: float = 
     if not c.compared:
         return f"`{arm}` against `{base}` on {metric}: **{word}**: {c.reason}.{excluded_text(c)}"
     unit = "cases" if c.n_units == c.n_pairs else f"cases in {c.n_units} clusters"
-    tally = f"{c.wins} wins, {c.ties} ties, {c.losses} losses over {c.n_pairs} {unit}"
+    tally = f"{tally_text(c.wins, c.ties, c.losses)} over {c.n_pairs} {unit}"
     p = f"p = {c.p_adjusted:.2g} after Holm"
     effect = effect_text(c)
     ratio = c.scale == "ratio"

@@ -1,11 +1,12 @@
 """Hive-partitioned Parquet of the results tables, for engines other than DuckDB.
 
 ``DIR/<table>/experiment=<name>/date=<YYYY-MM-DD>/data_0.parquet`` for runs, arms,
-cases, calls and scores; the date is the run's start (UTC). Readable without
+cases, calls, scores, batches and batch_calls; the date is the run's start (UTC). Readable without
 abharness by DuckDB (``read_parquet('DIR/calls/**/*.parquet', hive_partitioning =
 true)``), pyarrow/pandas (``pd.read_parquet('DIR/calls')``) and Spark. Each table is
 written beside the old one and swapped in when complete, so re-exporting gives the
-same files and a failed export leaves the previous one whole.
+same files and a failed export leaves the previous one whole. An empty table (say
+``batches``, where no run used batch mode) is an empty folder.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def export_parquet(results: Results, out: Path) -> dict[str, int]:
             "cases": "run_id, case_id",
             "calls": "run_id, call_id",
             "scores": "run_id, call_id, scorer",
+            "batches": "run_id, batch_key",
+            "batch_calls": "run_id, batch_key, call_id",
         }[table]
         fresh = out / f".{table}-{uuid.uuid4().hex[:8]}"
         results.con.execute(
