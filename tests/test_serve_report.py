@@ -67,6 +67,17 @@ def test_frames_have_one_row_per_request_by_subject_in_arrival_order(tmp_path: P
     assert frames["candidate"]["feedback"]["value"].sum() + frames["control"]["feedback"][
         "value"
     ].sum() == pytest.approx(sum(i / 12 for i in range(12)))
+    with Results(s.db) as db:
+        traffic = {a.arm_id: a for a in build_report(db, s.session.run_id).online_arms}
+    n_candidate = 2 * sum(1 for a in served_by.values() if a == "candidate")
+    candidate = traffic["candidate"]
+    assert (candidate.requests, candidate.failed, candidate.answered_by_fallback) == (
+        n_candidate,
+        n_candidate,
+        n_candidate,
+    )
+    assert candidate.subjects == n_candidate // 2 and candidate.feedback == n_candidate
+    assert traffic["control"].failed == 0 and traffic["control"].requests == 12 - n_candidate
 
 
 def test_the_report_compares_each_arm_with_the_control_by_subject(tmp_path: Path) -> None:

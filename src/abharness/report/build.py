@@ -23,12 +23,13 @@ from .figures import (
     Example,
     MemberFigures,
     NotRun,
+    OnlineArmFigures,
     PartFigures,
     Report,
     RouteFigures,
 )
 from .flakiness import flakiness
-from .online import online_comparisons
+from .online import online_arms, online_comparisons
 from .stats import (
     ALPHA,
     EQUIVALENCE_MARGIN,
@@ -496,10 +497,12 @@ def build_report(db: Results, run_id: str) -> Report:
     kind = str(run.get("kind") or "run")
     online: list[ComparisonFigures] = []
     online_note = None
+    traffic: list[OnlineArmFigures] = []
     if kind == "online" and baseline is not None:
         # live traffic: arms never answer the same request, so nothing pairs by case
         decided_online, online_note = online_comparisons(db, run_id, baseline)
         online = [comparison_figures(arm, baseline, c) for arm, c in decided_online]
+        traffic = online_arms(db, run_id)
     elif baseline is not None:
         others = [a.arm_id for a in arm_list if a.arm_id != baseline]
         error_types = {a.arm_id: a.errors_by_type for a in arm_list}
@@ -537,6 +540,7 @@ def build_report(db: Results, run_id: str) -> Report:
         kind=kind,
         online=online,
         online_note=online_note,
+        online_arms=traffic,
     )
 
 

@@ -43,6 +43,7 @@ def render_markdown(r: Report, db_path: str | None = None) -> str:
             w.ONLINE_NOTE,
             "",
         ]
+        lines += _table(w.ONLINE_ARM_HEADERS, [w.online_arm_row(a) for a in r.online_arms]) + [""]
         if r.online:
             lines += _table(w.ONLINE_HEADERS, [w.online_row(c) for c in r.online])
         else:

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from ..store.queries import Results
+from .figures import OnlineArmFigures
 from .stats import Comparison
 
 Compare = Callable[..., Comparison]
@@ -116,7 +117,7 @@ def online_comparisons(
     if compare is None:
         return [], (
             "the always-valid comparison (report/sequential.py) is not in this build; the "
-            "per-arm figures below are descriptive only"
+            "per-arm figures here are descriptive only"
         )
     frames = online_frames(db, run_id)
     if control not in frames:
@@ -132,3 +133,38 @@ def online_comparisons(
                 continue  # nothing measured it yet (no feedback sent)
             out.append((arm, compare(metrics[metric], frames[control][metric], metric)))
     return out, None if out else "no arm but the control has answered a request yet"
+
+
+def online_arms(db: Results, run_id: str) -> list[OnlineArmFigures]:
+    """Per arm of an online run, assigned arms first: requests, subjects, failures, the
+    fallback's rescues and the feedback received."""
+    rows = db.con.execute(
+        """
+        SELECT c.arm_id, c.assignment, count(*) AS requests,
+               count(DISTINCT coalesce(c.subject_hash, 'request:' || c.case_id)) AS subjects,
+               count(*) FILTER (WHERE c.status <> 'ok') AS failed,
+               count(f.call_id) AS rescued,
+               count(s.value) AS feedback, avg(s.value) AS feedback_mean
+        FROM calls c
+        LEFT JOIN calls f ON f.parent_call_id = c.call_id AND f.assignment = 'fallback'
+             AND f.status = 'ok'
+        LEFT JOIN scores s ON s.call_id = coalesce(f.call_id, c.call_id) AND s.scorer = 'feedback'
+        WHERE c.run_id = ? AND c.assignment IN ('assigned', 'shadow')
+        GROUP BY c.arm_id, c.assignment
+        ORDER BY c.assignment, c.arm_id
+        """,
+        [run_id],
+    ).fetchall()
+    return [
+        OnlineArmFigures(
+            arm_id=r[0],
+            assignment=r[1],
+            requests=int(r[2]),
+            subjects=int(r[3]),
+            failed=int(r[4]),
+            answered_by_fallback=int(r[5]),
+            feedback=int(r[6]),
+            feedback_mean=None if r[7] is None else float(r[7]),
+        )
+        for r in rows
+    ]

@@ -21,6 +21,7 @@ from .figures import (
     Completeness,
     Example,
     MemberFigures,
+    OnlineArmFigures,
     Report,
 )
 from .limits import MIN_CALLS_FOR
@@ -646,4 +647,29 @@ def online_row(c: ComparisonFigures) -> list[Cell]:
         Cell(str(c.n_units)),
         Cell(fmt(c.p_value, ".3g")),
         Cell(verdict_word(c), css=verdict_css(c)),
+    ]
+
+
+ONLINE_ARM_HEADERS = [
+    "arm",
+    "assignment",
+    "requests",
+    "subjects",
+    "failed",
+    "answered by a fallback",
+    "feedback",
+    "mean feedback",
+]
+
+
+def online_arm_row(a: OnlineArmFigures) -> list[Cell]:
+    return [
+        Cell(a.arm_id),
+        Cell(a.assignment),
+        Cell(str(a.requests)),
+        Cell(str(a.subjects)),
+        Cell(str(a.failed)),
+        Cell(str(a.answered_by_fallback)),
+        Cell(str(a.feedback)),
+        Cell(fmt(a.feedback_mean, ".3f")),
     ]
