@@ -22,8 +22,6 @@ import openai
 import pytest
 from scipy.stats import binomtest
 
-from abharness.report.online import sequential
-
 from .fake_server import FakeServer, Fault
 from .test_serve import CHAT, KEY, serve_spec
 
@@ -189,13 +187,21 @@ def test_done_when_a_thousand_requests_from_a_hundred_subjects(
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["kind"] == "online" and report["comparisons"] == []
-    if sequential() is None:
-        assert "report/sequential.py" in report["online_note"]
-    else:
-        by = {(c["arm_id"], c["metric"]): c for c in report["online"]}
-        assert {m for a, m in by if a == "treatment"} >= {"feedback", "latency", "cost"}
-        assert by[("treatment", "latency")]["n_units"] == treated  # subjects, not requests
-        assert by[("candidate", "latency")]["n_units"] == 100  # the shadow saw everyone
+    by = {(c["arm_id"], c["metric"]): c for c in report["online"]}
+    assert {m for a, m in by if a == "treatment"} == {
+        *("feedback", "pass_rate", "mean_score", "latency", "cost")
+    }
+    latency = by[("treatment", "latency")]
+    # the unit is the subject: 100 subjects in the two arms, not 1,000 requests
+    assert latency["n_units"] == 100 and latency["n_pairs"] == min(treated, 100 - treated)
+    assert latency["compared"] and latency["ci_low"] < latency["diff"] < latency["ci_high"]
+    assert latency["p_adjusted"] is not None
+    # the shadow saw every subject; those of the control's are in both arms, and it says so
+    shadow = by[("candidate", "latency")]
+    assert shadow["n_units"] == 100 + (100 - treated)
+    assert any("not independent" in c for c in shadow["caveats"])
+    # identical upstream answers: no arm differs on the spec's scorer
+    assert by[("treatment", "pass_rate")]["verdict"] != "better"
 
 
 def test_sigterm_drains_the_requests_in_flight(tmp_path: Path, upstream: FakeServer) -> None:

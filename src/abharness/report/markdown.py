@@ -46,6 +46,7 @@ def render_markdown(r: Report, db_path: str | None = None) -> str:
         lines += _table(w.ONLINE_ARM_HEADERS, [w.online_arm_row(a) for a in r.online_arms]) + [""]
         if r.online:
             lines += _table(w.ONLINE_HEADERS, [w.online_row(c) for c in r.online])
+            lines += [""] + [f"- {w.online_sentence(c)}" for c in r.online]
         else:
             lines += [f"No comparison: {r.online_note}."]
     if r.not_run:

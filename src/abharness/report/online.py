@@ -32,7 +32,8 @@ import pandas as pd
 
 from ..store.queries import Results
 from .figures import OnlineArmFigures
-from .stats import Comparison
+from .sequential import sequential_compare
+from .stats import Comparison, compare_arms
 
 Compare = Callable[..., Comparison]
 
@@ -98,31 +99,16 @@ def online_frames(db: Results, run_id: str) -> dict[str, dict[str, pd.DataFrame]
     return out
 
 
-def sequential() -> Compare | None:
-    """`report.sequential.sequential_compare`, the always-valid comparison, or None
-    when this build has not got it."""
-    try:
-        from .sequential import sequential_compare  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return sequential_compare  # type: ignore[no-any-return,unused-ignore]
-
-
 def online_comparisons(
-    db: Results, run_id: str, control: str, compare: Compare | None = None
+    db: Results, run_id: str, control: str, compare: Compare = sequential_compare
 ) -> tuple[list[tuple[str, Comparison]], str | None]:
-    """Each other arm against `control` on every metric both have: (arm, comparison)
-    pairs, and a note when none could be made."""
-    compare = compare or sequential()
-    if compare is None:
-        return [], (
-            "the always-valid comparison (report/sequential.py) is not in this build; the "
-            "per-arm figures here are descriptive only"
-        )
+    """Each other arm against `control` on every metric either has, always-valid
+    (`sequential_compare`), Holm-adjusted across the arms of each metric and decided
+    (`stats.compare_arms`): (arm, comparison) pairs, and a note when none was made."""
     frames = online_frames(db, run_id)
     if control not in frames:
         return [], f"the control arm {control} has answered no request yet"
-    out = []
+    by_metric: dict[str, dict[str, Comparison]] = {}
     for arm, metrics in frames.items():
         if arm == control:
             continue
@@ -131,7 +117,14 @@ def online_comparisons(
                 continue
             if metrics[metric].empty and frames[control][metric].empty:
                 continue  # nothing measured it yet (no feedback sent)
-            out.append((arm, compare(metrics[metric], frames[control][metric], metric)))
+            found = compare(metrics[metric], frames[control][metric], metric)
+            by_metric.setdefault(metric, {})[arm] = found
+    out = [
+        (arm, c)
+        for metric in METRICS
+        if metric in by_metric
+        for arm, c in compare_arms(by_metric[metric], power=False).items()
+    ]
     return out, None if out else "no arm but the control has answered a request yet"
 
 

@@ -634,6 +634,7 @@ ONLINE_HEADERS = [
     "always-valid 95% CI",
     "subjects",
     "p (always valid)",
+    "p (Holm)",
     "verdict",
 ]
 
@@ -646,6 +647,7 @@ def online_row(c: ComparisonFigures) -> list[Cell]:
         Cell(interval_text(c)),
         Cell(str(c.n_units)),
         Cell(fmt(c.p_value, ".3g")),
+        Cell(fmt(c.p_adjusted, ".3g")),
         Cell(verdict_word(c), css=verdict_css(c)),
     ]
 
@@ -673,3 +675,18 @@ def online_arm_row(a: OnlineArmFigures) -> list[Cell]:
         Cell(str(a.feedback)),
         Cell(fmt(a.feedback_mean, ".3f")),
     ]
+
+
+def online_sentence(c: ComparisonFigures) -> str:
+    """An online comparison in words: the verdict, the always-valid interval, the
+    subjects it rests on, and its caveats."""
+    arm, base, metric = c.arm_id, c.baseline, METRIC_WORDS[c.metric]
+    word = verdict_word(c)
+    if not c.compared:
+        return f"`{arm}` against `{base}` on {metric}: **{word}**: {c.reason}."
+    p = fmt(c.p_adjusted, ".2g")
+    text = (
+        f"`{arm}` against `{base}` on {metric}: **{word}**: {effect_text(c)} "
+        f"(always valid), {c.n_units} subjects in the two arms; p = {p} after Holm."
+    )
+    return " ".join([text, *c.caveats])
