@@ -245,6 +245,15 @@ def test_after_kill_9_merge_finishes_what_was_acknowledged(
             client.chat.completions.create(model="live", messages=CHAT, user=f"s{i}").id
             for i in range(40)
         ]
+        # a merge while it serves leaves the live session's file alone, and says so
+        busy = subprocess.run(
+            [ABHARNESS, "merge", "--db", str(served.db)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert busy.returncode == 0, busy.stdout + busy.stderr
+        assert "in use by a running process" in busy.stdout
         served.proc.send_signal(signal.SIGKILL)
         served.proc.wait(10)
     finally:
