@@ -133,3 +133,6 @@ def test_the_report_compares_each_arm_with_the_control_by_subject(tmp_path: Path
     assert out.exit_code == 0, out.output
     markdown = Path(out.output.split("report: ")[1].split()[0]).read_text()
     assert "## Online: each arm against `control`, by subject" in markdown
+    html = Path(out.output.split("report: ")[1].split()[0]).with_suffix(".html").read_text()
+    assert "Online: each arm against <code>control</code>, by subject" in html
+    assert "answered by a fallback" in html and "not compared" in html
