@@ -52,7 +52,7 @@ from .arm import ArmPlan, CompositePlan
 from .assign import Assigner, SubjectKey
 from .costcap import CostCap
 from .endpoints import Endpoints
-from .executor import CallJob, Executor, NotStarted, call_id
+from .executor import CallJob, Executor, call_id
 from .plan import Plan, build_plan
 from .recorder import record_start
 from .retry import RetryPolicy
@@ -321,9 +321,8 @@ class OnlineSession:
         assert self.executor is not None and self.writer is not None
         try:
             record, response = await self.executor.execute(job)
-        except NotStarted:  # not raised here (stopping is never true), kept for safety
+        finally:  # stamped and dropped by `_finished`; a call cancelled mid-way leaves none
             self._meta.pop(job.call_id, None)
-            raise
         scores = []
         if response is not None:
             for scorer in self.scorers:
