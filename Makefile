@@ -86,6 +86,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.verdicts --runs 100
 	$(BIN)/python -m tests.benchmarks.evidence --runs 1000
 	$(BIN)/python -m tests.benchmarks.view
+	$(BIN)/python -m tests.benchmarks.serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

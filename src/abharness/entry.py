@@ -13,11 +13,13 @@ import sys
 
 from .cli.main import cli
 from .mcp.command import command as mcp_command
+from .serve.command import command as serve_command
 from .shell import EXIT_INTERRUPTED, err_console
 from .view.command import command as view_command
 
 cli.add_command(mcp_command)
 cli.add_command(view_command)
+cli.add_command(serve_command)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -21,9 +21,21 @@ def command(db: Path) -> None:
     if not leftovers:
         console.print("nothing to merge")
         return
+    from ..store.health import classify
+
     failed = 0
     for staging in leftovers:
-        result = merge(staging, db)
+        try:
+            result = merge(staging, db)
+        except Exception as exc:
+            if classify(exc) != "busy" or str(staging) not in str(exc):
+                raise
+            # its own process holds it: a run still going, or `abharness serve`
+            console.print(
+                f"skipped {staging.name}: in use by a running process (a run, or abharness "
+                "serve, which merges it itself)"
+            )
+            continue
         if result.merged:
             console.print(f"merged {staging.name}: {result.rows.get('calls', 0)} calls")
         else:

@@ -184,7 +184,7 @@ def _one(
     from ..report.build import write_report
     from ..report.compare import RunData, compare, nightly_default_gates
     from ..report.nightly import NightEntry
-    from ..run.experiment import prepare, resume_command, run_experiment
+    from ..run.experiment import RunOptions, prepare, resume_command, run_experiment
     from ..store.queries import Results
     from .compare import print_comparison
 
@@ -195,8 +195,7 @@ def _one(
         entry.batched = [a.id for a in plan.batched]
         previous, why = _previous(entry.experiment, [c.id for c in plan.cases()], db)
         console.print(f"[bold]{entry.experiment}[/] ({spec})")
-        outcome = run_experiment(
-            spec,
+        options = RunOptions(
             db=db,
             use_cache=False,
             kind="nightly",
@@ -204,6 +203,7 @@ def _one(
             prepared=(plan, warnings),  # checked once, above
             batch_deadline_s=max(deadline_s, 0.0),
         )
+        outcome = run_experiment(spec, options)
     except InvalidInput as exc:  # the spec, or an arm that cannot run here
         entry.problems.append(f"invalid spec, not run: {exc}")
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")

@@ -86,7 +86,7 @@ def command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..errors import InvalidInput
-    from ..run.experiment import resume_command, run_experiment
+    from ..run.experiment import RunOptions, resume_command, run_experiment
 
     if (spec is None) == (resume is None):
         raise InvalidInput(
@@ -135,8 +135,7 @@ def command(
         )
 
     try:
-        outcome = run_experiment(
-            spec,
+        options = RunOptions(
             db=db,
             allow_changed_prompts=allow_changed_prompts,
             skip_unavailable=skip_unavailable,
@@ -148,6 +147,7 @@ def command(
             batch=batch,
             on_batch=on_batch,
         )
+        outcome = run_experiment(spec, options)
     except StoreWriteError as exc:
         progress.stop()
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)

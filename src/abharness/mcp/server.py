@@ -28,7 +28,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from ..errors import AbharnessError, InvalidInput
 from ..report.build import build_report, to_json
 from ..report.markdown import render_markdown
-from ..run.experiment import dry_run, run_experiment
+from ..run.experiment import RunOptions, dry_run, run_experiment
 from ..spec.endpoints import BUILTIN_ENDPOINTS
 from ..spec.load import load_spec
 from ..store.health import first_line
@@ -182,7 +182,7 @@ def compare(
         (root / "prompts/mcp-synthesize").mkdir(parents=True)
         (root / "prompts/mcp-synthesize/v1.j2").write_text(SYNTH, encoding="utf-8")
         (root / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-        outcome = run_experiment(root / "spec.yaml", db=db, use_cache=False, kind="mcp")
+        outcome = run_experiment(root / "spec.yaml", RunOptions(db=db, use_cache=False, kind="mcp"))
     source = outcome.results_path
     with Results(source) as results:
         rows = results.con.execute(
@@ -277,7 +277,7 @@ def _run(spec: Path, db: Path, dry: bool, progress: Callable[[int, int], None]) 
             done += 1
             progress(done, total)
 
-    outcome = run_experiment(spec, db=db, on_start=started, on_call=finished)
+    outcome = run_experiment(spec, RunOptions(db=db, on_start=started, on_call=finished))
     return {
         "run_id": outcome.run_id,
         "status": outcome.status,

@@ -23,11 +23,13 @@ from .figures import (
     Example,
     MemberFigures,
     NotRun,
+    OnlineArmFigures,
     PartFigures,
     Report,
     RouteFigures,
 )
 from .flakiness import flakiness
+from .online import online_arms, online_comparisons
 from .stats import (
     ALPHA,
     EQUIVALENCE_MARGIN,
@@ -492,7 +494,16 @@ def build_report(db: Results, run_id: str) -> Report:
         _members(db, run_id, panels, by_case)
 
     comparisons: list[ComparisonFigures] = []
-    if baseline is not None:
+    kind = str(run.get("kind") or "run")
+    online: list[ComparisonFigures] = []
+    online_note = None
+    traffic: list[OnlineArmFigures] = []
+    if kind == "online" and baseline is not None:
+        # live traffic: arms never answer the same request, so nothing pairs by case
+        decided_online, online_note = online_comparisons(db, run_id, baseline)
+        online = [comparison_figures(arm, baseline, c) for arm, c in decided_online]
+        traffic = online_arms(db, run_id)
+    elif baseline is not None:
         others = [a.arm_id for a in arm_list if a.arm_id != baseline]
         error_types = {a.arm_id: a.errors_by_type for a in arm_list}
         decided, outcomes = _comparisons(
@@ -526,6 +537,10 @@ def build_report(db: Results, run_id: str) -> Report:
         not_run=not_run,
         examples=examples,
         completeness=completeness,
+        kind=kind,
+        online=online,
+        online_note=online_note,
+        online_arms=traffic,
     )
 
 

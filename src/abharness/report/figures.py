@@ -221,6 +221,20 @@ class Completeness(Figures):
 
 
 @dataclass
+class OnlineArmFigures(Figures):
+    """One arm of an online run: its traffic, as the online report counts it."""
+
+    arm_id: str
+    assignment: str  # assigned | shadow
+    requests: int
+    subjects: int  # distinct subject hashes (a request without one counts as its own)
+    failed: int  # requests whose own call failed
+    answered_by_fallback: int  # of those, answered by a fallback arm
+    feedback: int  # requests with a feedback score
+    feedback_mean: float | None
+
+
+@dataclass
 class Report(Figures):
     """A run's report: SPEC §9's JSON, and what every renderer formats."""
 
@@ -245,6 +259,12 @@ class Report(Figures):
     not_run: list[NotRun]
     examples: dict[str, list[Example]]
     completeness: Completeness | None = None
+    kind: str = "run"  # runs.kind: run | nightly | online | mcp
+    # online runs (SPEC §16): each arm against the control, unpaired, by subject,
+    # always-valid; `online_note` says why there are none
+    online: list[ComparisonFigures] = field(default_factory=list)
+    online_note: str | None = None
+    online_arms: list[OnlineArmFigures] = field(default_factory=list)
 
     def arm(self, arm_id: str) -> ArmFigures:
         return next(a for a in self.arms if a.arm_id == arm_id)

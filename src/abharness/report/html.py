@@ -272,6 +272,20 @@ def report_body(r: Report) -> str:
         out.append('<h2>Verdicts</h2><ul class="verdicts">')
         out += [f"<li>{sentence_html(c, r)}</li>" for c in r.verdicts()]
         out.append("</ul>")
+    if r.kind == "online":
+        out.append(f"<h2>Online: each arm against <code>{e(str(base))}</code>, by subject</h2>")
+        out.append(f"<p>{e(w.ONLINE_NOTE)}</p>")
+        out.append(table_html(w.ONLINE_ARM_HEADERS, [w.online_arm_row(a) for a in r.online_arms]))
+        if r.online:
+            out.append(table_html(w.ONLINE_HEADERS, [w.online_row(c) for c in r.online]))
+            out.append('<ul class="verdicts">')
+            out += [
+                f"<li>{w.marked_html(w.online_sentence(c), w.sentence_css(c))}</li>"
+                for c in r.online
+            ]
+            out.append("</ul>")
+        else:
+            out.append(f"<p>No comparison: {e(str(r.online_note))}.</p>")
     if r.not_run:
         out.append(f"<h2>Not run</h2><p>{e(w.NOT_RUN_NOTE)}</p><ul>")
         out += [f"<li><code>{e(n.arm_id)}</code>: {e(n.reason)}</li>" for n in r.not_run]

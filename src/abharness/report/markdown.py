@@ -35,6 +35,20 @@ def render_markdown(r: Report, db_path: str | None = None) -> str:
         lines += [
             f"- {w.verdict_sentence(c, r.equivalence_margin, r.ratio_margin)}" for c in r.verdicts()
         ]
+    if r.kind == "online":
+        lines += [
+            "",
+            f"## Online: each arm against `{r.baseline}`, by subject",
+            "",
+            w.ONLINE_NOTE,
+            "",
+        ]
+        lines += _table(w.ONLINE_ARM_HEADERS, [w.online_arm_row(a) for a in r.online_arms]) + [""]
+        if r.online:
+            lines += _table(w.ONLINE_HEADERS, [w.online_row(c) for c in r.online])
+            lines += [""] + [f"- {w.online_sentence(c)}" for c in r.online]
+        else:
+            lines += [f"No comparison: {r.online_note}."]
     if r.not_run:
         lines += ["", "## Not run", "", w.NOT_RUN_NOTE, ""]
         lines += [f"- `{n.arm_id}`: {n.reason}" for n in r.not_run]

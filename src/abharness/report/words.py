@@ -21,6 +21,7 @@ from .figures import (
     Completeness,
     Example,
     MemberFigures,
+    OnlineArmFigures,
     Report,
 )
 from .limits import MIN_CALLS_FOR
@@ -56,6 +57,7 @@ METRIC_WORDS = {
     "mean_score": "mean score",
     "latency": "latency",
     "cost": "cost",
+    "feedback": "feedback score",
 }
 RATIO_WORDS = {
     ("latency", "better"): "faster",
@@ -614,3 +616,77 @@ def cell_html(cell: Cell) -> str:
 def cell_markdown(cell: Cell) -> str:
     text = cell.text + (f" ({cell.note})" if cell.note else "")
     return text.replace("|", "\\|")
+
+
+ONLINE_NOTE = (
+    "Live traffic: each arm's requests against the control's, unpaired, with the subject "
+    "(the keyed hash of the request's user) as the unit, so a heavy user counts once. A "
+    "request counts for the arm it was assigned, whoever answered it (a fallback's answer "
+    "included). The intervals and p-values are always valid: they hold however often the "
+    "report is read while traffic arrives, so looking every day does not inflate false "
+    "claims (docs/online-statistics.md). They do not protect against a changed spec or "
+    "split mid-run, nor against subjects that are not independent."
+)
+ONLINE_HEADERS = [
+    "arm",
+    "metric",
+    "estimate",
+    "always-valid 95% CI",
+    "subjects",
+    "p (always valid)",
+    "p (Holm)",
+    "verdict",
+]
+
+
+def online_row(c: ComparisonFigures) -> list[Cell]:
+    return [
+        Cell(c.arm_id),
+        Cell(METRIC_WORDS[c.metric]),
+        Cell(estimate_text(c)),
+        Cell(interval_text(c)),
+        Cell(str(c.n_units)),
+        Cell(fmt(c.p_value, ".3g")),
+        Cell(fmt(c.p_adjusted, ".3g")),
+        Cell(verdict_word(c), css=verdict_css(c)),
+    ]
+
+
+ONLINE_ARM_HEADERS = [
+    "arm",
+    "assignment",
+    "requests",
+    "subjects",
+    "failed",
+    "answered by a fallback",
+    "feedback",
+    "mean feedback",
+]
+
+
+def online_arm_row(a: OnlineArmFigures) -> list[Cell]:
+    return [
+        Cell(a.arm_id),
+        Cell(a.assignment),
+        Cell(str(a.requests)),
+        Cell(str(a.subjects)),
+        Cell(str(a.failed)),
+        Cell(str(a.answered_by_fallback)),
+        Cell(str(a.feedback)),
+        Cell(fmt(a.feedback_mean, ".3f")),
+    ]
+
+
+def online_sentence(c: ComparisonFigures) -> str:
+    """An online comparison in words: the verdict, the always-valid interval, the
+    subjects it rests on, and its caveats."""
+    arm, base, metric = c.arm_id, c.baseline, METRIC_WORDS[c.metric]
+    word = verdict_word(c)
+    if not c.compared:
+        return f"`{arm}` against `{base}` on {metric}: **{word}**: {c.reason}."
+    p = fmt(c.p_adjusted, ".2g")
+    text = (
+        f"`{arm}` against `{base}` on {metric}: **{word}**: {effect_text(c)} "
+        f"(always valid), {c.n_units} subjects in the two arms; p = {p} after Holm."
+    )
+    return " ".join([text, *c.caveats])

@@ -11,33 +11,29 @@ import asyncio
 import contextlib
 import ctypes
 import gc
-import json
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..errors import CallError, EnvironmentFailure, InvalidInput, StoreWriteError
 from ..providers.base import Usage
 from ..spec.load import load_spec
-from ..spec.models import GenerationParams
 from ..store.cache import ResponseCache, open_cache
 from ..store.db import MergeResult, Store, merge, staging_dir
 from ..store.health import check_main_db
 from ..store.queries import Results, RunNotFound
 from ..store.records import CallRecord
-from .arm import ArmPlan, CompositePlan, parts_of
+from .arm import CompositePlan, parts_of
 from .batch import Tracked
 from .plan import Plan, build_plan, check_cases, check_prompt_versions, check_warnings
+from .recorder import record_start
 from .retry import RetryPolicy
 from .runner import Runner, RunStats
 
@@ -93,6 +89,12 @@ def prepare(
     ``--batch`` (every arm that can runs in batch mode)."""
     check_main_db(db, writing=False)
     spec = load_spec(spec_path)
+    x = spec.experiment
+    if x.dataset is None and x.cases is None:
+        raise InvalidInput(
+            "no dataset: or cases: to run; a spec with only serve: is for `abharness serve`",
+            file=spec.path,
+        )
     plan = build_plan(spec, batch=batch)
     check_cases(plan)
     warnings = check_prompt_versions(plan, db, allow_changed=allow_changed_prompts)
@@ -117,130 +119,65 @@ def _release_run_memory(plan: Plan) -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _git_sha(where: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+@dataclass
+class RunOptions:
+    """How to run a spec: everything `run_experiment` takes besides the spec, in one
+    place (`abharness run`'s flags, nightly's and the MCP server's settings)."""
 
-
-def _record_start(
-    store: Store,
-    plan: Plan,
-    run_id: str,
-    not_run: list[tuple[ArmPlan | CompositePlan, str]],
-    kind: str,
-) -> None:
-    spec = plan.spec
-    x = spec.experiment
-    store.insert(
-        "runs",
-        [
-            {
-                "run_id": run_id,
-                "experiment": x.name,
-                "description": x.description,
-                "status": "running",
-                "started_at": datetime.now(UTC).replace(tzinfo=None),
-                "spec_hash": spec.hash,
-                "spec_yaml": spec.source,
-                "spec_path": str(spec.path.resolve()),
-                "git_sha": _git_sha(spec.path.parent),
-                "harness_version": __version__,
-                "host": socket.gethostname(),
-                "total_calls": plan.n_calls,
-                "kind": kind,
-            }
-        ],
-    )
-    rows = [_arm_row(run_id, a, None) for a in plan.arms]
-    rows += [_arm_row(run_id, a, why) for a, why in not_run]
-    rows += [
-        _arm_row(run_id, p, None)
-        for a in plan.arms
-        if isinstance(a, CompositePlan)
-        for p in a.parts
-    ]
-    rows += [_arm_row(run_id, j, None) for j in plan.judges.values()]
-    store.insert("arms", [{**row, "position": i} for i, row in enumerate(rows)])
-
-
-def _arm_row(run_id: str, a: ArmPlan | CompositePlan, not_run: str | None) -> dict[str, Any]:
-    """The arm's row in ``arms``: a composite's provider is its kind (``panel``,
-    ``route``) and its model the list of its parts; each part has a row of its own."""
-    if isinstance(a, CompositePlan):
-        provider, endpoint, model = a.kind, None, a.describe()
-        tier = max(p.tier for p in a.parts)
-        params = a.arm.model_dump(exclude_none=True, include=set(GenerationParams.model_fields))
-    else:
-        provider, endpoint, model = a.endpoint_name, a.endpoint.base_url, a.model
-        tier, params = a.tier, a.params.model_dump(exclude_none=True)
-        params["mode"] = "batch" if a.batch else "live"  # as run: --batch included
-    return {
-        "run_id": run_id,
-        "arm_id": a.id,
-        "provider": provider,
-        "endpoint": endpoint,
-        "model": model,
-        "tier": tier,
-        "prompt_name": a.template.name,
-        "prompt_version": a.template.version,
-        "prompt_hash": a.template.hash,
-        "params_json": json.dumps(params),
-        "is_baseline": a.is_baseline,
-        "role": "arm" if isinstance(a, CompositePlan) else a.role,
-        "parent_arm_id": None if isinstance(a, CompositePlan) else a.parent,
-        "not_run_reason": not_run,
-    }
+    db: Path | None = None  # the main database (default: `default_db`)
+    allow_changed_prompts: bool = False  # run a name@N whose content changed
+    skip_unavailable: bool = False  # leave out arms that cannot run here, not refuse
+    on_call: Callable[[CallRecord], None] | None = None  # every record, as it is written
+    on_start: Callable[[int], None] | None = None  # the calls to make, once known
+    use_cache: bool = True  # the response cache (off for nightly and --no-cache)
+    resume: str | None = None  # a run id, or 'last': finish that run
+    concurrency: int | None = None  # cap on calls in flight per endpoint
+    policy: RetryPolicy | None = None  # retries and circuit breakers (tests shorten them)
+    merge_attempts: int = 10  # tries to get the main database's lock at the end
+    kind: str = "run"  # runs.kind: run | nightly | mcp
+    prepared: tuple[Plan, list[str]] | None = None  # `prepare`'s result, if already checked
+    batch: bool = False  # --batch: every arm that can runs in batch mode
+    on_batch: Callable[[Tracked], None] | None = None  # every change of a batch's state
+    batch_deadline_s: float | None = None  # stop polling batches after this long
 
 
 def run_experiment(
     spec_path: str | Path | None = None,
-    *,
-    db: Path | None = None,
-    allow_changed_prompts: bool = False,
-    skip_unavailable: bool = False,
-    on_call: Callable[[CallRecord], None] | None = None,
-    on_start: Callable[[int], None] | None = None,
-    use_cache: bool = True,
-    resume: str | None = None,
-    concurrency: int | None = None,
-    policy: RetryPolicy | None = None,
-    merge_attempts: int = 10,
-    kind: str = "run",
-    prepared: tuple[Plan, list[str]] | None = None,
-    batch: bool = False,
-    on_batch: Callable[[Tracked], None] | None = None,
-    batch_deadline_s: float | None = None,
+    options: RunOptions | None = None,
+    /,
+    **overrides: Any,
 ) -> Outcome:
-    """Run `spec_path`, or with `resume` (a run id or 'last') finish an earlier run.
-    `kind` is recorded in ``runs.kind`` (``nightly`` for `abharness nightly`);
-    `prepared` is `prepare`'s result when the caller has already checked the spec.
+    """Run `spec_path`, or with ``options.resume`` (a run id or 'last') finish an earlier
+    run. ``options.kind`` is recorded in ``runs.kind`` (``nightly`` for `abharness
+    nightly`); ``prepared`` is `prepare`'s result when the caller has already checked the
+    spec. `overrides` are `RunOptions` fields by name (``db=..., use_cache=False``),
+    replacing those of `options`; an unknown name is a TypeError.
 
-    `batch` is ``--batch``; a resumed run runs its arms as it first did. `on_batch`
-    hears of every change of a batch's state; `batch_deadline_s` stops polling after
+    ``batch`` is ``--batch``; a resumed run runs its arms as it first did. ``on_batch``
+    hears of every change of a batch's state; ``batch_deadline_s`` stops polling after
     that long (the batches run on; resume collects them).
 
     Raises `InvalidInput` (nothing written) for a bad spec, and for arms that cannot
-    run here (an API key unset) unless `skip_unavailable` leaves them out."""
-    db = db or default_db()
+    run here (an API key unset) unless ``skip_unavailable`` leaves them out."""
+    o = replace(options or RunOptions(), **overrides)
+    return _run(spec_path, o, o.db or default_db())
+
+
+def _run(spec_path: str | Path | None, o: RunOptions, db: Path) -> Outcome:
     check_main_db(db)  # a junk, foreign or newer database is refused before anything is paid
     skip: set[str] = set()
-    if resume is not None:
-        run_id, recorded_path, recorded_hash, leftover, batched = _find_resumable(resume, db)
+    if o.resume is not None:
+        run_id, recorded_path, recorded_hash, leftover, batched = _find_resumable(o.resume, db)
         spec_path = recorded_path
         plan, warnings = prepare(
-            spec_path, db, allow_changed_prompts=allow_changed_prompts, batch=batched
+            spec_path, db, allow_changed_prompts=o.allow_changed_prompts, batch=batched
         )
         if plan.spec.hash != recorded_hash:
             raise InvalidInput(
                 f"the spec changed since run {run_id} started; resume needs the same spec",
                 file=spec_path,
             )
-        plan.drop_unavailable(skip_unavailable)
+        plan.drop_unavailable(o.skip_unavailable)
         warm = _warm_up(plan)
         if leftover is not None:
             store = Store(leftover)
@@ -251,18 +188,18 @@ def run_experiment(
         store.update_run(run_id, status="running")
     else:
         assert spec_path is not None
-        plan, warnings = prepared or prepare(
-            spec_path, db, allow_changed_prompts=allow_changed_prompts, batch=batch
+        plan, warnings = o.prepared or prepare(
+            spec_path, db, allow_changed_prompts=o.allow_changed_prompts, batch=o.batch
         )
-        not_run = plan.drop_unavailable(skip_unavailable)
+        not_run = plan.drop_unavailable(o.skip_unavailable)
         warm = _warm_up(plan)
         run_id = new_run_id()
         store = Store(staging_dir(db) / f"{run_id}.duckdb")
-        _record_start(store, plan, run_id, not_run, kind)
-    if on_start:
-        on_start(plan.n_calls - len(skip))
+        record_start(store, plan, run_id, not_run, o.kind)
+    if o.on_start:
+        o.on_start(plan.n_calls - len(skip))
     cache: ResponseCache | None = None
-    if use_cache:
+    if o.use_cache:
         cache, why_not = open_cache(db.parent / "cache.duckdb")
         if why_not:
             warnings.append(why_not)
@@ -271,13 +208,13 @@ def run_experiment(
         plan,
         store,
         run_id,
-        on_call=on_call,
+        on_call=o.on_call,
         cache=cache,
         skip=skip,
-        concurrency=concurrency,
-        policy=policy,
-        on_batch=on_batch,
-        batch_deadline_s=batch_deadline_s,
+        concurrency=o.concurrency,
+        policy=o.policy,
+        on_batch=o.on_batch,
+        batch_deadline_s=o.batch_deadline_s,
     )
     try:
         stats = asyncio.run(runner.run())
@@ -302,7 +239,7 @@ def run_experiment(
     staging = store.path
     store.close()
     try:
-        merged = merge(staging, db, attempts=merge_attempts)
+        merged = merge(staging, db, attempts=o.merge_attempts)
     except EnvironmentFailure as exc:  # the run is whole in its staging file
         merged = MergeResult(False, {}, str(exc), failed=True)
     except KeyboardInterrupt:  # the merge is one transaction: rolled back, nothing lost

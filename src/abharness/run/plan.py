@@ -27,7 +27,8 @@ from ..errors import (
     SpecError,
     TemplateError,
 )
-from ..prompts.templates import PromptLibrary
+from ..prompts.client import ClientMessages
+from ..prompts.templates import PromptLibrary, PromptTemplate
 from ..prompts.tokenizers import release_encodings
 from ..providers import Provider, provider_class
 from ..spec.dataset import Case, check_dataset, iter_cases
@@ -138,10 +139,12 @@ class Plan:
         return iter_cases(self.spec.dataset_path(), x.cases, self.spec.path)
 
 
-def build_plan(spec: LoadedSpec, *, batch: bool = False) -> Plan:
+def build_plan(spec: LoadedSpec, *, batch: bool = False, online: bool = False) -> Plan:
     """Resolve templates, parameters, providers and scorers; raises `InvalidInput`.
     `batch` (``--batch``): every single-model arm whose provider has a batch API runs
-    in batch mode; the others run live, with a note saying why (`Plan.live_notes`)."""
+    in batch mode; the others run live, with a note saying why (`Plan.live_notes`).
+    `online` (`abharness serve`): the arms' prompts are the clients' messages, wrapped by
+    the arm's template if it has one (`prompts.client`)."""
     x = spec.experiment
     library = PromptLibrary(spec.prompts_dir)
     providers: dict[tuple[str, str], Provider] = {}
@@ -172,10 +175,21 @@ def build_plan(spec: LoadedSpec, *, batch: bool = False) -> Plan:
         parent: str | None = None,
     ) -> ArmPlan:
         assert arm.provider is not None and arm.model is not None
+        ref = arm.prompt or x.prompt
+        if ref is None and not online:  # a serve spec's arm may leave it to the client
+            raise SpecError(
+                f"arm {arm.id} has no prompt: it can be served (abharness serve), not run; "
+                "set prompt on the arm or at the top of the spec",
+                file=spec.path,
+                key=where,
+            )
         try:
-            template = library.resolve(spec.prompt_ref(arm))
+            template: PromptTemplate | None = library.resolve(ref) if ref else None
         except TemplateError as exc:
             raise TemplateError(f"{exc}", file=spec.path, key=where) from exc
+        if online and role in ("arm", "route"):
+            template = ClientMessages.around(template)
+        assert template is not None
         endpoint = spec.endpoint(arm)
         cls = provider_class(endpoint.type)
         key = (arm.provider, arm.model if cls.per_model else "")

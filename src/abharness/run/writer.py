@@ -101,6 +101,15 @@ class Writer:
             self._fail(exc)
             raise StoreWriteError(f"could not write to {self.store.path}: {exc}") from exc
 
+    async def beside(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(connection, *args)` in the writer's thread, between its inserts, like `now`;
+        but its failure is the caller's (a main database that is busy for a periodic
+        merge), not the store's: it raises as it is and the writer goes on."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._thread, functools.partial(fn, self.store.con, *args)
+        )
+
     async def close(self) -> None:
         await self.queue.put(None)
 

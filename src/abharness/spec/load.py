@@ -64,7 +64,12 @@ class LoadedSpec:
 
     @property
     def baseline(self) -> str:
-        return self.experiment.baseline or self.experiment.arms[0].id
+        """The arm every other is compared with: ``baseline:``, else (online) the first
+        arm of ``serve.split``, else the first arm."""
+        x = self.experiment
+        if x.baseline is None and x.serve is not None:
+            return next(iter(x.serve.split))
+        return x.baseline or x.arms[0].id
 
     def endpoint(self, arm: Arm) -> ProviderSpec:
         """The arm's endpoint: a spec `providers:` entry, else the built-in of that name.
@@ -184,7 +189,13 @@ def load_spec(path: str | Path, *, cwd: Path | None = None) -> LoadedSpec:
             raise fail(f"unknown judge provider {sc.provider!r}", "scorers", i, "provider")
     if x.baseline is not None and x.baseline not in seen:
         raise fail(f"baseline {x.baseline!r} is not an arm id; arms: {', '.join(seen)}", "baseline")
-    if (x.dataset is None) == (x.cases is None):
+    if x.serve is not None:
+        _check_serve(x, fail)
+    if x.dataset is not None and x.cases is not None:
+        raise fail(
+            "give exactly one of dataset: (a JSONL or CSV file) or cases: (a list)", "dataset"
+        )
+    if x.dataset is None and x.cases is None and x.serve is None:
         raise fail(
             "give exactly one of dataset: (a JSONL or CSV file) or cases: (a list)", "dataset"
         )
@@ -285,8 +296,48 @@ def _check_arm(arm: Arm, i: int, x: Experiment, fail: Any) -> None:
                 i,
                 *batched[0],
             )
-    if arm.prompt is None and x.prompt is None:
+    if arm.prompt is None and x.prompt is None and x.serve is None:
         raise fail("no prompt: set prompt on the arm or at the top of the spec", "arms", i)
+
+
+def _check_serve(x: Experiment, fail: Any) -> None:
+    """`serve:` names arms that exist and can answer a live request: one model or a
+    route (a panel's calls are not made online), an arm in one role only."""
+    assert x.serve is not None
+    arms = {a.id: a for a in x.arms}
+    roles: dict[str, str] = {}
+    lists: list[tuple[str, list[str]]] = [
+        ("split", list(x.serve.split)),
+        ("shadow", x.serve.shadow),
+        ("fallback", x.serve.fallback),
+    ]
+    for key, ids in lists:
+        for arm_id in ids:
+            where = ("serve", key, arm_id) if key == "split" else ("serve", key)
+            if arm_id not in arms:
+                raise fail(
+                    f"serve.{key} names {arm_id!r}, which is not an arm id; arms: "
+                    f"{', '.join(arms)}",
+                    *where,
+                )
+            if arms[arm_id].panel is not None:
+                raise fail(
+                    f"serve.{key}: {arm_id!r} is a panel; serve calls one model or a route per arm",
+                    *where,
+                )
+            clash = roles.get(arm_id) == "shadow" or (key == "shadow" and arm_id in roles)
+            if clash:
+                raise fail(
+                    f"serve.{key}: {arm_id!r} is already in serve.{roles[arm_id]}; "
+                    "an arm is assigned or shadowed, not both",
+                    *where,
+                )
+            roles.setdefault(arm_id, key)
+    if x.baseline is not None and x.baseline not in x.serve.split:
+        raise fail(
+            f"baseline {x.baseline!r} must be in serve.split: online arms are compared with it",
+            "baseline",
+        )
 
 
 _SCORER_MODELS: dict[str, type[BaseModel]] = {

@@ -308,6 +308,39 @@ class Gates(_Model):
     )
 
 
+class ClientRateLimit(_Model):
+    """Requests a client key may make per minute; beyond it, 429 with Retry-After."""
+
+    rpm: int = Field(ge=1)
+
+
+class Serve(_Model):
+    """How `abharness serve` assigns live requests to arms (SPEC §16, docs/serve.md)."""
+
+    split: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        min_length=1, description="weights over arm ids: each request's arm is drawn by them"
+    )
+    sticky: Literal["user", "none"] = Field(
+        "user",
+        description="user: a subject (the request's `user`, else the x-abharness-subject "
+        "header) always gets the same arm; none: every request is drawn afresh",
+    )
+    shadow: list[str] = Field(
+        default_factory=list, description="arms also called with every request, never returned"
+    )
+    fallback: list[str] = Field(
+        default_factory=list, description="arms that answer, in order, when the assigned arm fails"
+    )
+    keys_env: str | None = Field(
+        None, description="environment variable holding the comma-separated client bearer keys"
+    )
+    rate_limit: ClientRateLimit | None = Field(None, description="per client key")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    merge_every_s: float = Field(
+        30, gt=0, description="how often the session's rows are merged into the main database"
+    )
+
+
 class Experiment(_Model):
     name: Annotated[str, Field(pattern=_NAME)]
     description: str = ""
@@ -328,3 +361,6 @@ class Experiment(_Model):
     gates: Gates = Field(default_factory=Gates)
     max_cost_usd: float | None = Field(None, ge=0)
     max_error_rate: float = Field(0.0, ge=0, le=1, description="above it `run` exits 2")
+    serve: Serve | None = Field(
+        None, description="`abharness serve`: live traffic split between the arms (SPEC §16)"
+    )

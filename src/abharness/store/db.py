@@ -271,6 +271,33 @@ class Store:
         records = [CallRecord.from_columns(dict(zip(CALL_COLUMNS, r, strict=True))) for r in rows]
         return {r.call_id: r for r in records}
 
+    def flush_into(self, main: Path) -> dict[str, int]:
+        """Merge what this staging file holds into `main` now and keep going: its rows
+        are upserted into `main` in one transaction (as `merge` does), then the logs
+        (cases, calls, scores) are emptied here, the run's rows kept for the next flush.
+        A long-lived run (`abharness serve`) does this periodically so analysts see its
+        calls while it runs. Dying between the two steps merges the same rows again
+        later, harmlessly (a flush is an upsert). Raises `duckdb.Error` or `OSError`
+        (`main` busy: try again later); the caller's thread must own the connection."""
+        here = self.con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        source = '"' + str(here).replace('"', '""') + '"'
+        self.con.execute(
+            f"ATTACH {sql_string(main)} AS results (ROW_GROUP_SIZE {MERGE_ROW_GROUP_SIZE})"
+        )
+        try:
+            self.con.execute("USE results")
+            try:
+                migrate(self.con)
+                rows = _upsert(self.con, source)
+            finally:
+                self.con.execute(f"USE {source}")
+        finally:
+            self.con.execute("DETACH results")
+        with transaction(self.con):
+            for table in LOGS:
+                self.con.execute(f"DELETE FROM {table}")
+        return rows
+
     def update_run(self, run_id: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*fields.values(), run_id])
@@ -346,36 +373,7 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
             con.execute("USE results")
             migrate(con)
             con.execute(f"ATTACH {sql_string(staging)} AS staging (READ_ONLY)")
-            rows: dict[str, int] = {}
-            with transaction(con):
-                # Every key holds its run's id (a call id is a hash of it): the rows of a
-                # run `main` has never seen cannot collide, and need no DELETE.
-                seen = con.execute(
-                    "SELECT count(*) FROM runs WHERE run_id IN (SELECT run_id FROM staging.runs)"
-                ).fetchone()
-                for table, key in KEYS.items():
-                    # DELETE then INSERT, not INSERT OR REPLACE: the same rows, and the
-                    # upsert holds twice the memory for a large run (BENCHMARKS.md)
-                    cols = ", ".join(key)
-                    if seen and seen[0]:
-                        con.execute(
-                            f"DELETE FROM {table} WHERE ({cols}) IN "
-                            f"(SELECT ({cols}) FROM staging.{table})"
-                        )
-                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM staging.{table}")
-                    rows[table] = con.execute(f"SELECT count(*) FROM staging.{table}").fetchone()[0]  # type: ignore[index]
-                # a resumed run's totals cover its earlier sessions too
-                con.execute(f"""
-                    UPDATE runs SET
-                        total_cost_usd = coalesce(t.cost, 0), error_calls = t.errors,
-                        cached_calls = t.cached, not_made_calls = t.not_made
-                    FROM (SELECT run_id, sum(cost_usd) AS cost,
-                                 count(*) FILTER (WHERE {MADE_SQL} AND status = 'error') AS errors,
-                                 count(*) FILTER (WHERE NOT {MADE_SQL}) AS not_made,
-                                 count(*) FILTER (WHERE cache_hit) AS cached
-                          FROM calls WHERE run_id IN (SELECT run_id FROM staging.runs)
-                          GROUP BY run_id) t
-                    WHERE t.run_id = runs.run_id""")
+            rows = _upsert(con, "staging")
             con.execute("DETACH staging")
         except (duckdb.Error, OSError) as exc:  # rolled back: main is as it was
             raise _merge_failure(exc, staging, main) from exc
@@ -396,6 +394,46 @@ def merge(staging: Path, main: Path, *, attempts: int = 10, wait_s: float = 1.0)
         f"{main} is locked by another process ({last}); results kept in {staging}; "
         "run `abharness merge` when it is free",
     )
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, int]:
+    """Every table of the attached database `source` into the connection's current one,
+    in one transaction: staged rows replace the rows with their key. The rows per table."""
+    rows: dict[str, int] = {}
+    with transaction(con):
+        # Every key holds its run's id (a call id is a hash of it): the rows of a
+        # run `main` has never seen cannot collide, and need no DELETE.
+        seen = con.execute(
+            f"SELECT count(*) FROM runs WHERE run_id IN (SELECT run_id FROM {source}.runs)"
+        ).fetchone()
+        # online feedback may score a call of an earlier run (`abharness serve`)
+        foreign = con.execute(
+            f"SELECT count(*) FROM {source}.scores "
+            f"WHERE run_id NOT IN (SELECT run_id FROM {source}.runs)"
+        ).fetchone()
+        for table, key in KEYS.items():
+            # DELETE then INSERT, not INSERT OR REPLACE: the same rows, and the
+            # upsert holds twice the memory for a large run (BENCHMARKS.md)
+            cols = ", ".join(key)
+            if (seen and seen[0]) or (table == "scores" and foreign and foreign[0]):
+                con.execute(
+                    f"DELETE FROM {table} WHERE ({cols}) IN (SELECT ({cols}) FROM {source}.{table})"
+                )
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {source}.{table}")
+            rows[table] = con.execute(f"SELECT count(*) FROM {source}.{table}").fetchone()[0]  # type: ignore[index]
+        # a resumed run's totals cover its earlier sessions too
+        con.execute(f"""
+            UPDATE runs SET
+                total_cost_usd = coalesce(t.cost, 0), error_calls = t.errors,
+                cached_calls = t.cached, not_made_calls = t.not_made
+            FROM (SELECT run_id, sum(cost_usd) AS cost,
+                         count(*) FILTER (WHERE {MADE_SQL} AND status = 'error') AS errors,
+                         count(*) FILTER (WHERE NOT {MADE_SQL}) AS not_made,
+                         count(*) FILTER (WHERE cache_hit) AS cached
+                  FROM calls WHERE run_id IN (SELECT run_id FROM {source}.runs)
+                  GROUP BY run_id) t
+            WHERE t.run_id = runs.run_id""")
+    return rows
 
 
 def _drop_key(con: duckdb.DuckDBPyConnection, table: str) -> None:

@@ -331,6 +331,29 @@ def m009_batches(con: duckdb.DuckDBPyConnection) -> None:
         )""")
 
 
+@migration(10, "online_calls")
+def m010_online_calls(con: duckdb.DuckDBPyConnection) -> None:
+    """Live traffic (`abharness serve`, SPEC §16), in runs of kind ``online``.
+    ``calls.subject_hash``: a keyed SHA-256 of the request's subject (its ``user``, else
+    the ``x-abharness-subject`` header), never the subject itself; the unit the online
+    report compares arms by. ``calls.assignment``: how the arm came to make the call,
+    ``assigned`` (drawn by ``serve.split``; its answer was returned), ``shadow`` (called
+    beside it, never returned) or ``fallback`` (answered because the assigned arm failed;
+    ``parent_call_id`` names the assigned call). Null for offline runs. A client's
+    ``POST /v1/feedback`` is a score named ``feedback``: ``call_facts``' pass and score
+    leave it out (it is not a scorer's verdict; the online report compares it apart)."""
+    con.execute("ALTER TABLE calls ADD COLUMN subject_hash VARCHAR")
+    con.execute("ALTER TABLE calls ADD COLUMN assignment VARCHAR")
+    con.execute(
+        _CALL_FACTS.replace(
+            "FROM scores GROUP BY call_id",
+            "FROM scores WHERE scorer <> 'feedback' GROUP BY call_id",
+        ).format(
+            columns="c.* EXCLUDE (role), coalesce(c.role, a.role, 'arm') AS role", made=MADE_SQL
+        )
+    )
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Commit what the block does, or roll all of it back if it raises."""

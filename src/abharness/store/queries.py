@@ -287,7 +287,7 @@ class Results:
                 SELECT call_id, count(*) FILTER (WHERE passed IS NULL) AS scorer_errors,
                        coalesce(bool_and(coalesce(passed, FALSE)), FALSE) AS passed,
                        avg(value) AS score
-                FROM scores WHERE run_id = ? GROUP BY call_id
+                FROM scores WHERE run_id = ? AND scorer <> 'feedback' GROUP BY call_id
             )
             SELECT c.arm_id, c.case_id, c.repeat, c.status, c.error_type, c.cache_hit,
                    {made_sql(self.has_column("calls", "unfinished"))} AS made,

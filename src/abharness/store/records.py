@@ -79,6 +79,8 @@ class CallRecord:
     role: str = "arm"  # arm | judge | member | synthesizer
     parent_call_id: str | None = None  # a panel part's: the panel's call
     served_by: str | None = None  # a route arm's: provider:model of the route that answered
+    subject_hash: str | None = None  # online: keyed SHA-256 of the request's subject
+    assignment: str | None = None  # online: assigned | shadow | fallback
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,421 @@
+"""Live requests as calls (`abharness serve`, SPEC §16): one run of kind ``online`` per
+serve session.
+
+Each request is assigned an arm (`run.assign`), and made through the one call path
+(`Executor.execute`: the prompt fitted to the arm's budget, the endpoint's limits,
+retries honouring Retry-After, the circuit breakers, the cost cap) exactly as an
+offline call is. Its record goes to the same `Writer`, into the session's staging file
+``staging/<run_id>.duckdb``; the record is in the journal before the answer is
+returned, so after ``kill -9`` nothing acknowledged is lost, and ``abharness merge``
+finishes the staging file. Shadow arms are called beside it as tasks of their own,
+never awaited by the answer; when the assigned arm fails, the fallback arms answer in
+order (each a call of its own, ``assignment = 'fallback'``, its ``parent_call_id`` the
+failed call).
+
+One run per session, not per day: a session's rows share one spec (its hash is the
+run's) and one set of arms, and a restart with a changed spec starts a new run. The
+online report compares the arms of one run; subjects keep their arm across sessions.
+
+Every `merge_every_s` the staging file's rows are merged into the main database
+(`Store.flush_into`), so analysts query a session while it serves; a main file
+that is busy (an analyst holding it) is tried again at the next interval. `stop`
+drains the requests in flight (up to the grace period), writes, merges and marks the
+run ``completed``. ``max_cost_usd`` is a cap per UTC day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ..errors import InvalidInput
+from ..prompts.client import client_variables
+from ..providers.base import ProviderResponse
+from ..spec.dataset import Case
+from ..spec.load import LoadedSpec
+from ..store.db import MergeResult, Store, merge, staging_dir
+from ..store.health import check_main_db, classify
+from ..store.migrations import transaction
+from ..store.records import CallRecord, ScoreRecord
+from .arm import ArmPlan, CompositePlan
+from .assign import Assigner, SubjectKey
+from .costcap import CostCap
+from .endpoints import Endpoints
+from .executor import CallJob, Executor, call_id
+from .plan import Plan, build_plan
+from .recorder import record_start
+from .retry import RetryPolicy
+from .runner import stop_grace_s
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+RECENT_CALLS = 50_000  # call ids kept in memory for feedback; older ones are looked up
+NO_FALLBACK = frozenset({"bad_request", "context_length", "content_filter"})  # the request's fault
+
+
+@dataclass
+class Answer:
+    """What a live request got: the call that answered (or the assigned call that
+    failed, when nothing did), its arm and the response."""
+
+    record: CallRecord
+    response: ProviderResponse | None
+    assigned_arm: str
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None
+
+    @property
+    def arm_id(self) -> str:
+        return self.record.arm_id
+
+
+@dataclass
+class SessionStats:
+    requests: int = 0
+    calls: int = 0
+    flushes: int = 0
+    flush_skipped: int = 0  # the main database was busy
+    last_flush_error: str | None = None
+    by_arm: dict[str, int] = field(default_factory=dict)
+
+
+class OnlineSession:
+    def __init__(
+        self,
+        spec: LoadedSpec,
+        db: Path,
+        *,
+        policy: RetryPolicy | None = None,
+        on_call: Callable[[CallRecord, str], None] | None = None,
+    ) -> None:
+        """`spec` has a ``serve:`` section; `on_call` hears of every record with its
+        assignment (the gateway's metrics)."""
+        serve = spec.experiment.serve
+        if serve is None:
+            raise InvalidInput(
+                "no serve: section: nothing says how to split traffic", file=spec.path
+            )
+        check_main_db(db)
+        self.spec = spec
+        self.serve = serve
+        self.db = db
+        self.plan: Plan = build_plan(spec, online=True)
+        self.plan.drop_unavailable(False)  # an arm that cannot run is refused now
+        self.arms: dict[str, ArmPlan | CompositePlan] = {a.id: a for a in self.plan.arms}
+        self.scorers = [s for s in self.plan.scorers if not s.is_judge]
+        self.assigner = Assigner(spec.experiment.name, serve.split, serve.sticky)
+        self.subjects = SubjectKey.for_db(db)
+        self.run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+        self.on_call = on_call
+        self.stats = SessionStats()
+        self.endpoints = Endpoints(policy or RetryPolicy())
+        self.grace_s = stop_grace_s()
+        self.stopping = False
+        self._max_cost = spec.experiment.max_cost_usd
+        self._cap_day: date | None = None
+        self._cap = CostCap(None)
+        self._recent: OrderedDict[str, str] = OrderedDict()  # answered call id -> run id
+        self._meta: dict[str, tuple[str | None, str]] = {}  # call id -> (subject hash, assignment)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.store: Store | None = None
+        self.writer: Writer | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.load_errors: dict[int, Any] = {}
+        self.executor: Executor | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the providers, open the staging file, write the run's rows."""
+        for provider in self.plan.providers:
+            try:
+                await asyncio.to_thread(provider.load)
+            except Exception as exc:
+                raise InvalidInput(
+                    f"could not load {provider.label}: {exc}", file=self.spec.path
+                ) from exc
+        await asyncio.to_thread(self.plan.warm_up)  # SDKs and tokenizers: not the first request's
+        self.store = Store(staging_dir(self.db) / f"{self.run_id}.duckdb")
+        record_start(self.store, self.plan, self.run_id, [], "online")
+        self.writer = Writer(self.store, on_failure=self._store_failed)
+        self.executor = Executor(
+            self.run_id,
+            self.endpoints,
+            self.endpoints.policy,
+            self._cap,
+            None,  # no response cache: every live request is a call
+            self.load_errors,
+            lambda: False,  # a request admitted is made: stop drains, it does not drop
+            self._finished,
+        )
+        self._writer_task = asyncio.create_task(self.writer.run())
+        self._flusher = asyncio.create_task(self._flush_periodically())
+        log.info("online run %s: staging file %s", self.run_id, self.store.path)
+
+    def _store_failed(self) -> None:
+        self.stopping = True
+
+    async def stop(self) -> MergeResult:
+        """Refuse new requests, give those in flight the grace period, write everything,
+        merge it into the main database and mark the run completed."""
+        self.stopping = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        assert self.writer is not None and self.store is not None
+        await self.writer.close()
+        try:
+            assert self._writer_task is not None
+            await self._writer_task
+        finally:
+            for provider in self.plan.providers:
+                with contextlib.suppress(Exception):
+                    await provider.aclose()
+        self.store.update_run(
+            self.run_id,
+            status="completed",
+            finished_at=datetime.now(UTC).replace(tzinfo=None),
+            total_calls=self.stats.calls,
+        )
+        staging = self.store.path
+        self.store.close()
+        return await asyncio.to_thread(merge, staging, self.db, attempts=10)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.serve.merge_every_s)
+            await self.flush()
+
+    async def flush(self) -> bool:
+        """Merge what is written so far into the main database; False if it was busy."""
+        assert self.writer is not None and self.store is not None
+        calls = self.stats.calls
+
+        def work(con: duckdb.DuckDBPyConnection) -> None:
+            assert self.store is not None
+            self.store.update_run(self.run_id, total_calls=calls)
+            self.store.flush_into(self.db)
+
+        try:
+            await self.writer.beside(work)
+        except (duckdb.Error, OSError) as exc:
+            cause = exc
+            self.stats.flush_skipped += 1
+            self.stats.last_flush_error = str(cause).splitlines()[0]
+            level = logging.INFO if classify(cause) == "busy" else logging.WARNING
+            log.log(level, "merge into %s postponed: %s", self.db, self.stats.last_flush_error)
+            return False
+        self.stats.flushes += 1
+        return True
+
+    # --- requests --------------------------------------------------------------------
+
+    def cost_cap(self) -> CostCap:
+        """Today's cap (UTC): ``max_cost_usd`` a day, a new cap at midnight."""
+        today = datetime.now(UTC).date()
+        if today != self._cap_day:
+            self._cap_day, self._cap = today, CostCap(self._max_cost)
+        return self._cap
+
+    def _finished(self, record: CallRecord) -> None:
+        """The executor's hook, before anything else runs: stamp the record with its
+        subject and assignment, then journal it."""
+        subject_hash, assignment = self._meta.pop(record.call_id, (None, "assigned"))
+        record.subject_hash, record.assignment = subject_hash, assignment
+        assert self.writer is not None
+        self.writer.finished(record)
+
+    async def answer(
+        self,
+        messages: list[dict[str, str]] | None,
+        prompt: str | None,
+        subject: str | None,
+        endpoint: str,
+    ) -> Answer:
+        """One live request: a chat's `messages`, or a completion's `prompt`. Returns
+        once the answer (or the failure) is written to the journal; shadow calls go on."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            return await self._answer(messages, prompt, subject, endpoint)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _answer(
+        self,
+        messages: list[dict[str, str]] | None,
+        prompt: str | None,
+        subject: str | None,
+        endpoint: str,
+    ) -> Answer:
+        assert self.writer is not None
+        self.stats.requests += 1
+        request_id = f"{int(time.time() * 1000):x}-{secrets.token_hex(6)}"
+        subject_hash = self.subjects.hash(subject)
+        case = Case(id=request_id, data={"endpoint": endpoint})
+        variables = client_variables(messages, prompt)
+        cap = self.cost_cap()
+        await self.writer.put_case(self.run_id, case)
+        assigned = self.assigner.arm_for(subject)
+        for shadow in self.serve.shadow:
+            job = self._job(shadow, case, variables, subject_hash, "shadow", cap)
+            t = asyncio.create_task(self._shadow(job))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        job = self._job(assigned, case, variables, subject_hash, "assigned", cap)
+        record, response = await self._call(job)
+        answer = Answer(record, response, assigned)
+        if response is None and record.error_type not in NO_FALLBACK:
+            for arm_id in self.serve.fallback:
+                if arm_id == assigned:
+                    continue
+                fb = self._job(arm_id, case, variables, subject_hash, "fallback", cap)
+                fb.parent_call_id = record.call_id
+                fb_record, fb_response = await self._call(fb)
+                if fb_response is not None:
+                    answer = Answer(fb_record, fb_response, assigned)
+                    break
+        if answer.ok:
+            self._remember(answer.record.call_id)
+        return answer
+
+    def _job(
+        self,
+        arm_id: str,
+        case: Case,
+        variables: dict[str, Any],
+        subject_hash: str | None,
+        assignment: str,
+        cap: CostCap,
+    ) -> CallJob:
+        cid = call_id(self.run_id, arm_id, case.id, 0)
+        self._meta[cid] = (subject_hash, assignment)
+        return CallJob(self.arms[arm_id], case, 0, cid, variables, cost_cap=cap)
+
+    async def _call(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:
+        """One call through the one call path, scored and written."""
+        assert self.executor is not None and self.writer is not None
+        try:
+            record, response = await self.executor.execute(job)
+        finally:  # stamped and dropped by `_finished`; a call cancelled mid-way leaves none
+            self._meta.pop(job.call_id, None)
+        scores = []
+        if response is not None:
+            for scorer in self.scorers:
+                try:
+                    s = scorer.score(response.text, job.case.data)
+                    scores.append(
+                        ScoreRecord(
+                            record.call_id, self.run_id, scorer.name, s.value, s.passed, s.detail
+                        )
+                    )
+                except Exception as exc:  # a scorer that fails is recorded, never a crash
+                    scores.append(
+                        ScoreRecord(
+                            record.call_id,
+                            self.run_id,
+                            scorer.name,
+                            None,
+                            None,
+                            f"scorer error: {exc}",
+                        )
+                    )
+        await self.writer.put(record, scores)
+        self.stats.calls += 1
+        self.stats.by_arm[record.arm_id] = self.stats.by_arm.get(record.arm_id, 0) + 1
+        if self.on_call is not None:
+            self.on_call(record, record.assignment or "assigned")
+        return record, response
+
+    async def _shadow(self, job: CallJob) -> None:
+        """A shadow call: made and logged; whatever happens stays here."""
+        try:
+            await self._call(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("shadow call %s failed", job.call_id)
+
+    def _remember(self, cid: str) -> None:
+        self._recent[cid] = self.run_id
+        if len(self._recent) > RECENT_CALLS:
+            self._recent.popitem(last=False)
+
+    # --- feedback --------------------------------------------------------------------
+
+    async def feedback(self, cid: str, score: float, comment: str | None) -> bool:
+        """Add (or replace) the ``feedback`` score of an answered call; False if no
+        answered call of an online run has that id. Written before it returns."""
+        assert self.writer is not None
+        run_id = self._recent.get(cid) or await self._find_call(cid)
+        if run_id is None:
+            return False
+        row = ScoreRecord(cid, run_id, "feedback", float(score), None, comment or "")
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            assert self.store is not None
+            with transaction(con):
+                con.execute("DELETE FROM scores WHERE call_id = ? AND scorer = 'feedback'", [cid])
+                self.store.insert_scores([row])
+
+        await self.writer.now(write)
+        return True
+
+    async def _find_call(self, cid: str) -> str | None:
+        """The run of an answered online call no longer in memory: in the staging file,
+        else in the main database (read-only; None if it cannot be read now)."""
+        assert self.writer is not None
+
+        def in_staging(con: duckdb.DuckDBPyConnection) -> str | None:
+            row = con.execute(
+                "SELECT run_id FROM calls WHERE call_id = ? AND status = 'ok' "
+                "AND assignment IN ('assigned', 'fallback')",
+                [cid],
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        found: str | None = await self.writer.now(in_staging)
+        if found is not None or not self.db.exists():
+            return found
+
+        def in_main() -> str | None:
+            try:
+                con = duckdb.connect(str(self.db), read_only=True)
+            except duckdb.Error:
+                return None
+            try:
+                row = con.execute(
+                    "SELECT c.run_id FROM calls c JOIN runs r USING (run_id) "
+                    "WHERE c.call_id = ? AND c.status = 'ok' AND r.kind = 'online' "
+                    "AND c.assignment IN ('assigned', 'fallback')",
+                    [cid],
+                ).fetchone()
+            finally:
+                con.close()
+            return None if row is None else str(row[0])
+
+        return await asyncio.to_thread(in_main)
