@@ -135,6 +135,7 @@ class OnlineSession:
         self.writer: Writer | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._stop_flushing = asyncio.Event()
         self.load_errors: dict[int, Any] = {}
         self.executor: Executor | None = None
 
@@ -175,9 +176,11 @@ class OnlineSession:
         merge it into the main database and mark the run completed."""
         self.stopping = True
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            # never cancelled: a flush runs in the writer's thread, which a cancelled
+            # await would leave running beside the final update and merge below (whose
+            # 'completed' it then lost); the flusher ends after the flush in progress
+            self._stop_flushing.set()
+            await self._flusher
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
             for task in pending:
@@ -204,9 +207,11 @@ class OnlineSession:
         return await asyncio.to_thread(merge, staging, self.db, attempts=10)
 
     async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.serve.merge_every_s)
-            await self.flush()
+        while not self._stop_flushing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_flushing.wait(), self.serve.merge_every_s)
+            if not self._stop_flushing.is_set():
+                await self.flush()
 
     async def flush(self) -> bool:
         """Merge what is written so far into the main database; False if it was busy."""
