@@ -128,7 +128,9 @@ def test_the_report_compares_each_arm_with_the_control_by_subject(tmp_path: Path
     assert report.kind == "online" and report.comparisons == []
     # 20 subjects split in two: fewer than the sequential test's minimum per arm
     assert report.online and all(not c.compared for c in report.online)
-    assert all("subjects" in (c.reason or "") for c in report.online)
+    unpriced = [c for c in report.online if c.arm_id == "candidate" and c.metric == "cost"]
+    assert [c.reason for c in unpriced] == ["cost unknown for candidate (no price)"]
+    assert all("subjects" in (c.reason or "") for c in report.online if c not in unpriced)
     out = CliRunner().invoke(cli, ["report", s.session.run_id, "--db", str(s.db)])
     assert out.exit_code == 0, out.output
     markdown = Path(out.output.split("report: ")[1].split()[0]).read_text()

@@ -33,7 +33,7 @@ import pandas as pd
 from ..store.queries import Results
 from .figures import OnlineArmFigures
 from .sequential import sequential_compare
-from .stats import Comparison, compare_arms
+from .stats import Comparison, compare_arms, not_compared
 
 Compare = Callable[..., Comparison]
 
@@ -117,7 +117,16 @@ def online_comparisons(
                 continue
             if metrics[metric].empty and frames[control][metric].empty:
                 continue  # nothing measured it yet (no feedback sent)
-            found = compare(metrics[metric], frames[control][metric], metric)
+            unpriced = [
+                who
+                for who, frame in ((arm, metrics[metric]), (control, frames[control][metric]))
+                if metric == "cost" and frame["value"].isna().all()  # none priced (or empty)
+            ]
+            found = (
+                not_compared("cost", f"cost unknown for {unpriced[0]} (no price)")
+                if unpriced
+                else compare(metrics[metric], frames[control][metric], metric)
+            )
             by_metric.setdefault(metric, {})[arm] = found
     out = [
         (arm, c)

@@ -689,4 +689,4 @@ def online_sentence(c: ComparisonFigures) -> str:
         f"`{arm}` against `{base}` on {metric}: **{word}**: {effect_text(c)} "
         f"(always valid), {c.n_units} subjects in the two arms; p = {p} after Holm."
     )
-    return " ".join([text, *c.caveats])
+    return " ".join([text, *(x if x.endswith(".") else f"{x}." for x in c.caveats)])
