@@ -87,6 +87,7 @@ def calls(db: Path) -> list[dict]:
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
+@pytest.mark.slow
 def test_a_two_arm_batch_run_stores_every_call_once_with_exact_usage_at_half_price(
     tmp_path: Path, server: FakeServer
 ) -> None:
@@ -206,6 +207,7 @@ def test_expired_and_retryable_requests_go_into_new_batches_at_most_twice(
     assert rows["gpt c4"]["request_id"]  # the failed request's own id, from the error file
 
 
+@pytest.mark.slow
 def test_a_batch_that_fails_validation_is_an_error_naming_its_first_bad_line(
     tmp_path: Path, server: FakeServer
 ) -> None:
@@ -442,6 +444,7 @@ def test_a_composite_arm_cannot_be_batched(tmp_path: Path) -> None:
     assert "a route arm runs live" in " ".join(result.output.split())
 
 
+@pytest.mark.slow
 def test_the_cost_cap_reserves_every_batched_calls_worst_case_before_submitting(
     tmp_path: Path, server: FakeServer
 ) -> None:

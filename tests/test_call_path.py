@@ -298,6 +298,7 @@ async def test_a_reset_keep_alive_connection_is_a_connection_error() -> None:
         listener.close()
 
 
+@pytest.mark.slow
 def test_a_model_answering_500_fails_its_queued_calls_fast(
     tmp_path: Path, server: FakeServer
 ) -> None:

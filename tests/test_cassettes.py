@@ -55,6 +55,7 @@ def base_url() -> Iterator[tuple[str, FakeServer | None]]:
         yield server.url, server
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
 async def test_recorded_exchange(kind: str, scenario: str, base_url, monkeypatch) -> None:

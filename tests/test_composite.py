@@ -100,6 +100,7 @@ def rows(db: Path, sql: str = "SELECT * FROM calls ORDER BY call_id") -> list[di
         con.close()
 
 
+@pytest.mark.slow
 def test_a_panel_fans_out_then_the_synthesizer_answers_and_costs_add_up(tmp_path: Path) -> None:
     with FakeServer(answers) as server:
         out = run_experiment(project(tmp_path, server.url, PANEL), db=tmp_path / "r.duckdb")
@@ -132,6 +133,7 @@ def test_a_panel_fans_out_then_the_synthesizer_answers_and_costs_add_up(tmp_path
     assert [r["arm_id"] for r in summary] == ["panel", "single"]  # parts are not arms
 
 
+@pytest.mark.slow
 def test_too_few_members_fail_the_panel_naming_them_and_skip_the_synthesizer(
     tmp_path: Path,
 ) -> None:
@@ -153,6 +155,7 @@ def test_too_few_members_fail_the_panel_naming_them_and_skip_the_synthesizer(
     assert "panel.member2 (gw:m-b): bad_request" in message
 
 
+@pytest.mark.slow
 def test_a_route_falls_back_for_every_case_and_says_who_served(tmp_path: Path) -> None:
     with FakeServer(answers) as server:
         spec = project(tmp_path, server.url, ROUTE, cases=12)
@@ -173,6 +176,7 @@ def test_a_route_falls_back_for_every_case_and_says_who_served(tmp_path: Path) -
     assert skipped
 
 
+@pytest.mark.slow
 def test_a_route_does_not_fall_back_on_what_it_was_not_told_to(tmp_path: Path) -> None:
     def faults(entry: Logged) -> Fault | None:
         return Fault(status=400) if entry.body["model"] == "m-a" else None

@@ -45,6 +45,7 @@ def test_the_estimators_equal_the_share_of_k_subsets(n: int, c: int) -> None:
 PASSES = {"France": 4, "Germany": 1, "Italy": 3}
 
 
+@pytest.mark.slow
 def test_a_run_with_repeats_reports_its_flaky_cases(project: Path, fake_provider) -> None:
     seen: Counter[str] = Counter()
     answers = {"France": "Paris", "Germany": "Berlin", "Italy": "Rome"}

@@ -97,6 +97,7 @@ async def test_usage_is_exactly_what_the_server_sent(
         assert logged.body.get("stream_options") == ({"include_usage": True} if stream else None)
 
 
+@pytest.mark.slow
 async def test_anthropic_input_tokens_add_cache_reads_and_writes(monkeypatch) -> None:
     with FakeServer(cached_tokens=4, cache_write_tokens=2) as server:
         provider = make("anthropic", server, monkeypatch)

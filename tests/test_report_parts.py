@@ -112,6 +112,7 @@ def test_an_incomplete_run_says_what_is_missing_and_how_to_finish(tmp_path: Path
     assert f"<code>abharness run --resume {out.run_id}</code>" in html
 
 
+@pytest.mark.slow
 def test_a_complete_run_says_nothing_of_it(tmp_path: Path) -> None:
     with FakeServer(answers) as server:
         out = run_experiment(project(tmp_path, server.url, ""), db=tmp_path / "r.duckdb")
@@ -125,6 +126,7 @@ def test_a_complete_run_says_nothing_of_it(tmp_path: Path) -> None:
     ("missing", "the server reported **no token counts** for 6 of 6 answered calls"),
     ("proxy_estimate", "are a **proxy's estimate**, not the model's"),
 ])  # fmt: skip
+@pytest.mark.slow
 def test_an_arm_without_the_models_token_counts_is_named_with_the_fix(
     tmp_path: Path, source: str, words: str
 ) -> None:

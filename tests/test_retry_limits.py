@@ -143,6 +143,7 @@ async def test_circuit_gives_up_beyond_the_wait_budget() -> None:
         await breaker.before_call(max_wait_s=1)
 
 
+@pytest.mark.slow
 async def test_rpm_spaces_requests_and_does_not_burst_after_idle() -> None:
     limits = EndpointLimits(rpm=600)  # one request per 0.1 s
     started = time.monotonic()

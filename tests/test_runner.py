@@ -128,6 +128,7 @@ def test_max_error_rate_lets_a_few_errors_pass(project: Path, fake_provider) -> 
     assert run_experiment(spec, db=project / "r.duckdb").error_rate_exceeded
 
 
+@pytest.mark.slow
 def test_timeouts_are_recorded_and_a_silent_endpoint_is_stopped(
     project: Path, fake_provider
 ) -> None:
@@ -195,6 +196,7 @@ def test_dispatch_is_lazy(project: Path, fake_provider, monkeypatch: pytest.Monk
     assert produced_at_first_call[0] - n_cases <= 8
 
 
+@pytest.mark.slow
 def test_report_pairs_by_case_and_calls_a_clear_winner(project: Path, fake_provider) -> None:
     write(
         project / "experiments/data/capitals.jsonl",
@@ -253,6 +255,7 @@ def test_report_last_and_unknown_run(project: Path, fake_provider) -> None:
     assert missing.exit_code == 1 and "no run 'nope'" in missing.output
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained_with_charts(project: Path, fake_provider) -> None:
     import re
 

@@ -223,6 +223,7 @@ def test_the_assigned_arm_failing_the_fallback_answers(
     assert raw.parse().id == fallback[5]
 
 
+@pytest.mark.slow
 def test_a_failing_or_slow_shadow_never_reaches_the_client(
     tmp_path: Path, upstream: FakeServer
 ) -> None:
@@ -298,6 +299,7 @@ def test_serve_refuses_bad_input_in_one_line_before_listening(
     assert not (tmp_path / "ab.duckdb").exists() and not (tmp_path / "staging").exists()
 
 
+@pytest.mark.slow
 def test_stopping_during_a_periodic_merge_still_ends_the_run_completed(
     tmp_path: Path, upstream: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

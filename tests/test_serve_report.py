@@ -25,6 +25,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVE_KEYS", KEY)
 
 
+@pytest.mark.slow
 def test_frames_have_one_row_per_request_by_subject_in_arrival_order(tmp_path: Path) -> None:
     with FakeServer() as upstream, FakeServer() as side:
         dead = side.url

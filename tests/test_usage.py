@@ -16,6 +16,7 @@ from .conftest import write
 from .fake_server import FakeServer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stream", "source"), [(True, "missing"), (False, "body")])
 def test_a_server_without_streamed_usage_is_named_and_priced_at_zero_costs_zero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool, source: str

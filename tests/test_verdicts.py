@@ -131,6 +131,7 @@ def test_one_tied_case_is_not_no_difference(tmp_path, server, monkeypatch) -> No
     assert "would be detected" not in text  # no '±162 points' from one case
 
 
+@pytest.mark.slow
 def test_every_call_failed_in_both_arms_is_not_compared(tmp_path, server, monkeypatch) -> None:
     server.fault_fn = lambda entry: Fault(status=400)
     path = spec(tmp_path, server, monkeypatch, n_cases=6, extra="max_error_rate: 1.0\n")
@@ -174,6 +175,7 @@ def test_calls_never_made_are_left_out_not_failed(tmp_path, server, truth, monke
     assert "left out" in written_report(out).read_text()
 
 
+@pytest.mark.slow
 def test_an_arm_without_calls_does_not_crash_the_report(tmp_path, server, monkeypatch) -> None:
     out = run_experiment(spec(tmp_path, server, monkeypatch, n_cases=4), db=tmp_path / "r.duckdb")
     con = duckdb.connect(str(out.db))
@@ -207,6 +209,7 @@ def test_a_scorer_error_neither_passes_nor_scores(tmp_path, server, monkeypatch)
     assert arms["arm-a"]["scorer_errors"] == 1
 
 
+@pytest.mark.slow
 def test_latency_ratio_gets_an_interval_and_a_verdict(tmp_path, server, truth, monkeypatch) -> None:
     truth.delay_s = {"model-b": 0.2}  # far above a loaded machine's noise
     out = run_experiment(spec(tmp_path, server, monkeypatch, n_cases=12), db=tmp_path / "r.duckdb")
@@ -368,6 +371,7 @@ def _fail_model(server: FakeServer, model: str, cases: set[str] | None = None) -
     server.fault_fn = fault
 
 
+@pytest.mark.slow
 def test_an_arm_that_failed_every_call_does_not_make_the_other_better_silently(
     tmp_path, server, monkeypatch
 ) -> None:
@@ -454,6 +458,7 @@ def test_cost_of_a_run_answered_from_the_cache_is_0_in_both(tmp_path, server, mo
     assert "calls of arm-a came from the cache, which is not timed; `--no-cache` times them" in md
 
 
+@pytest.mark.slow
 def test_cost_without_a_price_is_not_compared(tmp_path, server, monkeypatch) -> None:
     path = spec(tmp_path, server, monkeypatch, n_cases=4)
     path.write_text(path.read_text().replace(f",\n          {PRICE}", ""))
@@ -462,6 +467,7 @@ def test_cost_without_a_price_is_not_compared(tmp_path, server, monkeypatch) -> 
     assert "on cost: **not compared**: cost unknown for arm-b (no price)." in md
 
 
+@pytest.mark.slow
 def test_the_arm_table_fits_a_1400_px_window(tmp_path, server, monkeypatch) -> None:
     """19 columns of unbreakable cells hid the arm table's last ones (cost, estimate
     error) past a 1,180-px page at 1400 px (looked at with headless Chromium): related

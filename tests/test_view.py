@@ -84,6 +84,7 @@ def client(run: tuple[Path, str]) -> Iterator[TestClient]:
         yield c
 
 
+@pytest.mark.slow
 def test_every_page_and_its_json_twin(client: TestClient, run: tuple[Path, str]) -> None:
     db, rid = run
     pages = [
