@@ -15,7 +15,7 @@ an online call takes the one call path unchanged. It renders from two variables:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +44,8 @@ class ClientMessages(PromptTemplate):
                 _library=None,  # type: ignore[arg-type]  # never resolves anything
                 inner=None,
             )
-        return cls(
-            name=inner.name,
-            version=inner.version,
-            path=inner.path,
-            front=inner.front,
-            hash=inner.hash,
-            chain=inner.chain,
-            blocks=inner.blocks,
-            _library=inner._library,
-            inner=inner,
-        )
+        copied = {f.name: getattr(inner, f.name) for f in fields(PromptTemplate)}
+        return cls(**copied, inner=inner)
 
     def render(self, variables: dict[str, Any]) -> RenderedPrompt:
         client = tuple(
