@@ -210,3 +210,16 @@ def written_report(out: Any, reports_dir: Path | None = None) -> Path:
 
     with Results(out.db) as results:
         return write_report(results, out.run_id, reports_dir or out.db.parent / "reports")
+
+
+def dict_rows(db: Path, sql: str = "SELECT * FROM calls ORDER BY arm_id, case_id") -> list[dict]:
+    """`sql`'s rows from the database `db`, read-only, as dicts by column name."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        cur = con.execute(sql)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.close()

@@ -25,7 +25,7 @@ from abharness.store.export import export_parquet
 from abharness.store.queries import Results
 from abharness.store.records import Usage
 
-from .conftest import write
+from .conftest import dict_rows, write
 from .fake_server import FakeServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,10 +81,7 @@ max_error_rate: 1
 
 
 def calls(db: Path) -> list[dict]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        cur = con.execute("SELECT * FROM calls ORDER BY arm_id, case_id")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    return dict_rows(db)
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -23,7 +22,7 @@ from abharness.errors import ConnectionError_, ServerError
 from abharness.providers.base import ProviderRequest
 from abharness.run.experiment import run_experiment
 
-from .conftest import make_provider, write
+from .conftest import dict_rows, make_provider, write
 from .fake_server import FakeServer, Fault
 
 
@@ -39,13 +38,7 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def rows(db: Path, sql: str = "SELECT * FROM calls ORDER BY arm_id, case_id") -> list[dict]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        cur = con.execute(sql)
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-    finally:
-        con.close()
+    return dict_rows(db, sql)
 
 
 def provider(kind: str, url: str, **options) -> object:

@@ -11,14 +11,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import duckdb
 import pytest
 from click.testing import CliRunner
 
 from abharness.cli.main import cli
 from abharness.run.experiment import run_experiment
 
-from .conftest import write
+from .conftest import dict_rows, write
 from .fake_server import FakeServer, Fault, Logged, prompt_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,13 +90,7 @@ ROUTE = """
 
 
 def rows(db: Path, sql: str = "SELECT * FROM calls ORDER BY call_id") -> list[dict]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        cur = con.execute(sql)
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-    finally:
-        con.close()
+    return dict_rows(db, sql)
 
 
 @pytest.mark.slow
