@@ -10,7 +10,7 @@ import pytest
 
 from abharness import errors
 from abharness.providers._http import parse_retry_after
-from abharness.providers.base import ProviderRequest
+from abharness.providers.base import ProviderRequest, track_attempt
 
 from .conftest import make_provider
 from .fake_server import CONTEXT_LENGTH_BODIES, FakeServer, Fault
@@ -95,6 +95,23 @@ async def test_usage_is_exactly_what_the_server_sent(
     if kind == "openai":
         assert logged.body["max_tokens"] == 8 and logged.body["seed"] == 7
         assert logged.body.get("stream_options") == ({"include_usage": True} if stream else None)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
+async def test_a_stream_hands_each_piece_to_the_attempts_relay(kind, monkeypatch) -> None:
+    """`abharness serve` passes a stream through by the attempt's relay: every piece,
+    in order, as it arrives; none without a stream."""
+    with FakeServer(lambda body: "one two three") as s:
+        provider = make(kind, s, monkeypatch)
+        try:
+            for stream in (True, False):
+                pieces: list[str] = []
+                with track_attempt(pieces.append):
+                    response = await provider.generate(request(kind, stream))
+                assert response.text == "one two three"
+                assert pieces == (["one ", "two ", "three"] if stream else [])
+        finally:
+            await provider.aclose()
 
 
 @pytest.mark.slow

@@ -196,8 +196,9 @@ def test_feedback_lands_in_scores_and_in_the_metrics(served: Served) -> None:
     ]
 
 
+@pytest.mark.parametrize("stream", [False, True])
 def test_the_assigned_arm_failing_the_fallback_answers(
-    tmp_path: Path, upstream: FakeServer
+    tmp_path: Path, upstream: FakeServer, stream: bool
 ) -> None:
     dead = FakeServer()
     dead_url = dead.url
@@ -210,9 +211,17 @@ def test_the_assigned_arm_failing_the_fallback_answers(
     )
     s = Served(spec, tmp_path / "ab.duckdb")
     with s.http:
-        raw = s.openai().chat.completions.with_raw_response.create(model="live", messages=CHAT)
+        raw = s.openai().chat.completions.with_raw_response.create(
+            model="live", messages=CHAT, stream=stream
+        )
         assert raw.headers["x-abharness-arm"] == "control"
-        assert raw.parse().choices[0].message.content == "Lima"
+        if stream:  # failed before its first piece: the fallback's stream, from the start
+            chunks = list(raw.parse())
+            assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Lima"
+            answered_id = chunks[0].id
+        else:
+            assert raw.parse().choices[0].message.content == "Lima"
+            answered_id = raw.parse().id
     rows = s.rows(
         "SELECT arm_id, assignment, status, error_type, parent_call_id, call_id FROM calls"
     )
@@ -220,7 +229,7 @@ def test_the_assigned_arm_failing_the_fallback_answers(
     fallback = next(r for r in rows if r[1] == "fallback")
     assert failed[:4] == ("candidate", "assigned", "error", "connection")
     assert fallback[:3] == ("control", "fallback", "ok") and fallback[4] == failed[5]
-    assert raw.parse().id == fallback[5]
+    assert answered_id == fallback[5]
 
 
 @pytest.mark.slow

@@ -265,3 +265,55 @@ def test_after_kill_9_merge_finishes_what_was_acknowledged(
     assert merged.returncode == 0, merged.stdout + merged.stderr
     stored = {r[0] for r in rows(served.db, "SELECT call_id FROM calls")}
     assert set(acknowledged) <= stored
+
+
+def test_a_stream_passes_through_as_the_upstream_sends_it(tmp_path: Path) -> None:
+    """The client's first piece comes when the upstream's does, not when the call ends;
+    a failure before it is retried unseen; a stream cut after it ends the client's
+    stream with an error, and is neither retried nor answered by the fallback."""
+    with FakeServer(lambda body: "one two three four five", chunk_delay_s=0.3) as slow:
+        spec = serve_spec(tmp_path, slow.url, "  split: {control: 1}\n  fallback: [treatment]\n")
+        served = Process(spec, tmp_path / "results/ab.duckdb")
+        try:
+            client = served.client()
+
+            def stream() -> tuple[float, float, str]:
+                began = time.perf_counter()
+                first, text = None, ""
+                for chunk in client.chat.completions.create(
+                    model="live", messages=CHAT, stream=True
+                ):
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if piece and first is None:
+                        first = time.perf_counter() - began
+                    text += piece or ""
+                assert first is not None
+                return first, time.perf_counter() - began, text
+
+            first, whole, text = stream()
+            assert text == "one two three four five"
+            assert whole > 1.2 and first < whole / 2, (first, whole)  # 5 pieces, 0.3 s apart
+
+            slow.faults.append(Fault(status=500))  # before any piece: retried, unseen
+            assert stream()[2] == "one two three four five"
+
+            slow.faults.append(Fault(stream="cut"))  # every piece, then no final chunk
+            got = ""
+            with pytest.raises(openai.APIError, match="stream ended before the final chunk"):
+                for chunk in client.chat.completions.create(
+                    model="live", messages=CHAT, stream=True
+                ):
+                    got += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            assert got == "one two three four five"  # what it had, then the error
+            assert served.stop() in (0, 130)
+        finally:
+            served.kill()
+    calls = rows(
+        served.db,
+        "SELECT arm_id, assignment, status, error_type, attempts FROM calls ORDER BY started_at",
+    )
+    assert calls == [
+        ("control", "assigned", "ok", None, 1),
+        ("control", "assigned", "ok", None, 2),
+        ("control", "assigned", "error", "server", 1),  # not retried, no fallback after it
+    ]

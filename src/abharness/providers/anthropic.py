@@ -34,7 +34,14 @@ from ._http import (
     stream_cut,
     transport_error,
 )
-from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
+from .base import (
+    Provider,
+    ProviderRequest,
+    ProviderResponse,
+    Usage,
+    emit_text,
+    mark_first_byte,
+)
 from .batch import BatchItem, BatchState, batch_url_unsupported
 
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens
@@ -235,6 +242,7 @@ class AnthropicProvider(Provider):
                         if ttft is None:
                             ttft = (time.perf_counter() - start) * 1000
                         parts.append(event.delta.text)
+                        emit_text(event.delta.text)
                     elif event.type == "message_delta":
                         u = event.usage  # cumulative counts; input fields only when they changed
                         n_out = u.output_tokens

@@ -30,7 +30,9 @@ boundary. Everything else has a documented default a provider may override:
 
 A provider calls `mark_first_byte()` when the server's answer begins (the response's
 headers, or the first chunk or token): a timeout after it belongs to the model, one
-before it to the endpoint (`run.retry.failure_scope`).
+before it to the endpoint (`run.retry.failure_scope`). A streaming provider calls
+`emit_text(piece)` for each piece of text as it arrives, which hands it to the
+attempt's relay, if it has one (`abharness serve` passes a stream through that way).
 
 Providers know nothing of the runner, the store or templates.
 """
@@ -40,7 +42,7 @@ from __future__ import annotations
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -98,16 +100,17 @@ class AttemptProgress:
     """How far one attempt got; `track_attempt` makes one per attempt."""
 
     first_byte_at: float | None = None  # perf_counter() when the answer began
+    relay: Callable[[str], None] | None = None  # takes each piece of text as it arrives
 
 
 _attempt: ContextVar[AttemptProgress | None] = ContextVar("abharness_attempt", default=None)
 
 
 @contextmanager
-def track_attempt() -> Iterator[AttemptProgress]:
+def track_attempt(relay: Callable[[str], None] | None = None) -> Iterator[AttemptProgress]:
     """The executor wraps each attempt in this; `mark_first_byte` fills it in (from the
     attempt's task, or a worker thread it started: both see the same object)."""
-    progress = AttemptProgress()
+    progress = AttemptProgress(relay=relay)
     token = _attempt.set(progress)
     try:
         yield progress
@@ -120,6 +123,13 @@ def mark_first_byte() -> None:
     progress = _attempt.get()
     if progress is not None and progress.first_byte_at is None:
         progress.first_byte_at = time.perf_counter()
+
+
+def emit_text(piece: str) -> None:
+    """A piece of the answer's text has arrived (from the attempt's task)."""
+    progress = _attempt.get()
+    if progress is not None and progress.relay is not None:
+        progress.relay(piece)
 
 
 class Provider(ABC):

@@ -25,7 +25,14 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import CallError, OtherCallError
 from ..spec.models import ProviderSpec
 from ._http import error_from_status, stream_cut, transport_error
-from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
+from .base import (
+    Provider,
+    ProviderRequest,
+    ProviderResponse,
+    Usage,
+    emit_text,
+    mark_first_byte,
+)
 
 NS_PER_MS = 1_000_000
 
@@ -120,6 +127,7 @@ class OllamaProvider(Provider):
                         if ttft is None:
                             ttft = (time.perf_counter() - start) * 1000
                         parts.append(piece)
+                        emit_text(piece)
                     if part.done:
                         final = part
                 text = "".join(parts)

@@ -53,7 +53,14 @@ from ._http import (
     stream_cut,
     transport_error,
 )
-from .base import Provider, ProviderRequest, ProviderResponse, Usage, mark_first_byte
+from .base import (
+    Provider,
+    ProviderRequest,
+    ProviderResponse,
+    Usage,
+    emit_text,
+    mark_first_byte,
+)
 from .batch import BatchItem, BatchState, batch_url_unsupported
 
 # Hosted APIs that answer chat only; a raw prompt goes there as one user message.
@@ -344,6 +351,7 @@ class OpenAIProvider(Provider):
                             if ttft is None:
                                 ttft = (time.perf_counter() - start) * 1000
                             parts.append(piece)
+                            emit_text(piece)
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
         except CallError:

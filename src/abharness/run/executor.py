@@ -54,6 +54,30 @@ def call_id(run_id: str, arm_id: str, case_id: str, repeat: int) -> str:
     return content_hash([run_id, arm_id, case_id, repeat], 24)
 
 
+class Relay:
+    """Where a streamed call's text goes as it arrives (`abharness serve`'s client), and
+    whether any has gone. Once a piece has gone the answer is the client's: the call is
+    not retried, a route does not move on and no fallback answers, since the client
+    already holds half an answer; an error then ends the call (and the client's stream)."""
+
+    def __init__(self) -> None:
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()  # None: the call ended
+        self.began = asyncio.Event()
+        self.call_id: str | None = None  # the call whose text flows
+        self.arm_id: str | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.began.is_set()
+
+    def __call__(self, piece: str) -> None:
+        self.began.set()
+        self.pieces.put_nowait(piece)
+
+    def end(self) -> None:
+        self.pieces.put_nowait(None)
+
+
 @dataclass
 class CallJob:
     """One call to make: an arm's on a case, a judge's on an arm's call, or a part's of a
@@ -68,6 +92,7 @@ class CallJob:
     judged_call_id: str | None = None
     parent_call_id: str | None = None
     cost_cap: CostCap | None = None  # a composite call's hold, else the run's cap
+    relay: Relay | None = None  # a live streamed request's: its text goes on as it arrives
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -169,6 +194,8 @@ class Executor:
             record.attempts = attempts
             if record.ok or record.error_type not in route.fallback_on:
                 break
+            if job.relay is not None and job.relay.sent:
+                break  # the client has this route's half answer: no other may follow it
             errors.append(
                 {"route": label, "error_type": record.error_type, "message": record.error_message}
             )
@@ -350,6 +377,8 @@ class Executor:
                     raise Unfinished(error) from error
             if error.error_type in call.fallback_on:
                 raise error
+            if call.job.relay is not None and call.job.relay.sent:
+                raise error  # the client has half of this answer: a retry cannot undo it
             delay = self.policy.delay_s(record.attempts, error.retry_after_s)
             if not self.policy.should_retry(error, record.attempts) or (
                 call.waited + delay > self.policy.max_total_wait_s
@@ -449,7 +478,7 @@ class Executor:
         endpoint = call.endpoint
         endpoint_breaker, model_breaker = endpoint.circuit.breaker, call.model.breaker
         timeout_s = call.arm.params.timeout_s
-        with track_attempt() as progress:
+        with track_attempt(call.job.relay) as progress:
             try:
                 async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
                     response = await call.arm.provider.generate(call.request)

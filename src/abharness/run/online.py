@@ -52,7 +52,7 @@ from .arm import ArmPlan, CompositePlan
 from .assign import Assigner, SubjectKey
 from .costcap import CostCap
 from .endpoints import Endpoints
-from .executor import CallJob, Executor, call_id
+from .executor import CallJob, Executor, Relay, call_id
 from .plan import Plan, build_plan
 from .recorder import record_start
 from .retry import RetryPolicy
@@ -258,15 +258,20 @@ class OnlineSession:
         prompt: str | None,
         subject: str | None,
         endpoint: str,
+        relay: Relay | None = None,
     ) -> Answer:
         """One live request: a chat's `messages`, or a completion's `prompt`. Returns
-        once the answer (or the failure) is written to the journal; shadow calls go on."""
+        once the answer (or the failure) is written to the journal; shadow calls go on.
+        With a `relay`, the answering call's text goes to it as it arrives (and `end`
+        once the request is answered)."""
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         try:
-            return await self._answer(messages, prompt, subject, endpoint)
+            return await self._answer(messages, prompt, subject, endpoint, relay)
         finally:
+            if relay is not None:
+                relay.end()
             if task is not None:
                 self._tasks.discard(task)
 
@@ -276,6 +281,7 @@ class OnlineSession:
         prompt: str | None,
         subject: str | None,
         endpoint: str,
+        relay: Relay | None,
     ) -> Answer:
         assert self.writer is not None
         self.stats.requests += 1
@@ -291,18 +297,21 @@ class OnlineSession:
             t = asyncio.create_task(self._shadow(job))
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
-        job = self._job(assigned, case, variables, subject_hash, "assigned", cap)
+        job = self._job(assigned, case, variables, subject_hash, "assigned", cap, relay)
         record, response = await self._call(job)
         answer = Answer(record, response, assigned)
-        if response is None and record.error_type not in NO_FALLBACK:
+        half_sent = relay is not None and relay.sent  # the client holds part of this answer
+        if response is None and record.error_type not in NO_FALLBACK and not half_sent:
             for arm_id in self.serve.fallback:
                 if arm_id == assigned:
                     continue
-                fb = self._job(arm_id, case, variables, subject_hash, "fallback", cap)
+                fb = self._job(arm_id, case, variables, subject_hash, "fallback", cap, relay)
                 fb.parent_call_id = record.call_id
                 fb_record, fb_response = await self._call(fb)
                 if fb_response is not None:
                     answer = Answer(fb_record, fb_response, assigned)
+                    break
+                if relay is not None and relay.sent:
                     break
         if answer.ok:
             self._remember(answer.record.call_id)
@@ -316,10 +325,13 @@ class OnlineSession:
         subject_hash: str | None,
         assignment: str,
         cap: CostCap,
+        relay: Relay | None = None,
     ) -> CallJob:
         cid = call_id(self.run_id, arm_id, case.id, 0)
         self._meta[cid] = (subject_hash, assignment)
-        return CallJob(self.arms[arm_id], case, 0, cid, variables, cost_cap=cap)
+        if relay is not None:  # the call whose text the relay passes on, from now
+            relay.call_id, relay.arm_id = cid, arm_id
+        return CallJob(self.arms[arm_id], case, 0, cid, variables, cost_cap=cap, relay=relay)
 
     async def _call(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:
         """One call through the one call path, scored and written."""

@@ -13,13 +13,17 @@ a key's rate, 413 for a body over ``max_body_bytes``, 400 for bad JSON or a bad
 request, 503 while stopping; a failed call maps its error type to 429/502/504/400.
 
 The response's ``id`` is the call id (what ``/v1/feedback`` takes) and the header
-``x-abharness-arm`` names the arm that answered. A streamed answer is sent once the call
-has ended: the call path retries and falls back, which a half-sent stream could not
-undo (the call's own TTFT, measured upstream, is recorded and in the metrics).
+``x-abharness-arm`` names the arm that answered. A streamed request's text goes on to
+the client as the upstream sends it (an arm with ``stream: true``, the default; an arm
+that does not stream, or the in-process llama.cpp, sends it in one piece at the end). Until the
+first piece the call retries and falls back as any call does, and a failure is an HTTP
+error; after it the stream is that call's, and a failure ends it with an error event
+(the official clients raise it), since no retry can take back what the client has.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -33,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..run.executor import Relay
 from ..run.online import Answer, OnlineSession
 from .keys import ClientKeys, RateLimiter, retry_after_header
 from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics
@@ -174,21 +179,17 @@ class Gateway:
             messages, prompt = (
                 (_messages(body), None) if endpoint == "chat" else (None, _prompt(body))
             )
-            answer = await self.session.answer(
-                messages, prompt, self._subject(request, body), endpoint
-            )
-            if not answer.ok:
-                raise _call_failed(answer)
-            headers = {ARM_HEADER: answer.arm_id}
-            status = 200
+            subject = self._subject(request, body)
             if stream:
                 usage = (body.get("stream_options") or {}).get("include_usage") is True
-                return StreamingResponse(
-                    self._sse(answer, endpoint, usage),
-                    media_type="text/event-stream",
-                    headers=headers,
-                )
-            return JSONResponse(self._body(answer, endpoint), headers=headers)
+                response = await self._streamed(messages, prompt, subject, endpoint, usage)
+                status = 200
+                return response
+            answer = await self.session.answer(messages, prompt, subject, endpoint)
+            if not answer.ok:
+                raise _call_failed(answer)
+            status = 200
+            return JSONResponse(self._body(answer, endpoint), headers={ARM_HEADER: answer.arm_id})
         except Refused as refused:
             status = refused.status
             return refused.response()
@@ -204,7 +205,7 @@ class Gateway:
     def _body(self, answer: Answer, endpoint: str) -> dict[str, Any]:
         record = answer.record
         text = answer.response.text if answer.response else ""
-        finish = FINISH.get(record.finish_reason or "stop", record.finish_reason or "stop")
+        finish = _finish(record)
         if endpoint == "chat":
             choice: dict[str, Any] = {
                 "index": 0,
@@ -218,37 +219,83 @@ class Gateway:
             "id": record.call_id,
             "object": "chat.completion" if endpoint == "chat" else "text_completion",
             "created": int(record.started_at.replace(tzinfo=UTC).timestamp()),
-            "model": record.served_model or self._model_of(answer),
+            "model": record.served_model or _model_of(self.session.arms[answer.arm_id]),
             "choices": [choice],
             "usage": _usage(record),
         }
 
-    def _model_of(self, answer: Answer) -> str:
-        arm = self.session.arms[answer.arm_id]
-        return getattr(arm, "model", None) or arm.id
-
-    async def _sse(self, answer: Answer, endpoint: str, include_usage: bool) -> AsyncIterator[str]:
-        whole = self._body(answer, endpoint)
-        base = {k: whole[k] for k in ("id", "created", "model")}
-        text = answer.response.text if answer.response else ""
-        finish = whole["choices"][0]["finish_reason"]
-        if endpoint == "chat":
-            base["object"] = "chat.completion.chunk"
-            deltas: list[tuple[dict[str, Any], str | None]] = [
-                ({"role": "assistant", "content": ""}, None),
-                ({"content": text}, None),
-                ({}, finish),
-            ]
-            for delta, reason in deltas:
-                choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
-                yield _event({**base, "choices": [choice]})
+    async def _streamed(
+        self,
+        messages: list[dict[str, str]] | None,
+        prompt: str | None,
+        subject: str | None,
+        endpoint: str,
+        include_usage: bool,
+    ) -> Response:
+        """A streamed request. The call streams from its upstream and its text goes on to
+        the client as it arrives; until the first piece arrives the call may still retry
+        or fall back, and a failure is an HTTP error like any other. After it, the
+        client's stream is that call's: an error ends it with an error event."""
+        relay = Relay()
+        answering = asyncio.create_task(
+            self.session.answer(messages, prompt, subject, endpoint, relay)
+        )
+        began = asyncio.create_task(relay.began.wait())
+        try:
+            await asyncio.wait({answering, began}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            began.cancel()
+        if answering.done():  # answered (or failed) before anything went out: all at once
+            answer = answering.result()
+            if not answer.ok:
+                raise _call_failed(answer)
+            assert answer.response is not None
+            whole = _pieces_of(answer.response.text)
+            arm_id, call_id = answer.arm_id, answer.record.call_id
         else:
-            base["object"] = "text_completion"
-            for piece, reason in ((text, None), ("", finish)):
-                choice = {"index": 0, "text": piece, "finish_reason": reason, "logprobs": None}
-                yield _event({**base, "choices": [choice]})
+            assert relay.arm_id is not None and relay.call_id is not None
+            whole, arm_id, call_id = _relayed(relay), relay.arm_id, relay.call_id
+        events = self._sse(call_id, arm_id, endpoint, include_usage, whole, answering)
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers={ARM_HEADER: arm_id}
+        )
+
+    async def _sse(
+        self,
+        call_id: str,
+        arm_id: str,
+        endpoint: str,
+        include_usage: bool,
+        pieces: AsyncIterator[str],
+        answering: asyncio.Task[Answer],
+    ) -> AsyncIterator[str]:
+        """OpenAI's stream: the role (chat), each piece, the finish reason, the usage if
+        asked, ``[DONE]``; an error event instead if the call failed half-way."""
+        arm = self.session.arms[arm_id]
+        base = {"id": call_id, "created": int(time.time()), "model": _model_of(arm)}
+        chat = endpoint == "chat"
+        if chat:
+            yield _chunk(base, chat, None, None, role=True)
+        async for piece in pieces:
+            yield _chunk(base, chat, piece, None)
+        answer = await answering
+        if not answer.ok or answer.record.call_id != call_id:
+            failed = _call_failed(answer)
+            yield _event(
+                {"error": {"message": str(failed), "type": failed.kind, "code": failed.code}}
+            )
+            return
+        record = answer.record
+        yield _chunk(
+            base,
+            chat,
+            None,
+            _finish(record),
+        )
         if include_usage:
-            yield _event({**base, "choices": [], "usage": whole["usage"]})
+            yield _event(
+                {**base, "object": _stream_object(chat), "choices": [], "usage": _usage(record)}
+            )
         yield "data: [DONE]\n\n"
 
     async def models(self, request: Request) -> Response:
@@ -304,6 +351,44 @@ class Gateway:
 
 def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _finish(record: Any) -> str:
+    """The record's finish reason as OpenAI names it."""
+    reason = record.finish_reason or "stop"
+    return FINISH.get(reason, reason)
+
+
+def _stream_object(chat: bool) -> str:
+    return "chat.completion.chunk" if chat else "text_completion"
+
+
+def _chunk(
+    base: dict[str, Any], chat: bool, piece: str | None, finish: str | None, role: bool = False
+) -> str:
+    """One chunk of OpenAI's stream: a chat delta (the role, a piece, or none with the
+    finish reason) or a completion's text."""
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+        if piece is not None:
+            delta["content"] = piece
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    else:
+        choice = {"index": 0, "text": piece or "", "finish_reason": finish, "logprobs": None}
+    return _event({**base, "object": _stream_object(chat), "choices": [choice]})
+
+
+async def _pieces_of(text: str) -> AsyncIterator[str]:
+    yield text
+
+
+async def _relayed(relay: Relay) -> AsyncIterator[str]:
+    while (piece := await relay.pieces.get()) is not None:
+        yield piece
+
+
+def _model_of(arm: Any) -> str:
+    return getattr(arm, "model", None) or arm.id
 
 
 def _bad(message: str) -> Refused:
