@@ -61,6 +61,9 @@ def price_usage(usage: Usage, price: Price) -> Decimal:
 
 HALF = Decimal("0.5")
 BATCH_HALF = "batch: half the live price"
+# (model, provider_id, api_url) genai-prices has no price for: asked again on every call
+# of an unpriced arm, the miss costs ~0.2 ms of the gateway's CPU (BENCHMARKS.md)
+_UNPRICED: set[tuple[str, str | None, str | None]] = set()
 
 
 def genai_price(
@@ -77,6 +80,8 @@ def genai_price(
     from genai_prices import Usage as PriceUsage
     from genai_prices import calc_price
 
+    if (model, provider_id, api_url) in _UNPRICED:
+        return None
     # reasoning tokens are a part of the output tokens, billed with them
     counts = asdict(usage)
     del counts["reasoning_tokens"]
@@ -101,6 +106,7 @@ def genai_price(
                 price_context=context,
             )
     except LookupError:
+        _UNPRICED.add((model, provider_id, api_url))
         return None
     own_batch = batch and any(
         variant.when.get("processing") == "batch"
