@@ -24,6 +24,7 @@ error; after it the stream is that call's, and a failure ends it with an error e
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -450,13 +451,26 @@ def _prompt(body: dict[str, Any]) -> str:
     return prompt
 
 
-def create_app(gateway: Gateway) -> Starlette:
+def tune_collector() -> None:
+    """For a process that serves: what is loaded by now (SDKs, tokenizers, the spec:
+    ~100k objects) lives as long as the process, so it is frozen out of the collector's
+    sight, and young objects are collected every 10,000 allocations rather than 700.
+    Measured over 10,000 requests (BENCHMARKS.md): the collector's time fell from 2.4 s
+    to 0.4 s, and the CPU per request by a fifth."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
+def create_app(gateway: Gateway, *, tune_gc: bool = False) -> Starlette:
     """The ASGI app; its lifespan starts the session and, on shutdown (SIGTERM, Ctrl-C:
-    after uvicorn has let the requests in flight finish), stops it: written, merged."""
+    after uvicorn has let the requests in flight finish), stops it: written, merged.
+    `tune_gc`: the process is the gateway's own (`tune_collector`), not a test's."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.session.start()
+        if tune_gc:
+            tune_collector()
         try:
             yield
         finally:

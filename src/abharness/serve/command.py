@@ -55,7 +55,7 @@ def command(spec: Path, host: str, port: int, db: Path) -> None:
         f"online run {session.run_id}, database {db}); SIGTERM or Ctrl-C stops it"
     )
     config = uvicorn.Config(
-        create_app(gateway),
+        create_app(gateway, tune_gc=True),
         host=host,
         port=port,
         log_level="warning",
