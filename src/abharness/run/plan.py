@@ -108,16 +108,18 @@ class Plan:
         return missing
 
     def warm_up(self) -> None:
-        """Import the providers' SDKs and make the arms' tokenizers, the work the first
-        calls would do (~0.5 s), so that it runs in a thread while the run's store is set
-        up. Anything that fails here fails again in the call that needs it, and is
-        recorded there."""
+        """Import the providers' SDKs, make the arms' tokenizers and load genai-prices'
+        data, the work the first calls would do (~0.5 s), so that it runs in a thread
+        while the run's store is set up. Anything that fails here fails again in the
+        call that needs it, and is recorded there."""
         for module in {p.sdk for p in self.providers if p.sdk}:
             with contextlib.suppress(Exception):
                 importlib.import_module(module)
         for arm in self.all_arms():
             with contextlib.suppress(Exception):
                 arm.tokenizer()  # made once, kept on the arm
+            with contextlib.suppress(Exception):
+                arm.is_priced()  # an API arm without a price: genai-prices' data
 
     def release_tokenizers(self) -> None:
         """Drop the arms' tokenizers and the loaded encodings once the calls are made;
