@@ -24,13 +24,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from abharness.cli import nightly
 from abharness.cli.main import cli
 from abharness.report.compare import NIGHTLY_DEFAULT_GATES, RunData, compare, nightly_default_gates
 from abharness.report.gate_power import a_priori
 from abharness.report.stats import compare_arms, compare_paired, compare_ratio
+from abharness.run import experiment, nightly
 from abharness.run.experiment import run_experiment
+from abharness.run.runner import RunStats
 from abharness.spec.models import Gates
+from abharness.store.db import MergeResult
 from abharness.store.queries import Results
 
 from .conftest import write
@@ -481,3 +483,45 @@ def test_compare_and_the_nightly_page_say_what_each_gate_catches(
     data = json.loads(result.output)
     assert all(g["detectable"] for g in data["gates"] if g["status"] != "not evaluated")
     assert data["warnings"]
+
+
+def test_an_interrupted_run_ends_the_night_and_its_judge_hears_of_it(
+    tmp_path, server, monkeypatch
+) -> None:
+    """`run.nightly` without the CLI: the judge is called around the run, the run's
+    status is typed, and the specs after an interrupted run are not run."""
+    folder = nightly_folder(tmp_path, server, monkeypatch, n_cases=3)
+    write(folder / "zz.yaml", (folder / "watch.yaml").read_text().replace("watch", "zz"))
+
+    def interrupted(spec: Path, options: experiment.RunOptions) -> experiment.Outcome:
+        assert options.kind == "nightly" and not options.use_cache
+        merged = MergeResult(True, {})
+        return experiment.Outcome(
+            "r1", tmp_path / "r.duckdb", "interrupted", RunStats(), merged, 0, 0, 0, 0.1
+        )
+
+    monkeypatch.setattr(experiment, "run_experiment", interrupted)
+    heard: list[tuple[str, str | None]] = []
+
+    class Judge:
+        def before(self, night: nightly.SpecNight) -> None:
+            heard.append(("before", night.experiment))
+
+        def after(self, night: nightly.SpecNight) -> nightly.Status | None:
+            heard.append(("after", night.experiment))
+            return None
+
+    with nightly.start_night(tmp_path / "r.duckdb", batch=False, batch_deadline_s=60) as night:
+        (watch,) = night.run(nightly.nightly_specs(folder), Judge())
+    assert heard == [("before", "watch"), ("after", "watch")]
+    assert watch.statuses == {nightly.Status.INTERRUPTED}
+    assert watch.problems == [
+        f"interrupted: resume with `abharness run --resume r1 --db {tmp_path / 'r.duckdb'}`"
+    ]
+
+
+def test_every_status_of_a_night_has_an_exit_code() -> None:
+    from abharness.cli.nightly import EXIT_CODES, PRECEDENCE
+
+    assert set(EXIT_CODES) == set(nightly.Status)
+    assert set(EXIT_CODES.values()) - {0} <= set(PRECEDENCE)

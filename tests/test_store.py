@@ -11,6 +11,7 @@ import pytest
 from abharness.store.db import LOGS, Store, merge
 from abharness.store.migrations import KEYS, MIGRATIONS, migrate
 from abharness.store.queries import recorded_prompt_hashes
+from abharness.store.recorder import Recorder, staging_path
 from abharness.store.records import CallRecord, ScoreRecord
 
 CONTRACT = {
@@ -329,3 +330,29 @@ def test_shed_cache_drops_what_duckdb_keeps_of_the_written_file(tmp_path: Path) 
     assert limit() == limit_before  # put back
     assert store.con.execute("SELECT count(*) FROM calls").fetchall() == [(40_192,)]
     store.close()
+
+
+def test_the_recorder_owns_a_runs_rows_and_its_staging_file(tmp_path: Path) -> None:
+    """`run`, `nightly` and `serve` hand it plain rows; it adds the run id, the status
+    and the times, numbers the arms, and merges its file into the main database."""
+    db = tmp_path / "main.duckdb"
+    arm = {"arm_id": "a", "provider": "p", "model": "m", "prompt_name": "q"}
+    recorder = Recorder.start(
+        db, "r1", {"experiment": "e", "kind": "run"}, [arm, arm | {"arm_id": "b"}]
+    )
+    assert recorder.path == staging_path(db, "r1") == tmp_path / "staging/r1.duckdb"
+    run = recorder.store.con.execute("SELECT status, started_at IS NOT NULL FROM runs").fetchall()
+    arms = recorder.store.con.execute(
+        "SELECT run_id, arm_id, position FROM arms ORDER BY 3"
+    ).fetchall()
+    assert run == [("running", True)] and arms == [("r1", "a", 0), ("r1", "b", 1)]
+    recorder.finish("completed", wall_time_s=1.5)
+    recorder.close()
+    assert recorder.merge(attempts=1).merged and not recorder.path.exists()
+    resumed, made = Recorder.resume(db, "r1")  # merged: its rows come back from main
+    assert made == set() and resumed.path == recorder.path
+    status = resumed.store.con.execute(
+        "SELECT status, finished_at IS NOT NULL, wall_time_s FROM runs"
+    )
+    assert status.fetchall() == [("running", True, 1.5)]
+    resumed.close()

@@ -16,22 +16,24 @@ batches until ``--batch-deadline`` (default 6 h from the start of the night: a r
 started at 01:00 has its page by 07:00); a batch still running then is left to the
 provider, the run is incomplete (exit 4) and its page says so, and ``abharness run
 --resume RUN_ID`` collects the batch later without sending a call twice.
+
+The night itself (the lock, running each spec, the batch deadline, interruption) is
+`run/nightly.py`'s; this front end reads the previous nights, compares, writes the
+reports and the index (`report/`), and maps each run's `Status` to an exit code
+(`EXIT_CODES`, `PRECEDENCE`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..run.nightly import Status
 from ..shell import (
     EXIT_ENVIRONMENT,
     EXIT_ERRORS,
@@ -50,9 +52,9 @@ from ..shell import (
 if TYPE_CHECKING:
     from ..report.compare import RunData
     from ..report.nightly import NightEntry
+    from ..run.nightly import SpecNight
 
 DEFAULT_DIR = Path("experiments/nightly")
-MERGE_ATTEMPTS = 10  # a second apart: a busy database leaves the run in staging
 DEFAULT_BATCH_DEADLINE = "6h"
 
 
@@ -97,28 +99,26 @@ class Duration(click.ParamType):
 @one_line_errors
 def command(folder: Path, db: Path, reports_dir: Path, batch: bool, batch_deadline: float) -> None:
     """Run every spec in FOLDER (default experiments/nightly) against its previous night."""
-    from ..errors import InvalidInput
     from ..report.nightly import summary_lines
+    from ..run.nightly import NightlyRunning, nightly_specs, start_night
 
-    specs = sorted(p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
-    if not specs:
-        raise InvalidInput(f"no *.yaml specs in {folder}", file=folder)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    codes: set[int] = set()
-    with _nightly_lock(db.parent / "nightly.lock"):
-        started = datetime.now(UTC)
-        deadline = time.monotonic() + batch_deadline
-        entries = []
-        for spec in specs:
-            entry, code = _one(spec, db, reports_dir, batch, deadline - time.monotonic())
-            entries.append(entry)
-            codes.add(code)
-            if code == EXIT_INTERRUPTED:
-                break  # the run in progress saved; the night stops here
-        page = _write_index(started, entries, db, reports_dir)
+    specs = nightly_specs(folder)
+    judge = _Judge(db, reports_dir)
+    try:
+        with start_night(db, batch=batch, batch_deadline_s=batch_deadline) as night:
+            nights = night.run(specs, judge)
+            page = _write_index(night.started, judge.entries, db, reports_dir)
+    except NightlyRunning as exc:
+        err_console.print(
+            f"[bold red]error:[/] another nightly is running ({exc.holder}); lock file "
+            f"{exc.lock}. Nothing was run."
+        )
+        sys.exit(EXIT_INVALID)
+    entries = judge.entries
     console.print(f"nightly index: {page}")
     for line in summary_lines(entries):
         (err_console if line.startswith(("FAIL", "NOT")) else console).print(line, markup=False)
+    codes = {EXIT_CODES[status] for x in nights for status in x.statuses}
     if any(x.comparison and x.comparison.failed for x in entries):
         codes.add(EXIT_REGRESSION)
     code = next((c for c in PRECEDENCE if c in codes), EXIT_OK)
@@ -136,6 +136,16 @@ def command(folder: Path, db: Path, reports_dir: Path, batch: bool, batch_deadli
     sys.exit(code)
 
 
+# What each status of a run (`run.nightly.Status`) makes the night's exit code.
+EXIT_CODES = {
+    Status.OK: EXIT_OK,
+    Status.INVALID: EXIT_INVALID,
+    Status.ENVIRONMENT: EXIT_ENVIRONMENT,
+    Status.INTERRUPTED: EXIT_INTERRUPTED,
+    Status.ERRORS: EXIT_ERRORS,
+    Status.INCOMPLETE: EXIT_INCOMPLETE,
+}
+
 # When several hold, the night's exit code is the first of these (module docstring).
 PRECEDENCE = (
     EXIT_INTERRUPTED,
@@ -147,139 +157,79 @@ PRECEDENCE = (
 )
 
 
-@contextmanager
-def _nightly_lock(path: Path) -> Iterator[None]:
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        err_console.print(
-            f"[bold red]error:[/] another nightly is running ({holder}); lock file {path}. "
-            "Nothing was run."
-        )
-        sys.exit(EXIT_INVALID)
-    try:
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()}, started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
-        handle.flush()
-        yield
-    finally:
-        handle.truncate(0)
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+class _Judge:
+    """`run.nightly.Judge`: reads each run's previous night before it runs; after it,
+    prints it, writes its report and compares it with that night. `entries` are the
+    index page's rows, one per spec."""
 
+    def __init__(self, db: Path, reports_dir: Path) -> None:
+        self.db = db
+        self.reports_dir = reports_dir
+        self.entries: list[NightEntry] = []
+        self._previous: tuple[RunData | None, str] = (None, "")
 
-def _one(
-    spec: Path, db: Path, reports_dir: Path, batch: bool, deadline_s: float
-) -> tuple[NightEntry, int]:
-    """Run one spec as tonight's nightly and compare it with its previous night; the
-    entry for the page, and the exit code the run alone calls for. Its batches are
-    waited for `deadline_s` at most."""
-    from rich.markup import escape
+    def before(self, night: SpecNight) -> None:
+        assert night.plan is not None and night.experiment is not None
+        self._previous = _previous(night.experiment, [c.id for c in night.plan.cases()], self.db)
+        console.print(f"[bold]{night.experiment}[/] ({night.spec})")
 
-    from ..errors import EnvironmentFailure, InvalidInput, StoreWriteError
-    from ..report.build import write_report
-    from ..report.compare import RunData, compare, nightly_default_gates
-    from ..report.nightly import NightEntry
-    from ..run.experiment import RunOptions, prepare, resume_command, run_experiment
-    from ..store.queries import Results
-    from .compare import print_comparison
+    def after(self, night: SpecNight) -> Status | None:
+        from rich.markup import escape
 
-    entry = NightEntry(spec=str(spec))
-    try:
-        plan, warnings = prepare(spec, db, batch=batch)
-        entry.experiment = plan.spec.experiment.name
-        entry.batched = [a.id for a in plan.batched]
-        previous, why = _previous(entry.experiment, [c.id for c in plan.cases()], db)
-        console.print(f"[bold]{entry.experiment}[/] ({spec})")
-        options = RunOptions(
-            db=db,
-            use_cache=False,
-            kind="nightly",
-            merge_attempts=MERGE_ATTEMPTS,
-            prepared=(plan, warnings),  # checked once, above
-            batch_deadline_s=max(deadline_s, 0.0),
+        from ..errors import EnvironmentFailure
+        from ..report.build import write_report
+        from ..report.compare import RunData, compare, nightly_default_gates
+        from ..report.nightly import NightEntry
+        from ..store.queries import Results
+        from .compare import print_comparison
+
+        entry = NightEntry(
+            spec=str(night.spec),
+            experiment=night.experiment,
+            batched=night.batched,
+            problems=night.problems,
         )
-        outcome = run_experiment(spec, options)
-    except InvalidInput as exc:  # the spec, or an arm that cannot run here
-        entry.problems.append(f"invalid spec, not run: {exc}")
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        return entry, EXIT_INVALID
-    except StoreWriteError as exc:
-        entry.problems.append(f"the run stopped: {exc}; resume with `{exc.resume}`")
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        return entry, EXIT_ENVIRONMENT
-    except EnvironmentFailure as exc:
-        entry.problems.append(str(exc))
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        return entry, EXIT_ENVIRONMENT
-    entry.run_id = outcome.run_id
-    s = outcome.stats
-    console.print(
-        f"  run {outcome.run_id}: {outcome.status}, {s.calls} calls, {s.error_count} errors, "
-        f"{s.cost_usd:.4f} USD, {s.wall_time_s:.1f} s"
-    )
-    codes = {EXIT_OK}
-    if outcome.merge.failed:
-        entry.problems.append(outcome.merge.message)
-        codes.add(EXIT_ENVIRONMENT)
-    elif not outcome.merge.merged:
-        entry.problems.append(
-            f"not merged into {db} yet ({outcome.merge.message}); `abharness merge` finishes it"
+        self.entries.append(entry)
+        outcome = night.outcome
+        if outcome is None:
+            err_console.print(f"[bold red]error:[/] {escape(str(night.error))}")
+            return None
+        entry.run_id = outcome.run_id
+        s = outcome.stats
+        console.print(
+            f"  run {outcome.run_id}: {outcome.status}, {s.calls} calls, {s.error_count} errors, "
+            f"{s.cost_usd:.4f} USD, {s.wall_time_s:.1f} s"
         )
-    if outcome.status == "interrupted":
-        entry.problems.append(f"interrupted: resume with `{resume_command(outcome.run_id, db)}`")
-        codes.add(EXIT_INTERRUPTED)
-    elif outcome.error_rate_exceeded:
-        entry.problems.append(
-            f"error rate {outcome.errors}/{outcome.calls} is above max_error_rate "
-            f"{outcome.max_error_rate:g}"
+        try:
+            with Results(outcome.results_path) as results:
+                report = write_report(results, outcome.run_id, self.reports_dir, str(self.db))
+                current = RunData.read(results, outcome.run_id)
+        except EnvironmentFailure as exc:
+            entry.problems.append(str(exc))
+            return Status.ENVIRONMENT
+        # the index lives in reports/nightly/<date>/: two levels below the reports folder
+        entry.report_href = os.path.relpath(
+            report.with_suffix(".html"), self.reports_dir / "nightly" / "d"
         )
-        codes.add(EXIT_ERRORS)
-    elif outcome.status == "incomplete":
-        missing = []
-        if outcome.not_made:
-            missing.append(f"{outcome.not_made} calls never made ({'; '.join(outcome.failures)})")
-        if outcome.batches_running:
-            missing.append(
-                f"{len(outcome.batches_running)} batches still running at the provider at the "
-                f"deadline, and billed ({'; '.join(outcome.batches_running)})"
-            )
-        entry.problems.append(
-            f"incomplete: {', and '.join(missing)}; resume with "
-            f"`{resume_command(outcome.run_id, db)}`"
+        previous, why = self._previous
+        if previous is None:
+            if why.startswith("NOT EVALUATED"):
+                entry.problems.append(why)
+            else:
+                entry.note = why
+            console.print(f"  {why}")
+            return None
+        assert night.plan is not None
+        entry.previous = previous.run_id
+        gates = night.plan.spec.experiment.gates
+        if gates == type(gates)():
+            gates = nightly_default_gates(len(night.plan.arms))
+            entry.note = "the spec sets no gates: the nightly defaults apply"
+        entry.comparison = compare(previous, current, gates)
+        print_comparison(
+            entry.comparison, f"{entry.experiment}: {current.run_id} against {previous.run_id}"
         )
-        codes.add(EXIT_INCOMPLETE)
-    code = next((c for c in PRECEDENCE if c in codes), EXIT_OK)
-    try:
-        with Results(outcome.results_path) as results:
-            report = write_report(results, outcome.run_id, reports_dir, str(db))
-            current = RunData.read(results, outcome.run_id)
-    except EnvironmentFailure as exc:
-        entry.problems.append(str(exc))
-        return entry, EXIT_ENVIRONMENT
-    # the index lives in reports/nightly/<date>/: two levels below the reports folder
-    entry.report_href = os.path.relpath(report.with_suffix(".html"), reports_dir / "nightly" / "d")
-    if previous is None:
-        if why.startswith("NOT EVALUATED"):
-            entry.problems.append(why)
-        else:
-            entry.note = why
-        console.print(f"  {why}")
-        return entry, code
-    entry.previous = previous.run_id
-    gates = plan.spec.experiment.gates
-    if gates == type(gates)():
-        gates = nightly_default_gates(len(plan.arms))
-        entry.note = "the spec sets no gates: the nightly defaults apply"
-    entry.comparison = compare(previous, current, gates)
-    print_comparison(
-        entry.comparison, f"{entry.experiment}: {current.run_id} against {previous.run_id}"
-    )
-    return entry, code
+        return None
 
 
 def _previous(experiment: str, case_ids: list[str], db: Path) -> tuple[RunData | None, str]:
@@ -340,6 +290,6 @@ def _write_index(started: datetime, entries: list[NightEntry], db: Path, reports
 
 
 def _staging_of(entry: NightEntry, db: Path) -> list[Path]:
-    from ..store.db import staging_dir
+    from ..store.recorder import staging_path
 
-    return [staging_dir(db) / f"{entry.run_id}.duckdb"] if entry.run_id else []
+    return [staging_path(db, entry.run_id)] if entry.run_id else []

@@ -26,15 +26,16 @@ from ..errors import CallError, EnvironmentFailure, InvalidInput, StoreWriteErro
 from ..providers.base import Usage
 from ..spec.load import load_spec
 from ..store.cache import ResponseCache, open_cache
-from ..store.db import MergeResult, Store, merge, staging_dir
+from ..store.db import MergeResult, staging_dir
 from ..store.health import check_main_db
 from ..store.queries import Results, RunNotFound
+from ..store.recorder import Recorder
 from ..store.records import CallRecord
 from .arm import CompositePlan, parts_of
 from .batch import Tracked
 from .plan import Plan, build_plan, check_cases, check_prompt_versions, check_warnings
-from .recorder import record_start
 from .retry import RetryPolicy
+from .rows import arm_rows, run_row
 from .runner import Runner, RunStats
 
 DEFAULT_DB = Path("results/abharness.duckdb")
@@ -167,7 +168,7 @@ def _run(spec_path: str | Path | None, o: RunOptions, db: Path) -> Outcome:
     check_main_db(db)  # a junk, foreign or newer database is refused before anything is paid
     skip: set[str] = set()
     if o.resume is not None:
-        run_id, recorded_path, recorded_hash, leftover, batched = _find_resumable(o.resume, db)
+        run_id, recorded_path, recorded_hash, batched = _find_resumable(o.resume, db)
         spec_path = recorded_path
         plan, warnings = prepare(
             spec_path, db, allow_changed_prompts=o.allow_changed_prompts, batch=batched
@@ -179,13 +180,7 @@ def _run(spec_path: str | Path | None, o: RunOptions, db: Path) -> Outcome:
             )
         plan.drop_unavailable(o.skip_unavailable)
         warm = _warm_up(plan)
-        if leftover is not None:
-            store = Store(leftover)
-            skip = store.reopen(run_id)
-        else:
-            store = Store(staging_dir(db) / f"{run_id}.duckdb")
-            skip = store.copy_run_from(db, run_id)
-        store.update_run(run_id, status="running")
+        recorder, skip = Recorder.resume(db, run_id)
     else:
         assert spec_path is not None
         plan, warnings = o.prepared or prepare(
@@ -194,8 +189,7 @@ def _run(spec_path: str | Path | None, o: RunOptions, db: Path) -> Outcome:
         not_run = plan.drop_unavailable(o.skip_unavailable)
         warm = _warm_up(plan)
         run_id = new_run_id()
-        store = Store(staging_dir(db) / f"{run_id}.duckdb")
-        record_start(store, plan, run_id, not_run, o.kind)
+        recorder = Recorder.start(db, run_id, run_row(plan, o.kind), arm_rows(plan, not_run))
     if o.on_start:
         o.on_start(plan.n_calls - len(skip))
     cache: ResponseCache | None = None
@@ -206,7 +200,7 @@ def _run(spec_path: str | Path | None, o: RunOptions, db: Path) -> Outcome:
     warm.join()
     runner = Runner(
         plan,
-        store,
+        recorder.store,
         run_id,
         on_call=o.on_call,
         cache=cache,
@@ -223,23 +217,18 @@ def _run(spec_path: str | Path | None, o: RunOptions, db: Path) -> Outcome:
         stats, status = runner.stats, "interrupted"
     except StoreWriteError as exc:  # left 'running' in its staging file: resumable
         with contextlib.suppress(Exception):
-            store.close()
+            recorder.close()
         exc.resume = resume_command(run_id, db)
         raise
     finally:
         if cache is not None:
             cache.close()
     _release_run_memory(plan)
-    store.update_run(
-        run_id,
-        status=status,
-        finished_at=datetime.now(UTC).replace(tzinfo=None),
-        wall_time_s=stats.wall_time_s,
-    )
-    staging = store.path
-    store.close()
+    recorder.finish(status, wall_time_s=stats.wall_time_s)
+    staging = recorder.path
+    recorder.close()
     try:
-        merged = merge(staging, db, attempts=o.merge_attempts)
+        merged = recorder.merge(attempts=o.merge_attempts)
     except EnvironmentFailure as exc:  # the run is whole in its staging file
         merged = MergeResult(False, {}, str(exc), failed=True)
     except KeyboardInterrupt:  # the merge is one transaction: rolled back, nothing lost
@@ -272,9 +261,9 @@ def _run(spec_path: str | Path | None, o: RunOptions, db: Path) -> Outcome:
     )
 
 
-def _find_resumable(ref: str, db: Path) -> tuple[str, Path, str, Path | None, bool]:
-    """(run id, spec path, spec hash, leftover staging file, whether an arm ran in batch
-    mode) of the run to resume; reads only.
+def _find_resumable(ref: str, db: Path) -> tuple[str, Path, str, bool]:
+    """(run id, spec path, spec hash, whether an arm ran in batch mode) of the run to
+    resume; reads only.
 
     A crashed run still has its staging file; a stopped run was merged into `db`."""
     leftovers = {p.stem: p for p in staging_dir(db).glob("*.duckdb")}
@@ -295,7 +284,7 @@ def _find_resumable(ref: str, db: Path) -> tuple[str, Path, str, Path | None, bo
         except RunNotFound as exc:
             raise InvalidInput(f"no run record for {run_id}", file=leftover or db) from exc
         batched = results.batched_arms(run_id)
-    return run_id, Path(run["spec_path"]), str(run["spec_hash"]), leftover, bool(batched)
+    return run_id, Path(run["spec_path"]), str(run["spec_hash"]), bool(batched)
 
 
 @dataclass

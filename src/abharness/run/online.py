@@ -44,9 +44,10 @@ from ..prompts.client import client_variables
 from ..providers.base import ProviderResponse
 from ..spec.dataset import Case
 from ..spec.load import LoadedSpec
-from ..store.db import MergeResult, Store, merge, staging_dir
+from ..store.db import MergeResult, Store
 from ..store.health import check_main_db, classify
 from ..store.migrations import transaction
+from ..store.recorder import Recorder
 from ..store.records import CallRecord, ScoreRecord
 from .arm import ArmPlan, CompositePlan
 from .assign import Assigner, SubjectKey
@@ -54,8 +55,8 @@ from .costcap import CostCap
 from .endpoints import Endpoints
 from .executor import CallJob, Executor, Relay, call_id
 from .plan import Plan, build_plan
-from .recorder import record_start
 from .retry import RetryPolicy
+from .rows import arm_rows, run_row
 from .runner import stop_grace_s
 from .writer import Writer
 
@@ -131,6 +132,7 @@ class OnlineSession:
         self._recent: OrderedDict[str, str] = OrderedDict()  # answered call id -> run id
         self._meta: dict[str, tuple[str | None, str]] = {}  # call id -> (subject hash, assignment)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.recorder: Recorder | None = None
         self.store: Store | None = None
         self.writer: Writer | None = None
         self._writer_task: asyncio.Task[None] | None = None
@@ -151,8 +153,10 @@ class OnlineSession:
                     f"could not load {provider.label}: {exc}", file=self.spec.path
                 ) from exc
         await asyncio.to_thread(self.plan.warm_up)  # SDKs and tokenizers: not the first request's
-        self.store = Store(staging_dir(self.db) / f"{self.run_id}.duckdb")
-        record_start(self.store, self.plan, self.run_id, [], "online")
+        self.recorder = Recorder.start(
+            self.db, self.run_id, run_row(self.plan, "online"), arm_rows(self.plan, [])
+        )
+        self.store = self.recorder.store
         self.writer = Writer(self.store, on_failure=self._store_failed)
         self.executor = Executor(
             self.run_id,
@@ -196,15 +200,10 @@ class OnlineSession:
             for provider in self.plan.providers:
                 with contextlib.suppress(Exception):
                     await provider.aclose()
-        self.store.update_run(
-            self.run_id,
-            status="completed",
-            finished_at=datetime.now(UTC).replace(tzinfo=None),
-            total_calls=self.stats.calls,
-        )
-        staging = self.store.path
-        self.store.close()
-        return await asyncio.to_thread(merge, staging, self.db, attempts=10)
+        assert self.recorder is not None
+        self.recorder.finish("completed", total_calls=self.stats.calls)
+        self.recorder.close()
+        return await asyncio.to_thread(self.recorder.merge, attempts=10)
 
     async def _flush_periodically(self) -> None:
         while not self._stop_flushing.is_set():

@@ -1,18 +1,18 @@
-"""A run's own rows: its ``runs`` row and one ``arms`` row per arm, part and judge,
-written to its staging store when it starts (`run`, `nightly`, `serve` alike)."""
+"""What a run records about itself: its ``runs`` row and one ``arms`` row per arm,
+part and judge, built from its `Plan` for the store's `Recorder` to write when the run
+starts (`run`, `nightly`, `serve` alike). The store takes them as plain rows: it sits
+below `run/` and never sees a plan."""
 
 from __future__ import annotations
 
 import json
 import socket
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..spec.models import GenerationParams
-from ..store.db import Store
 from .arm import ArmPlan, CompositePlan
 from .plan import Plan
 
@@ -27,45 +27,37 @@ def git_sha(where: Path) -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def record_start(
-    store: Store,
-    plan: Plan,
-    run_id: str,
-    not_run: list[tuple[ArmPlan | CompositePlan, str]],
-    kind: str,
-) -> None:
+def run_row(plan: Plan, kind: str) -> dict[str, Any]:
+    """The run's ``runs`` row, but for what the recorder owns (its id, status and times)."""
     spec = plan.spec
     x = spec.experiment
-    store.insert(
-        "runs",
-        [
-            {
-                "run_id": run_id,
-                "experiment": x.name,
-                "description": x.description,
-                "status": "running",
-                "started_at": datetime.now(UTC).replace(tzinfo=None),
-                "spec_hash": spec.hash,
-                "spec_yaml": spec.source,
-                "spec_path": str(spec.path.resolve()),
-                "git_sha": git_sha(spec.path.parent),
-                "harness_version": __version__,
-                "host": socket.gethostname(),
-                "total_calls": plan.n_calls,
-                "kind": kind,
-            }
-        ],
-    )
-    rows = [arm_row(run_id, a, None) for a in plan.arms]
-    rows += [arm_row(run_id, a, why) for a, why in not_run]
-    rows += [
-        arm_row(run_id, p, None) for a in plan.arms if isinstance(a, CompositePlan) for p in a.parts
-    ]
-    rows += [arm_row(run_id, j, None) for j in plan.judges.values()]
-    store.insert("arms", [{**row, "position": i} for i, row in enumerate(rows)])
+    return {
+        "experiment": x.name,
+        "description": x.description,
+        "spec_hash": spec.hash,
+        "spec_yaml": spec.source,
+        "spec_path": str(spec.path.resolve()),
+        "git_sha": git_sha(spec.path.parent),
+        "harness_version": __version__,
+        "host": socket.gethostname(),
+        "total_calls": plan.n_calls,
+        "kind": kind,
+    }
 
 
-def arm_row(run_id: str, a: ArmPlan | CompositePlan, not_run: str | None) -> dict[str, Any]:
+def arm_rows(
+    plan: Plan, not_run: list[tuple[ArmPlan | CompositePlan, str]]
+) -> list[dict[str, Any]]:
+    """The ``arms`` rows in their order: the arms, those that cannot run here (and why),
+    each composite's parts, the judges."""
+    rows = [arm_row(a, None) for a in plan.arms]
+    rows += [arm_row(a, why) for a, why in not_run]
+    rows += [arm_row(p, None) for a in plan.arms if isinstance(a, CompositePlan) for p in a.parts]
+    rows += [arm_row(j, None) for j in plan.judges.values()]
+    return rows
+
+
+def arm_row(a: ArmPlan | CompositePlan, not_run: str | None) -> dict[str, Any]:
     """The arm's row in ``arms``: a composite's provider is its kind (``panel``,
     ``route``) and its model the list of its parts; each part has a row of its own."""
     if isinstance(a, CompositePlan):
@@ -77,7 +69,6 @@ def arm_row(run_id: str, a: ArmPlan | CompositePlan, not_run: str | None) -> dic
         tier, params = a.tier, a.params.model_dump(exclude_none=True)
         params["mode"] = "batch" if a.batch else "live"  # as run: --batch included
     return {
-        "run_id": run_id,
         "arm_id": a.id,
         "provider": provider,
         "endpoint": endpoint,
