@@ -218,9 +218,8 @@ class OnlineSession:
         calls = self.stats.calls
 
         def work(con: duckdb.DuckDBPyConnection) -> None:
-            assert self.store is not None
-            self.store.update_run(self.run_id, total_calls=calls)
-            self.store.flush_into(self.db)
+            assert self.recorder is not None
+            self.recorder.publish(total_calls=calls)
 
         try:
             await self.writer.beside(work)

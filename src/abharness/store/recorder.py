@@ -71,6 +71,13 @@ class Recorder:
         columns (``wall_time_s``, ``total_calls``)."""
         self.store.update_run(self.run_id, status=status, finished_at=_now(), **fields)
 
+    def publish(self, **fields: Any) -> None:
+        """While the run goes on (`abharness serve`): set ``runs`` columns (its
+        ``total_calls`` so far), then merge what is written into `db` now and keep the
+        staging file open (`Store.flush_into`; from the thread that owns the store)."""
+        self.store.update_run(self.run_id, **fields)
+        self.store.flush_into(self.db)
+
     def close(self) -> None:
         self.store.close()
 
