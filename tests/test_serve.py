@@ -185,10 +185,13 @@ def test_feedback_lands_in_scores_and_in_the_metrics(served: Served) -> None:
     )
     out_of_range = served.http.post("/v1/feedback", json={"id": reply.id, "score": 2}, headers=auth)
     assert out_of_range.status_code == 400
-    metrics = served.http.get("/metrics").text
+    shadow = 'abharness_serve_calls_total{arm="candidate",assignment="shadow",status="ok"}'
+    deadline = time.monotonic() + 10
+    while shadow not in (metrics := served.http.get("/metrics").text):  # the shadow goes on
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.05)
     assert 'abharness_serve_feedback_total{status="200"} 2.0' in metrics
     assert 'abharness_serve_requests_total{endpoint="chat",status="200"} 1.0' in metrics
-    assert 'abharness_serve_calls_total{arm="candidate",assignment="shadow",status="ok"}' in metrics
     assert "abharness_serve_call_latency_seconds_bucket" in metrics
     served.http.__exit__(None, None, None)
     assert served.rows("SELECT call_id, value, detail FROM scores WHERE scorer = 'feedback'") == [
