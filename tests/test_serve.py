@@ -14,6 +14,7 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
+from abharness.errors import TemplateError
 from abharness.run.assign import Assigner, SubjectKey
 from abharness.run.online import OnlineSession
 from abharness.serve.app import Gateway, create_app
@@ -342,3 +343,47 @@ def test_stopping_during_a_periodic_merge_still_ends_the_run_completed(
     assert s.rows("SELECT status, total_calls, finished_at IS NOT NULL FROM runs") == [
         ("completed", 1, True)
     ]
+
+
+def test_an_llm_judge_grades_live_answers_in_the_background(tmp_path: Path) -> None:
+    """The spec's llm_judge grades every answered call (assigned and shadow) with a call
+    of its own, after the answer went out; the report never counts it as an arm's; a
+    rubric that needs a dataset's column is refused before serving."""
+    with FakeServer() as up, FakeServer(lambda body: "Score: 8", latency_s=0.5) as judge:
+        spec = serve_spec(tmp_path, up.url, "  split: {control: 1}\n  shadow: [candidate]\n")
+        text = spec.read_text().replace(
+            "providers:\n",
+            f"providers:\n  judge: {{type: openai, base_url: '{judge.url}/v1', "
+            "api_key_env: FAKE_KEY}\n",
+        )
+        rubric = "  - {type: llm_judge, provider: judge, model: j-1, rubric: rubric@1}\n"
+        spec.write_text(text.replace("scorers:\n", "scorers:\n" + rubric))
+        (tmp_path / "prompts/rubric").mkdir(parents=True)
+        (tmp_path / "prompts/rubric/v1.j2").write_text(
+            "{% block user %}Asked: {{ prompt }}. Grade: {{ response }}{% endblock %}\n"
+        )
+        s = Served(spec, tmp_path / "ab.duckdb")
+        with s.http:
+            began = time.perf_counter()
+            reply = s.openai().chat.completions.create(model="live", messages=CHAT, user="u9")
+            assert time.perf_counter() - began < 0.5  # the judge's 0.5 s is not the client's
+        graded = s.rows(
+            "SELECT c.assignment, s.value, j.arm_id, j.assignment, j.subject_hash = c.subject_hash "
+            "FROM calls c JOIN scores s ON s.call_id = c.call_id AND s.scorer = 'llm_judge' "
+            "JOIN calls j ON j.judged_call_id = c.call_id ORDER BY c.assignment"
+        )
+        assert graded == [
+            ("assigned", 0.8, "judge-llm_judge", None, True),
+            ("shadow", 0.8, "judge-llm_judge", None, True),
+        ]
+        assert (
+            "Asked: What is the capital of Peru?. Grade: Lima"
+            in judge.log[0].body["messages"][0]["content"]
+        )
+        assert s.rows("SELECT call_id FROM calls WHERE assignment = 'assigned'") == [(reply.id,)]
+
+        (tmp_path / "prompts/rubric/v1.j2").write_text(
+            "{% block user %}Expected {{ answer }}; got {{ response }}{% endblock %}\n"
+        )
+        with pytest.raises(TemplateError, match="cannot grade live traffic.*answer"):
+            Served(spec, tmp_path / "ab.duckdb")

@@ -31,7 +31,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -39,7 +39,7 @@ from typing import Any
 
 import duckdb
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, TemplateError
 from ..prompts.client import client_variables
 from ..providers.base import ProviderResponse
 from ..spec.dataset import Case
@@ -58,6 +58,7 @@ from .plan import Plan, build_plan
 from .retry import RetryPolicy
 from .rows import arm_rows, run_row
 from .runner import stop_grace_s
+from .scorers import Score, Scorer
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ class OnlineSession:
         self.plan.drop_unavailable(False)  # an arm that cannot run is refused now
         self.arms: dict[str, ArmPlan | CompositePlan] = {a.id: a for a in self.plan.arms}
         self.scorers = [s for s in self.plan.scorers if not s.is_judge]
+        self.judges = [s for s in self.plan.scorers if s.is_judge]
+        self._check_judges()
         self.assigner = Assigner(spec.experiment.name, serve.split, serve.sticky)
         self.subjects = SubjectKey.for_db(db)
         self.run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
@@ -130,7 +133,9 @@ class OnlineSession:
         self._cap_day: date | None = None
         self._cap = CostCap(None)
         self._recent: OrderedDict[str, str] = OrderedDict()  # answered call id -> run id
-        self._meta: dict[str, tuple[str | None, str]] = {}  # call id -> (subject hash, assignment)
+        self._meta: dict[
+            str, tuple[str | None, str | None]
+        ] = {}  # call id -> (subject, assignment)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.recorder: Recorder | None = None
         self.store: Store | None = None
@@ -291,10 +296,9 @@ class OnlineSession:
         await self.writer.put_case(self.run_id, case)
         assigned = self.assigner.arm_for(subject)
         for shadow in self.serve.shadow:
-            job = self._job(shadow, case, variables, subject_hash, "shadow", cap)
-            t = asyncio.create_task(self._shadow(job))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
+            self._background(
+                self._shadow(self._job(shadow, case, variables, subject_hash, "shadow", cap))
+            )
         job = self._job(assigned, case, variables, subject_hash, "assigned", cap, relay)
         record, response = await self._call(job)
         answer = Answer(record, response, assigned)
@@ -341,30 +345,85 @@ class OnlineSession:
         scores = []
         if response is not None:
             for scorer in self.scorers:
-                try:
-                    s = scorer.score(response.text, job.case.data)
-                    scores.append(
-                        ScoreRecord(
-                            record.call_id, self.run_id, scorer.name, s.value, s.passed, s.detail
-                        )
-                    )
-                except Exception as exc:  # a scorer that fails is recorded, never a crash
-                    scores.append(
-                        ScoreRecord(
-                            record.call_id,
-                            self.run_id,
-                            scorer.name,
-                            None,
-                            None,
-                            f"scorer error: {exc}",
-                        )
-                    )
+                scores.append(self._scored(record, scorer, scorer.score, response.text, job))
+            for scorer in self.judges:  # in the background: the client never waits for them
+                self._background(self._judge(scorer, job, record, response.text))
+        await self._written(record, scores, record.assignment or "assigned")
+        return record, response
+
+    def _scored(
+        self,
+        record: CallRecord,
+        scorer: Scorer,
+        score: Callable[..., Score],
+        *args: Any,
+    ) -> ScoreRecord:
+        """`score(*args)` as `scorer`'s score of `record`; a scorer that fails is
+        recorded as such, never a crash."""
+        try:
+            s = score(*args)
+        except Exception as exc:
+            return ScoreRecord(
+                record.call_id, self.run_id, scorer.name, None, None, f"scorer error: {exc}"
+            )
+        return ScoreRecord(record.call_id, self.run_id, scorer.name, s.value, s.passed, s.detail)
+
+    async def _written(self, record: CallRecord, scores: list[ScoreRecord], label: str) -> None:
+        assert self.writer is not None
         await self.writer.put(record, scores)
         self.stats.calls += 1
         self.stats.by_arm[record.arm_id] = self.stats.by_arm.get(record.arm_id, 0) + 1
         if self.on_call is not None:
-            self.on_call(record, record.assignment or "assigned")
-        return record, response
+            self.on_call(record, label)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """A task the answer does not wait for, and `stop` does (up to the grace period)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _judge(self, scorer: Scorer, job: CallJob, judged: CallRecord, text: str) -> None:
+        """An ``llm_judge`` scorer grades an answered call: one call of the judge's arm
+        through the executor (under the day's cost cap; ``judged_call_id`` names the
+        call, ``assignment`` null so the report never counts it as an arm's), then its
+        score of the judged call, written with it. Live traffic has no ``expected``."""
+        assert self.executor is not None
+        judge = self.plan.judges[scorer.name]
+        variables = {**job.variables, "response": text, "expected": None}
+        cid = call_id(self.run_id, judge.id, judged.call_id, 0)
+        self._meta[cid] = (judged.subject_hash, None)
+        judging = CallJob(
+            judge, job.case, 0, cid, variables, judged_call_id=judged.call_id, cost_cap=job.cost_cap
+        )
+        try:
+            record, response = await self.executor.execute(judging)
+        finally:
+            self._meta.pop(cid, None)
+        if response is None:
+            failed = f"scorer error: judge call failed: {record.error_type}: {record.error_message}"
+            score = ScoreRecord(judged.call_id, self.run_id, scorer.name, None, None, failed)
+        else:
+            score = self._scored(judged, scorer, scorer.judge_score, response.text)
+        await self._written(record, [score], "judge")
+
+    def _check_judges(self) -> None:
+        """A judge's rubric renders from the client's request and the answer: one that
+        needs anything else (a dataset's column) is refused before serving."""
+        sample = {
+            **client_variables([{"role": "user", "content": "?"}]),
+            "response": "",
+            "expected": None,
+        }
+        for name, judge in self.plan.judges.items():
+            try:
+                judge.template.render(sample)
+            except TemplateError as exc:
+                raise TemplateError(
+                    f"judge {name} ({judge.template.ref}) cannot grade live traffic: "
+                    f"{exc.problem}; its rubric may use messages, prompt and response",
+                    file=self.spec.path,
+                    key="scorers",
+                ) from exc
 
     async def _shadow(self, job: CallJob) -> None:
         """A shadow call: made and logged; whatever happens stays here."""
