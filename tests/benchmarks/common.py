@@ -10,11 +10,35 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "What is the capital of Land{i}?"
+
+
+@contextmanager
+def trees(old: str | None) -> Iterator[dict[str, Path]]:
+    """The source trees to measure side by side: this one, and `old` (a commit, checked
+    out in a worktree of its own for the duration) when given."""
+    found = {"this tree": REPO / "src"}
+    if old is None:
+        yield found
+        return
+    folder = Path(tempfile.mkdtemp()) / "old"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), old],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield {**found, f"at {old}": folder / "src"}
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], check=False
+        )
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.benchmarks.common import REPO, write_spec
+from tests.benchmarks.common import trees, write_spec
 from tests.fake_server import FakeServer, prompt_text
 
 CONCURRENCY = 8
@@ -63,16 +63,6 @@ def trial(src: Path, kill_after: int, cases: int) -> tuple[int, int, float]:
         return sum(n - 1 for n in answered.values()), answered_before, resumed_s
 
 
-def checkout(ref: str) -> Path:
-    folder = Path(tempfile.mkdtemp()) / "old"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), ref],
-        check=True,
-        capture_output=True,
-    )
-    return folder
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
@@ -81,17 +71,10 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(18)
     points = [rng.randrange(50, 2 * args.cases - 100) for _ in range(args.trials)]
-    trees = {"this tree": REPO / "src"}
-    old = checkout(args.old) if args.old else None
-    if old is not None:
-        trees[f"at {args.old}"] = old / "src"
-    try:
-        results = {name: [trial(src, k, args.cases) for k in points] for name, src in trees.items()}
-    finally:
-        if old is not None:
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=False
-            )
+    with trees(args.old) as sources:
+        results = {
+            name: [trial(src, k, args.cases) for k in points] for name, src in sources.items()
+        }
     print(
         f"{2 * args.cases} calls, {CONCURRENCY} in flight, 20 ms each; SIGKILL after a random "
         f"number of requests, then `run --resume last`; {args.trials} trials"

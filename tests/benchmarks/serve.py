@@ -3,15 +3,18 @@
 The fake upstream and the gateway each run in a process of their own; this process
 is the client (aiohttp). In one run, side by side:
 
-- **overhead**: open loop at `--rate` requests/s, alternating blocks of `--block-s`
-  seconds sent straight to the fake and through the gateway (the same non-streamed
-  chat request; the arm calls the fake non-streamed too), `--rounds` times; the
-  gateway's p50 and p99 minus the direct ones of the same round, median over rounds;
-- **throughput**: closed loop at `--concurrency` for `--seconds`, direct and through;
-- **memory**: the gateway's RSS (``/proc/PID/status``) every 10% of `--memory-requests`
-  sent through it at full speed.
+- **overhead**: open loop at `--rate` requests/s, blocks of `--block-s` seconds sent
+  straight to the fake, then through each gateway (the same non-streamed chat request;
+  the arm calls the fake non-streamed too), `--rounds` times; a gateway's p50 and p99
+  minus the direct ones of the same round, median over rounds;
+- **throughput**: closed loop at `--concurrency` for `--seconds`, direct and through
+  each gateway, twice, with the gateway's CPU per request (``/proc/PID/stat``);
+- **memory**: this tree's gateway RSS (``/proc/PID/status``) every 10% of
+  `--memory-requests` sent through it at full speed.
 
-    .venv/bin/python -m tests.benchmarks.serve [--rate 200] [--memory-requests 100000]
+``--old REF`` runs the gateway of an earlier commit beside this tree's.
+
+    .venv/bin/python -m tests.benchmarks.serve [--rate 200] [--memory-requests 100000] [--old REF]
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import httpx
 
-from .common import free_port
+from .common import free_port, trees
 
 BODY = {
     "model": "live",
@@ -120,72 +124,161 @@ async def closed_loop(
     return done / (time.perf_counter() - start)
 
 
-async def bench(args: argparse.Namespace, upstream: str, gateway: str, pid: int) -> None:
+def cpu_s(pid: int) -> float:
+    """CPU seconds `pid` has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Gateway:
+    name: str  # "this tree", or "at REF"
+    url: str
+    pid: int
+
+    @property
+    def chat(self) -> str:
+        return f"{self.url}/v1/chat/completions"
+
+
+async def bench(args: argparse.Namespace, upstream: str, gateways: list[Gateway]) -> None:
     direct = f"{upstream}/v1/chat/completions"
-    through = f"{gateway}/v1/chat/completions"
     headers = {"Authorization": "Bearer bench-key"}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        for url in (direct, through):  # warm both paths
+        for url in (direct, *(g.chat for g in gateways)):  # warm every path
             await open_loop(session, url, 50, 1, headers)
-        rounds: list[dict[str, float]] = []
-        for _ in range(args.rounds):
+        over: dict[str, list[tuple[float, float, float, float]]] = {g.name: [] for g in gateways}
+        for _ in range(args.rounds):  # direct, then each gateway, side by side
             d = await open_loop(session, direct, args.rate, args.block_s, headers)
-            g = await open_loop(session, through, args.rate, args.block_s, headers)
-            rounds.append(
-                {
-                    "direct_p50": statistics.median(d),
-                    "direct_p99": quantile(d, 0.99),
-                    "gateway_p50": statistics.median(g),
-                    "gateway_p99": quantile(g, 0.99),
-                }
+            for g in gateways:
+                t = await open_loop(session, g.chat, args.rate, args.block_s, headers)
+                over[g.name].append(
+                    (
+                        statistics.median(d),
+                        quantile(d, 0.99),
+                        statistics.median(t),
+                        quantile(t, 0.99),
+                    )
+                )
+        rps: dict[str, list[float]] = {"direct": [], **{g.name: [] for g in gateways}}
+        cpu: dict[str, list[float]] = {g.name: [] for g in gateways}
+        for _ in range(2):
+            rps["direct"].append(
+                await closed_loop(session, direct, args.concurrency, headers, seconds=args.seconds)
             )
-        med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-        over50 = statistics.median(r["gateway_p50"] - r["direct_p50"] for r in rounds)
-        over99 = statistics.median(r["gateway_p99"] - r["direct_p99"] for r in rounds)
-        direct_rps = await closed_loop(
-            session, direct, args.concurrency, headers, seconds=args.seconds
-        )
-        gateway_rps = await closed_loop(
-            session, through, args.concurrency, headers, seconds=args.seconds
-        )
+            for g in gateways:
+                used = cpu_s(g.pid)
+                began = time.perf_counter()
+                rate = await closed_loop(
+                    session, g.chat, args.concurrency, headers, seconds=args.seconds
+                )
+                rps[g.name].append(rate)
+                cpu[g.name].append(
+                    (cpu_s(g.pid) - used) * 1000 / (rate * (time.perf_counter() - began))
+                )
         print(
             f"\nOverhead at {args.rate:g} requests/s (open loop, {args.rounds} rounds of "
-            f"{args.block_s:g} s each way, alternating; medians over rounds)\n"
+            f"{args.block_s:g} s to each, direct first; the gateway's quantile minus the direct "
+            "one of the same round, median over rounds)\n"
         )
-        print("| | direct to the fake | through abharness serve | overhead |")
-        print("|---|--:|--:|--:|")
-        print(f"| p50 ms | {med['direct_p50']:.2f} | {med['gateway_p50']:.2f} | {over50:+.2f} |")
-        print(f"| p99 ms | {med['direct_p99']:.2f} | {med['gateway_p99']:.2f} | {over99:+.2f} |")
-        print(f"\nThroughput (closed loop, concurrency {args.concurrency}, {args.seconds:g} s)\n")
-        print("| | direct to the fake | through abharness serve | through ÷ direct |")
-        print("|---|--:|--:|--:|")
         print(
-            f"| requests/s | {direct_rps:.0f} | {gateway_rps:.0f} | {gateway_rps / direct_rps:.2f} |"
+            "| gateway | direct p50 ms | through p50 ms | overhead p50 | direct p99 ms | through p99 ms | overhead p99 |"
         )
-        if args.memory_requests:
-            samples: list[tuple[int, float]] = [(0, rss_mb(pid))]
-            step = max(args.memory_requests // 10, 1)
-            began = time.perf_counter()
-            await closed_loop(
-                session,
-                through,
-                args.concurrency,
-                headers,
-                requests=args.memory_requests,
-                every=step,
-                on_every=lambda n: samples.append((n, rss_mb(pid))),
-            )
-            took = time.perf_counter() - began
+        print("|---|--:|--:|--:|--:|--:|--:|")
+        for g in gateways:
+            r = over[g.name]
+            m = [statistics.median(x[i] for x in r) for i in range(4)]
+            o50 = statistics.median(x[2] - x[0] for x in r)
+            o99 = statistics.median(x[3] - x[1] for x in r)
             print(
-                f"\nGateway RSS over {args.memory_requests:,} requests "
-                f"({args.memory_requests / took:.0f} requests/s)\n"
+                f"| {g.name} | {m[0]:.2f} | {m[2]:.2f} | {o50:+.2f} | {m[1]:.2f} | {m[3]:.2f} "
+                f"| {o99:+.2f} |"
             )
-            print("| requests | " + " | ".join(f"{n:,}" for n, _ in samples) + " |")
-            print("|---|" + "--:|" * len(samples))
-            print("| RSS MB | " + " | ".join(f"{m:.0f}" for _, m in samples) + " |")
-            first = next((m for n, m in samples if n >= step), samples[0][1])
-            print(f"\nRSS at the end ÷ after the first 10%: {samples[-1][1] / first:.2f}")
+        print(
+            f"\nThroughput (closed loop, concurrency {args.concurrency}, {args.seconds:g} s, "
+            "2 rounds alternating; medians) and the gateway's CPU per request (all its threads)\n"
+        )
+        print("| | requests/s | ÷ direct | gateway CPU ms per request |")
+        print("|---|--:|--:|--:|")
+        base = statistics.median(rps["direct"])
+        print(f"| direct to the fake | {base:.0f} | 1.00 | – |")
+        for g in gateways:
+            rate = statistics.median(rps[g.name])
+            print(
+                f"| through abharness serve, {g.name} | {rate:.0f} | {rate / base:.2f} "
+                f"| {statistics.median(cpu[g.name]):.2f} |"
+            )
+        if args.memory_requests:
+            await memory(args, session, gateways[0], headers)
+
+
+async def memory(
+    args: argparse.Namespace,
+    session: aiohttp.ClientSession,
+    gateway: Gateway,
+    headers: dict[str, str],
+) -> None:
+    samples: list[tuple[int, float]] = [(0, rss_mb(gateway.pid))]
+    step = max(args.memory_requests // 10, 1)
+    began = time.perf_counter()
+    await closed_loop(
+        session,
+        gateway.chat,
+        args.concurrency,
+        headers,
+        requests=args.memory_requests,
+        every=step,
+        on_every=lambda n: samples.append((n, rss_mb(gateway.pid))),
+    )
+    took = time.perf_counter() - began
+    print(
+        f"\nGateway RSS ({gateway.name}) over {args.memory_requests:,} requests "
+        f"({args.memory_requests / took:.0f} requests/s)\n"
+    )
+    print("| requests | " + " | ".join(f"{n:,}" for n, _ in samples) + " |")
+    print("|---|" + "--:|" * len(samples))
+    print("| RSS MB | " + " | ".join(f"{m:.0f}" for _, m in samples) + " |")
+    first = next((m for n, m in samples if n >= step), samples[0][1])
+    print(f"\nRSS at the end ÷ after the first 10%: {samples[-1][1] / first:.2f}")
+
+
+SERVE = "import sys; from abharness.entry import main; sys.argv[0] = 'abharness'; main()"
+
+
+def start_gateway(
+    name: str, src: Path, root: Path, upstream: str, env: dict[str, str]
+) -> tuple[Gateway, subprocess.Popen[bytes]]:
+    """`abharness serve` from the source tree `src`, up once /healthz answers."""
+    (root / "prompts").mkdir(parents=True)
+    (root / "spec.yaml").write_text(SPEC.format(url=upstream), encoding="utf-8")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SERVE,
+            "serve",
+            str(root / "spec.yaml"),
+            "--port",
+            str(port),
+            "--db",
+            str(root / "results/ab.duckdb"),
+        ],
+        env={**env, "PYTHONPATH": str(src)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"abharness serve ({name}) exited {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return Gateway(name, url, proc.pid), proc
 
 
 def main() -> None:
@@ -196,6 +289,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--memory-requests", type=int, default=100_000)
+    parser.add_argument("--old", help="an earlier commit whose gateway runs side by side")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FAKE_KEY": "k", "BENCH_KEYS": "bench-key"}
     fake = subprocess.Popen(
@@ -212,49 +306,32 @@ def main() -> None:
         text=True,
         env=env,
     )
-    gateway_proc = None
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         assert fake.stdout is not None
         upstream = fake.stdout.readline().strip()
-        with tempfile.TemporaryDirectory(prefix="abharness-serve-bench-") as tmp:
-            root = Path(tmp)
-            (root / "prompts").mkdir()
-            (root / "spec.yaml").write_text(SPEC.format(url=upstream), encoding="utf-8")
-            port = free_port()
-            gateway_proc = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("abharness")),
-                    "serve",
-                    str(root / "spec.yaml"),
-                    "--port",
-                    str(port),
-                    "--db",
-                    str(root / "results/ab.duckdb"),
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            gateway = f"http://127.0.0.1:{port}"
-            for _ in range(600):
-                if gateway_proc.poll() is not None:
-                    raise SystemExit(f"abharness serve exited {gateway_proc.returncode}")
-                try:
-                    if httpx.get(f"{gateway}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        with (
+            trees(args.old) as sources,
+            tempfile.TemporaryDirectory(prefix="abharness-serve-bench-") as tmp,
+        ):
+            gateways = []
+            for i, (name, src) in enumerate(sources.items()):
+                gateway, proc = start_gateway(name, src, Path(tmp) / str(i), upstream, env)
+                gateways.append(gateway)
+                procs.append(proc)
             print(
-                "abharness serve (one uvicorn worker) in front of the loopback fake "
+                "abharness serve (one uvicorn worker each) in front of the loopback fake "
                 "(tests/fake_server.py), each in its own process on 127.0.0.1; "
                 f"{os.cpu_count()} CPUs"
             )
-            asyncio.run(bench(args, upstream, gateway, gateway_proc.pid))
-            gateway_proc.terminate()
-            gateway_proc.wait(120)
+            asyncio.run(bench(args, upstream, gateways))
+            for proc in procs:
+                proc.terminate()
+                proc.wait(120)
     finally:
-        if gateway_proc is not None and gateway_proc.poll() is None:
-            gateway_proc.kill()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
         fake.kill()
         fake.wait()
 
