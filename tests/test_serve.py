@@ -387,3 +387,36 @@ def test_an_llm_judge_grades_live_answers_in_the_background(tmp_path: Path) -> N
         )
         with pytest.raises(TemplateError, match="cannot grade live traffic.*answer"):
             Served(spec, tmp_path / "ab.duckdb")
+
+
+def test_a_route_moves_on_only_while_nothing_has_reached_the_client(tmp_path: Path) -> None:
+    """A route's first model cuts its stream after its pieces: a client that did not ask
+    for a stream gets the second model's answer; one that streams already holds the
+    first model's pieces, so the route stops there and the stream ends in an error."""
+    with FakeServer(lambda body: "one two three", chunk_delay_s=0.05) as up:
+        up.fault_fn = lambda entry: Fault(stream="cut") if entry.body["model"] == "m-a" else None
+        (tmp_path / "prompts").mkdir()
+        spec = tmp_path / "live.yaml"
+        spec.write_text(
+            "name: live\nprompts_dir: prompts\nproviders:\n"
+            f"  up: {{type: openai, base_url: '{up.url}/v1', api_key_env: FAKE_KEY}}\n"
+            "arms:\n  - id: robust\n    route:\n"
+            "      - {provider: up, model: m-a}\n      - {provider: up, model: m-b}\n"
+            "serve:\n  split: {robust: 1}\n",
+            encoding="utf-8",
+        )
+        s = Served(spec, tmp_path / "ab.duckdb")
+        with s.http:
+            client = s.openai()
+            whole = client.chat.completions.create(model="live", messages=CHAT)
+            assert whole.choices[0].message.content == "one two three"
+            got = ""
+            with pytest.raises(openai.APIError, match="stream ended before the final chunk"):
+                for chunk in client.chat.completions.create(
+                    model="live", messages=CHAT, stream=True
+                ):
+                    got += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            assert got == "one two three"
+        assert [e.body["model"] for e in up.log] == ["m-a", "m-b", "m-a"]
+    calls = s.rows("SELECT status, served_by, attempts FROM calls ORDER BY started_at")
+    assert calls == [("ok", "up:m-b", 2), ("error", None, 1)]

@@ -61,7 +61,7 @@ class Relay:
     already holds half an answer; an error then ends the call (and the client's stream)."""
 
     def __init__(self) -> None:
-        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()  # None: the call ended
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()  # None: the request is answered
         self.began = asyncio.Event()
         self.call_id: str | None = None  # the call whose text flows
         self.arm_id: str | None = None

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +134,8 @@ class OnlineSession:
         self._cap_day: date | None = None
         self._cap = CostCap(None)
         self._recent: OrderedDict[str, str] = OrderedDict()  # answered call id -> run id
-        self._meta: dict[
-            str, tuple[str | None, str | None]
-        ] = {}  # call id -> (subject, assignment)
+        # call id -> (subject hash, assignment: null for a judge's call)
+        self._meta: dict[str, tuple[str | None, str | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.recorder: Recorder | None = None
         self.store: Store | None = None
@@ -345,23 +345,20 @@ class OnlineSession:
         scores = []
         if response is not None:
             for scorer in self.scorers:
-                scores.append(self._scored(record, scorer, scorer.score, response.text, job))
+                score = partial(scorer.score, response.text, job.case.data)
+                scores.append(self._scored(record, scorer, score))
             for scorer in self.judges:  # in the background: the client never waits for them
                 self._background(self._judge(scorer, job, record, response.text))
         await self._written(record, scores, record.assignment or "assigned")
         return record, response
 
     def _scored(
-        self,
-        record: CallRecord,
-        scorer: Scorer,
-        score: Callable[..., Score],
-        *args: Any,
+        self, record: CallRecord, scorer: Scorer, score: Callable[[], Score]
     ) -> ScoreRecord:
-        """`score(*args)` as `scorer`'s score of `record`; a scorer that fails is
-        recorded as such, never a crash."""
+        """`score()` as `scorer`'s score of `record`; a scorer that fails is recorded as
+        such, never a crash."""
         try:
-            s = score(*args)
+            s = score()
         except Exception as exc:
             return ScoreRecord(
                 record.call_id, self.run_id, scorer.name, None, None, f"scorer error: {exc}"
@@ -403,7 +400,7 @@ class OnlineSession:
             failed = f"scorer error: judge call failed: {record.error_type}: {record.error_message}"
             score = ScoreRecord(judged.call_id, self.run_id, scorer.name, None, None, failed)
         else:
-            score = self._scored(judged, scorer, scorer.judge_score, response.text)
+            score = self._scored(judged, scorer, partial(scorer.judge_score, response.text))
         await self._written(record, [score], "judge")
 
     def _check_judges(self) -> None:

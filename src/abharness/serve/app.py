@@ -15,10 +15,10 @@ request, 503 while stopping; a failed call maps its error type to 429/502/504/40
 The response's ``id`` is the call id (what ``/v1/feedback`` takes) and the header
 ``x-abharness-arm`` names the arm that answered. A streamed request's text goes on to
 the client as the upstream sends it (an arm with ``stream: true``, the default; an arm
-that does not stream, or the in-process llama.cpp, sends it in one piece at the end). Until the
-first piece the call retries and falls back as any call does, and a failure is an HTTP
-error; after it the stream is that call's, and a failure ends it with an error event
-(the official clients raise it), since no retry can take back what the client has.
+that does not stream, or the in-process llama.cpp, sends it in one piece at the end).
+Until the first piece the call retries and falls back as any call does, and a failure
+is an HTTP error; after it the stream is that call's, and a failure ends it with an
+error event (the official clients raise it): no retry can take back what the client has.
 """
 
 from __future__ import annotations
@@ -287,12 +287,7 @@ class Gateway:
             )
             return
         record = answer.record
-        yield _chunk(
-            base,
-            chat,
-            None,
-            _finish(record),
-        )
+        yield _chunk(base, chat, None, _finish(record))
         if include_usage:
             yield _event(
                 {**base, "object": _stream_object(chat), "choices": [], "usage": _usage(record)}
