@@ -349,8 +349,15 @@ def test_an_llm_judge_grades_live_answers_in_the_background(tmp_path: Path) -> N
     """The spec's llm_judge grades every answered call (assigned and shadow) with a call
     of its own, after the answer went out; the report never counts it as an arm's; a
     rubric that needs a dataset's column is refused before serving."""
-    with FakeServer() as up, FakeServer(lambda body: "Score: 8", latency_s=0.5) as judge:
-        spec = serve_spec(tmp_path, up.url, "  split: {control: 1}\n  shadow: [candidate]\n")
+    with (
+        FakeServer() as up,
+        FakeServer(latency_s=1.0) as slow,
+        FakeServer(lambda body: "Score: 8", latency_s=0.5) as judge,
+    ):
+        # the shadow ends after the gateway began to stop: its grading is still waited for
+        spec = serve_spec(
+            tmp_path, up.url, "  split: {control: 1}\n  shadow: [candidate]\n", shadow_url=slow.url
+        )
         text = spec.read_text().replace(
             "providers:\n",
             f"providers:\n  judge: {{type: openai, base_url: '{judge.url}/v1', "

@@ -190,12 +190,16 @@ class OnlineSession:
             # 'completed' it then lost); the flusher ends after the flush in progress
             self._stop_flushing.set()
             await self._flusher
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        # requests, shadows and gradings in flight; a call that ends meanwhile starts its
+        # judges, so wait until none is left (or the grace period is over)
+        deadline = time.monotonic() + self.grace_s
+        while self._tasks and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+        pending = set(self._tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         assert self.writer is not None and self.store is not None
         await self.writer.close()
         try:
@@ -300,6 +304,8 @@ class OnlineSession:
                 self._shadow(self._job(shadow, case, variables, subject_hash, "shadow", cap))
             )
         job = self._job(assigned, case, variables, subject_hash, "assigned", cap, relay)
+        if relay is not None:  # the call whose text the relay passes on
+            relay.call_id, relay.arm_id = job.call_id, assigned
         record, response = await self._call(job)
         answer = Answer(record, response, assigned)
         half_sent = relay is not None and relay.sent  # the client holds part of this answer
@@ -309,6 +315,8 @@ class OnlineSession:
                     continue
                 fb = self._job(arm_id, case, variables, subject_hash, "fallback", cap, relay)
                 fb.parent_call_id = record.call_id
+                if relay is not None:  # nothing went out of the failed call: this one's now
+                    relay.call_id, relay.arm_id = fb.call_id, arm_id
                 fb_record, fb_response = await self._call(fb)
                 if fb_response is not None:
                     answer = Answer(fb_record, fb_response, assigned)
@@ -331,8 +339,6 @@ class OnlineSession:
     ) -> CallJob:
         cid = call_id(self.run_id, arm_id, case.id, 0)
         self._meta[cid] = (subject_hash, assignment)
-        if relay is not None:  # the call whose text the relay passes on, from now
-            relay.call_id, relay.arm_id = cid, arm_id
         return CallJob(self.arms[arm_id], case, 0, cid, variables, cost_cap=cap, relay=relay)
 
     async def _call(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:
