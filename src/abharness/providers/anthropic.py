@@ -242,7 +242,8 @@ class AnthropicProvider(Provider):
                         if ttft is None:
                             ttft = (time.perf_counter() - start) * 1000
                         parts.append(event.delta.text)
-                        emit_text(event.delta.text)
+                        if event.delta.text:
+                            emit_text(event.delta.text)
                     elif event.type == "message_delta":
                         u = event.usage  # cumulative counts; input fields only when they changed
                         n_out = u.output_tokens

@@ -253,18 +253,20 @@ class Gateway:
             assert answer.response is not None
             whole = _pieces_of(answer.response.text)
             arm_id, call_id = answer.arm_id, answer.record.call_id
-        else:
+            model = answer.record.served_model or _model_of(self.session.arms[arm_id])
+        else:  # the model the server names comes with its last chunk: the arm's until then
             assert relay.arm_id is not None and relay.call_id is not None
             whole, arm_id, call_id = _relayed(relay), relay.arm_id, relay.call_id
-        events = self._sse(call_id, arm_id, endpoint, include_usage, whole, answering)
+            model = _model_of(self.session.arms[arm_id])
+        base = {"id": call_id, "created": int(time.time()), "model": model}
+        events = self._sse(base, endpoint, include_usage, whole, answering)
         return StreamingResponse(
             events, media_type="text/event-stream", headers={ARM_HEADER: arm_id}
         )
 
     async def _sse(
         self,
-        call_id: str,
-        arm_id: str,
+        base: dict[str, Any],
         endpoint: str,
         include_usage: bool,
         pieces: AsyncIterator[str],
@@ -272,19 +274,14 @@ class Gateway:
     ) -> AsyncIterator[str]:
         """OpenAI's stream: the role (chat), each piece, the finish reason, the usage if
         asked, ``[DONE]``; an error event instead if the call failed half-way."""
-        arm = self.session.arms[arm_id]
-        base = {"id": call_id, "created": int(time.time()), "model": _model_of(arm)}
         chat = endpoint == "chat"
         if chat:
             yield _chunk(base, chat, None, None, role=True)
         async for piece in pieces:
             yield _chunk(base, chat, piece, None)
         answer = await answering
-        if not answer.ok or answer.record.call_id != call_id:
-            failed = _call_failed(answer)
-            yield _event(
-                {"error": {"message": str(failed), "type": failed.kind, "code": failed.code}}
-            )
+        if not answer.ok:
+            yield _error_event(_call_failed(answer))
             return
         record = answer.record
         yield _chunk(base, chat, None, _finish(record))
@@ -347,6 +344,11 @@ class Gateway:
 
 def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _error_event(refused: Refused) -> str:
+    """An error inside a stream, as OpenAI sends one (its clients raise `APIError`)."""
+    return _event({"error": {"message": str(refused), "type": refused.kind, "code": refused.code}})
 
 
 def _finish(record: Any) -> str:
@@ -453,6 +455,7 @@ def tune_collector() -> None:
     (most are freed by then, so there is less to walk). Over 10,000 requests
     (BENCHMARKS.md) the collector's CPU fell from 2.4 s to 0.17 s and its longest pause
     from 51 ms (a full collection) to 12 ms."""
+    gc.collect()  # start-up's garbage is not frozen with it
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
 
