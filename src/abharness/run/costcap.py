@@ -34,6 +34,10 @@ class CostCap:
         self.reserved -= reserved
         self.spent += reserved if actual is None else actual
 
+    def root(self) -> CostCap:
+        """The run's (or the day's) cap this one holds from; itself if it is that one."""
+        return self if self.parent is None else self.parent.root()
+
     def hold(self, amount: Decimal) -> CostCap | None:
         """Reserve `amount` now, for several calls to spend later (their own cap); None
         if it does not fit."""

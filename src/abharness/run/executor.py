@@ -330,7 +330,7 @@ class Executor:
         worst = arm.worst_case_cost(call.est_tokens)
         if cap.refused or not cap.reserve(worst):
             raise BudgetError(
-                f"not dispatched: max_cost_usd={self.cost_cap.max} would be exceeded "
+                f"not dispatched: max_cost_usd={cap.root().max} would be exceeded "
                 f"(spent {cap.spent:.6f}, reserved {cap.reserved:.6f}, this call up to "
                 f"{worst:.6f})"
             )
