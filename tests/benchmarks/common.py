@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def trees(old: str | None) -> Iterator[dict[str, Path]]:
         subprocess.run(
             ["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], check=False
         )
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 def free_port() -> int:
