@@ -427,3 +427,24 @@ def test_a_route_moves_on_only_while_nothing_has_reached_the_client(tmp_path: Pa
         assert [e.body["model"] for e in up.log] == ["m-a", "m-b", "m-a"]
     calls = s.rows("SELECT status, served_by, attempts FROM calls ORDER BY started_at")
     assert calls == [("ok", "up:m-b", 2), ("error", None, 1)]
+
+
+def test_the_days_cost_cap_refuses_with_429_naming_it(tmp_path: Path, upstream: FakeServer) -> None:
+    """Each call reserves its worst case (its prompt and 256 output tokens at 1 and 2 USD
+    per million: 0.000526) and then costs 0.000015: under 0.00055 a day the third one
+    no longer fits, and is refused before it is sent."""
+    spec = serve_spec(tmp_path, upstream.url, "  split: {control: 1}\n")
+    spec.write_text(spec.read_text().replace("serve:\n", "max_cost_usd: 0.00055\nserve:\n"))
+    s = Served(spec, tmp_path / "ab.duckdb")
+    with s.http:
+        client = s.openai()
+        for _ in range(2):
+            client.chat.completions.create(model="live", messages=CHAT)
+        with pytest.raises(openai.RateLimitError, match="max_cost_usd=0.00055 would be") as refused:
+            client.chat.completions.create(model="live", messages=CHAT)
+        assert refused.value.code == "daily_cost_cap_reached"
+    assert len(upstream.log) == 2  # the refused call was never sent
+    assert s.rows("SELECT status, error_type FROM calls ORDER BY started_at")[2] == (
+        "error",
+        "budget",
+    )
