@@ -300,9 +300,8 @@ class OnlineSession:
         await self.writer.put_case(self.run_id, case)
         assigned = self.assigner.arm_for(subject)
         for shadow in self.serve.shadow:
-            self._background(
-                self._shadow(self._job(shadow, case, variables, subject_hash, "shadow", cap))
-            )
+            job = self._job(shadow, case, variables, subject_hash, "shadow", cap)
+            self._background(self._call(job), f"shadow call {job.call_id}")
         job = self._job(assigned, case, variables, subject_hash, "assigned", cap, relay)
         if relay is not None:  # the call whose text the relay passes on
             relay.call_id, relay.arm_id = job.call_id, assigned
@@ -354,7 +353,8 @@ class OnlineSession:
                 score = partial(scorer.score, response.text, job.case.data)
                 scores.append(self._scored(record, scorer, score))
             for scorer in self.judges:  # in the background: the client never waits for them
-                self._background(self._judge(scorer, job, record, response.text))
+                grading = self._judge(scorer, job, record, response.text)
+                self._background(grading, f"{scorer.name} grading {record.call_id}")
         await self._written(record, scores, record.assignment or "assigned")
         return record, response
 
@@ -379,11 +379,17 @@ class OnlineSession:
         if self.on_call is not None:
             self.on_call(record, label)
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        """A task the answer does not wait for, and `stop` does (up to the grace period)."""
-        task = asyncio.create_task(work)
+    def _background(self, work: Coroutine[Any, Any, object], name: str) -> None:
+        """A task the answer does not wait for, and `stop` does (up to the grace period);
+        whatever it raises is logged and stays there."""
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s failed", task.get_name(), exc_info=exc)
 
     async def _judge(self, scorer: Scorer, job: CallJob, judged: CallRecord, text: str) -> None:
         """An ``llm_judge`` scorer grades an answered call: one call of the judge's arm
@@ -427,15 +433,6 @@ class OnlineSession:
                     file=self.spec.path,
                     key="scorers",
                 ) from exc
-
-    async def _shadow(self, job: CallJob) -> None:
-        """A shadow call: made and logged; whatever happens stays here."""
-        try:
-            await self._call(job)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("shadow call %s failed", job.call_id)
 
     def _remember(self, cid: str) -> None:
         self._recent[cid] = self.run_id
