@@ -223,3 +223,48 @@ def test_through_litellm_streamed_usage_is_flagged_and_request_ids_are_kept(
         assert "a proxy's own estimate" in out
     else:
         assert {r["usage_source"] for r in rows} == {"body"}
+
+
+def test_serve_passes_the_real_servers_stream_through_as_it_comes(
+    llama_server: str, tmp_path: Path
+) -> None:
+    """`abharness serve` in front of llama-cpp-python's server, the official client
+    streaming a raw completion through it: the pieces reach the client as the model
+    makes them (the first long before the last), and they join to the stored answer."""
+
+    from .test_serve_process import Process, rows
+
+    (tmp_path / "prompts").mkdir()
+    spec = write(
+        tmp_path / "live.yaml",
+        f"""
+name: live
+prompts_dir: prompts
+defaults: {{temperature: 0, max_tokens: 48}}
+providers:
+  srv: {{type: openai, base_url: "{llama_server}", api_key_env: FAKE_KEY,
+         price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
+arms:
+  - {{id: gemma, provider: srv, model: gemma3-270m}}
+serve:
+  split: {{gemma: 1}}
+""",
+    )
+    served = Process(spec, tmp_path / "results/ab.duckdb")
+    try:
+        client = served.client()
+        began = time.perf_counter()
+        arrivals, text = [], ""
+        for chunk in client.completions.create(
+            model="live", prompt="Once upon a time, in a small village,", stream=True
+        ):
+            if chunk.choices and chunk.choices[0].text:
+                arrivals.append(time.perf_counter() - began)
+                text += chunk.choices[0].text
+        assert served.stop() in (0, 130)
+    finally:
+        served.kill()
+    assert len(arrivals) > 10, arrivals  # piece by piece, not one block at the end
+    assert arrivals[0] < arrivals[-1] / 3, (arrivals[0], arrivals[-1])
+    ((stored, ttft, status),) = rows(served.db, "SELECT response_text, ttft_ms, status FROM calls")
+    assert status == "ok" and stored == text and ttft is not None
