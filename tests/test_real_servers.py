@@ -231,7 +231,6 @@ def test_serve_passes_the_real_servers_stream_through_as_it_comes(
     """`abharness serve` in front of llama-cpp-python's server, the official client
     streaming a raw completion through it: the pieces reach the client as the model
     makes them (the first long before the last), and they join to the stored answer."""
-
     from .test_serve_process import Process, rows
 
     (tmp_path / "prompts").mkdir()
