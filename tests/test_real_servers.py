@@ -225,13 +225,22 @@ def test_through_litellm_streamed_usage_is_flagged_and_request_ids_are_kept(
         assert {r["usage_source"] for r in rows} == {"body"}
 
 
+@pytest.mark.parametrize("upstream", ["llama-cpp-python", "litellm"])
 def test_serve_passes_the_real_servers_stream_through_as_it_comes(
-    llama_server: str, tmp_path: Path
+    upstream: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`abharness serve` in front of llama-cpp-python's server, the official client
-    streaming a raw completion through it: the pieces reach the client as the model
-    makes them (the first long before the last), and they join to the stored answer."""
+    """`abharness serve` in front of llama-cpp-python's server (and of LiteLLM's proxy in
+    front of it), the official client streaming a raw completion through it: the pieces
+    reach the client as the model makes them (the first long before the last), and they
+    join to the stored answer."""
     from .test_serve_process import Process, rows
+
+    if upstream == "litellm":
+        url, key = request.getfixturevalue("litellm")
+        model = "gemma"
+    else:
+        url, key, model = request.getfixturevalue("llama_server"), "none", "gemma3-270m"
+    monkeypatch.setenv("UPSTREAM_KEY", key)
 
     (tmp_path / "prompts").mkdir()
     spec = write(
@@ -241,10 +250,10 @@ name: live
 prompts_dir: prompts
 defaults: {{temperature: 0, max_tokens: 48}}
 providers:
-  srv: {{type: openai, base_url: "{llama_server}", api_key_env: FAKE_KEY,
+  srv: {{type: openai, base_url: "{url}", api_key_env: UPSTREAM_KEY,
          price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
 arms:
-  - {{id: gemma, provider: srv, model: gemma3-270m}}
+  - {{id: gemma, provider: srv, model: {model}}}
 serve:
   split: {{gemma: 1}}
 """,
