@@ -388,6 +388,10 @@ def test_an_llm_judge_grades_live_answers_in_the_background(tmp_path: Path) -> N
             in judge.log[0].body["messages"][0]["content"]
         )
         assert s.rows("SELECT call_id FROM calls WHERE assignment = 'assigned'") == [(reply.id,)]
+        judged = (
+            'abharness_serve_calls_total{arm="judge-llm_judge",assignment="judge",status="ok"} 2.0'
+        )
+        assert judged in s.gateway.metrics.exposition().decode()
 
         (tmp_path / "prompts/rubric/v1.j2").write_text(
             "{% block user %}Expected {{ answer }}; got {{ response }}{% endblock %}\n"

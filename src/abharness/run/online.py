@@ -303,24 +303,19 @@ class OnlineSession:
             job = self._job(shadow, case, variables, subject_hash, "shadow", cap)
             self._background(self._call(job), f"shadow call {job.call_id}")
         job = self._job(assigned, case, variables, subject_hash, "assigned", cap, relay)
-        if relay is not None:  # the call whose text the relay passes on
-            relay.call_id, relay.arm_id = job.call_id, assigned
         record, response = await self._call(job)
         answer = Answer(record, response, assigned)
-        half_sent = relay is not None and relay.sent  # the client holds part of this answer
-        if response is None and record.error_type not in NO_FALLBACK and not half_sent:
+        if response is None and record.error_type not in NO_FALLBACK:
             for arm_id in self.serve.fallback:
+                if relay is not None and relay.sent:
+                    break  # the client holds part of an answer: no other may follow it
                 if arm_id == assigned:
                     continue
                 fb = self._job(arm_id, case, variables, subject_hash, "fallback", cap, relay)
                 fb.parent_call_id = record.call_id
-                if relay is not None:  # nothing went out of the failed call: this one's now
-                    relay.call_id, relay.arm_id = fb.call_id, arm_id
                 fb_record, fb_response = await self._call(fb)
                 if fb_response is not None:
                     answer = Answer(fb_record, fb_response, assigned)
-                    break
-                if relay is not None and relay.sent:
                     break
         if answer.ok:
             self._remember(answer.record.call_id)
@@ -343,6 +338,8 @@ class OnlineSession:
     async def _call(self, job: CallJob) -> tuple[CallRecord, ProviderResponse | None]:
         """One call through the one call path, scored and written."""
         assert self.executor is not None and self.writer is not None
+        if job.relay is not None:  # the call whose text the relay passes on, from now
+            job.relay.call_id, job.relay.arm_id = job.call_id, job.arm.id
         try:
             record, response = await self.executor.execute(job)
         finally:  # stamped and dropped by `_finished`; a call cancelled mid-way leaves none
@@ -355,7 +352,7 @@ class OnlineSession:
             for scorer in self.judges:  # in the background: the client never waits for them
                 grading = self._judge(scorer, job, record, response.text)
                 self._background(grading, f"{scorer.name} grading {record.call_id}")
-        await self._written(record, scores, record.assignment or "assigned")
+        await self._written(record, scores)
         return record, response
 
     def _scored(
@@ -371,13 +368,16 @@ class OnlineSession:
             )
         return ScoreRecord(record.call_id, self.run_id, scorer.name, s.value, s.passed, s.detail)
 
-    async def _written(self, record: CallRecord, scores: list[ScoreRecord], label: str) -> None:
+    async def _written(self, record: CallRecord, scores: list[ScoreRecord]) -> None:
+        """Journal and queue `record` with its scores; counted, and told to `on_call`
+        with its assignment (``judge`` for a grading's call)."""
         assert self.writer is not None
         await self.writer.put(record, scores)
         self.stats.calls += 1
         self.stats.by_arm[record.arm_id] = self.stats.by_arm.get(record.arm_id, 0) + 1
         if self.on_call is not None:
-            self.on_call(record, label)
+            judge = record.judged_call_id is not None
+            self.on_call(record, record.assignment or ("judge" if judge else "assigned"))
 
     def _background(self, work: Coroutine[Any, Any, object], name: str) -> None:
         """A task the answer does not wait for, and `stop` does (up to the grace period);
@@ -413,7 +413,7 @@ class OnlineSession:
             score = ScoreRecord(judged.call_id, self.run_id, scorer.name, None, None, failed)
         else:
             score = self._scored(judged, scorer, partial(scorer.judge_score, response.text))
-        await self._written(record, [score], "judge")
+        await self._written(record, [score])
 
     def _check_judges(self) -> None:
         """A judge's rubric renders from the client's request and the answer: one that
