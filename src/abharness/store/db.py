@@ -76,6 +76,7 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path), config=STAGING_CONFIG)
+        self._types: dict[str, dict[str, Any]] = {}  # `_arrow_types`
         migrate(self.con)
         for table in LOGS:
             _drop_key(self.con, table)
@@ -132,24 +133,19 @@ class Store:
         return answered
 
     def insert(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
-        """Insert rows of a few columns (runs, arms, cases) in one parameterised
-        statement, replacing a run's or arm's row with the same key; every row has the
-        same keys, and columns left out take their default."""
+        """Insert rows of a few columns (runs, arms, cases), replacing a run's or arm's
+        row with the same key; every row has the same keys, and columns left out take
+        their default."""
         batch = list(rows)
         if table not in TABLES:
             raise ValueError(table)
         if not batch:
             return 0
-        columns = list(batch[0])
+        columns = tuple(batch[0])
         if any(row.keys() != batch[0].keys() for row in batch):
             raise ValueError(f"rows for {table} differ in their keys")
-        one = "(" + ", ".join("?" * len(columns)) + ")"
-        verb = "INSERT" if table in LOGS else "INSERT OR REPLACE"
-        self.con.execute(
-            f"{verb} INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * len(batch))}",
-            [row[c] for row in batch for c in columns],
-        )
-        return len(batch)
+        values = [[row[c] for row in batch] for c in columns]
+        return self._insert_columns(table, columns, values, replace=table not in LOGS)
 
     def insert_calls(self, records: list[CallRecord]) -> int:
         return self._append("calls", records, CALL_COLUMNS)
@@ -160,20 +156,48 @@ class Store:
     def _append(
         self, table: str, records: list[CallRecord] | list[ScoreRecord], columns: tuple[str, ...]
     ) -> int:
-        """Records in one statement through a DataFrame, DuckDB's fastest way in for many
-        columns. pandas is imported here, not with the module: `abharness run` sends its
-        first request before it."""
         if not records:
             return 0
-        import pandas as pd
+        values = [list(column) for column in zip(*as_rows(records), strict=True)]
+        return self._insert_columns(table, columns, values)
 
-        frame = pd.DataFrame(as_rows(records), columns=columns)
+    def _insert_columns(
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        values: list[list[Any]],
+        *,
+        replace: bool = False,
+    ) -> int:
+        """Rows given column by column, in one statement through an Arrow table typed as
+        the table's columns: DuckDB reads it without the GIL, and building it is C++ (a
+        DataFrame, before, cost twice the CPU, most of it under the GIL that a serving
+        loop needs; a statement of parameters cost more still: BENCHMARKS.md). pyarrow
+        is imported here, not with the module: `abharness run` sends its first request
+        before it."""
+        import pyarrow as pa
+
+        types = self._arrow_types(table)
+        frame = pa.Table.from_arrays(
+            [pa.array(v, type=types[c]) for c, v in zip(columns, values, strict=True)],
+            names=list(columns),
+        )
+        names = ", ".join(columns)
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
         self.con.register("_batch", frame)
         try:
-            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _batch")
+            self.con.execute(f"{verb} INTO {table} ({names}) SELECT {names} FROM _batch")
         finally:
             self.con.unregister("_batch")
-        return len(frame)
+        return frame.num_rows
+
+    def _arrow_types(self, table: str) -> dict[str, Any]:
+        """The Arrow type of each of `table`'s columns (JSON as text), asked once."""
+        types = self._types.get(table)
+        if types is None:
+            schema = self.con.sql(f"FROM {table} LIMIT 0").to_arrow_table().schema
+            types = self._types[table] = {f.name: f.type for f in schema}
+        return types
 
     def reopen(self, run_id: str) -> set[str]:
         """Resume `run_id` in this staging file: return the calls made (`MADE_SQL`), which
