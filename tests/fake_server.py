@@ -44,7 +44,9 @@ class Fault:
     body: dict[str, Any] | None = None
     delay_s: float = 0.0
     hang: bool = False
-    stream: str = ""  # "empty": a 200 stream with no content; "cut": ends before its final chunk
+    # "empty": a 200 stream with no content; "cut": ends before its final chunk; "error":
+    # an error event after the pieces (OpenAI's format only)
+    stream: str = ""
 
 
 @dataclass
@@ -330,6 +332,10 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 for piece in _pieces(text):
                     yield chunk({"content": piece})
                 if self.stream_mode == "cut":
+                    return
+                if self.stream_mode == "error":
+                    error = {"message": "the model is overloaded", "type": "server_error"}
+                    yield f"data: {json.dumps({'error': error})}\n\n"
                     return
                 yield chunk({}, "stop")
                 if server.stream_usage and (body.get("stream_options") or {}).get("include_usage"):

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from abharness.cli.main import cli
-from abharness.errors import ConnectionError_, ServerError
+from abharness.errors import ConnectionError_, OtherCallError, ServerError
 from abharness.providers.base import ProviderRequest
 from abharness.run.experiment import run_experiment
 
@@ -42,6 +42,9 @@ def rows(db: Path, sql: str = "SELECT * FROM calls ORDER BY arm_id, case_id") ->
 
 
 def provider(kind: str, url: str, **options) -> object:
+    """`kind` "openai-direct": the OpenAI provider with ``transport: direct``."""
+    if kind == "openai-direct":
+        kind, options = "openai", {**options, "transport": "direct"}
     base = f"{url}/v1" if kind == "openai" else url
     return make_provider(kind, "fake", base_url=base, **options)
 
@@ -49,7 +52,7 @@ def provider(kind: str, url: str, **options) -> object:
 CHAT = ProviderRequest(model="m", messages=({"role": "user", "content": "capital of Peru?"},))
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", ["openai", "openai-direct", "anthropic"])
 @pytest.mark.parametrize("mode", ["empty", "cut"])
 async def test_an_empty_or_cut_stream_is_a_server_error(
     server: FakeServer, kind: str, mode: str
@@ -60,6 +63,21 @@ async def test_an_empty_or_cut_stream_is_a_server_error(
         with pytest.raises(ServerError, match="stream ended before the final chunk"):
             await p.generate(CHAT)
         assert (await p.generate(CHAT)).text == "Lima"  # the next, whole stream is fine
+    finally:
+        await p.aclose()
+
+
+@pytest.mark.parametrize("kind", ["openai", "openai-direct"])
+async def test_an_error_event_in_a_stream_is_the_servers_message(
+    server: FakeServer, kind: str
+) -> None:
+    """Both transports read OpenAI's error event the same way: its message, after the
+    pieces that came before it were handed on."""
+    server.faults.append(Fault(stream="error"))
+    p = provider(kind, server.url)
+    try:
+        with pytest.raises(OtherCallError, match="APIError: the model is overloaded"):
+            await p.generate(CHAT)
     finally:
         await p.aclose()
 
@@ -235,7 +253,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", ["openai", "openai-direct", "anthropic"])
 async def test_a_refused_connection_says_so_and_where(kind: str) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     p = provider(kind, url)
@@ -247,8 +265,11 @@ async def test_a_refused_connection_says_so_and_where(kind: str) -> None:
     assert str(caught.value).startswith(f"connection refused: {url}")
 
 
-async def test_a_wrong_base_url_names_the_url_and_the_fix(server: FakeServer) -> None:
-    p = make_provider("openai", "fake", base_url=f"{server.url}/wrong")
+@pytest.mark.parametrize("transport", ["aiohttp", "direct"])
+async def test_a_wrong_base_url_names_the_url_and_the_fix(
+    server: FakeServer, transport: str
+) -> None:
+    p = make_provider("openai", "fake", base_url=f"{server.url}/wrong", transport=transport)
     try:
         with pytest.raises(Exception) as caught:
             await p.generate(CHAT)
@@ -259,7 +280,8 @@ async def test_a_wrong_base_url_names_the_url_and_the_fix(server: FakeServer) ->
     assert "check base_url" in message
 
 
-async def test_a_reset_keep_alive_connection_is_a_connection_error() -> None:
+@pytest.mark.parametrize("kind", ["openai", "openai-direct"])
+async def test_a_reset_keep_alive_connection_is_a_connection_error(kind: str) -> None:
     """A server that accepts and closes without answering: 'connection', not 'timeout'."""
     import threading
 
@@ -280,7 +302,7 @@ async def test_a_reset_keep_alive_connection_is_a_connection_error() -> None:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    p = provider("openai", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    p = provider(kind, f"http://127.0.0.1:{listener.getsockname()[1]}")
     try:
         with pytest.raises(ConnectionError_, match="connection reset by the server"):
             await p.generate(CHAT)

@@ -17,6 +17,14 @@ from .fake_server import CONTEXT_LENGTH_BODIES, FakeServer, Fault
 
 KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "ollama": None}
 MODELS = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5", "ollama": "llama3.2"}
+# "openai-direct": the OpenAI provider with `transport: direct` (providers.wire), held to
+# everything the SDK's transport is held to
+KEYS["openai-direct"], MODELS["openai-direct"] = KEYS["openai"], MODELS["openai"]
+ALL = ["openai", "openai-direct", "anthropic", "ollama"]
+
+
+def type_of(kind: str) -> str:
+    return kind.removesuffix("-direct")
 
 
 @pytest.fixture
@@ -26,11 +34,13 @@ def server() -> Iterator[FakeServer]:
 
 
 def make(kind: str, server: FakeServer, monkeypatch: pytest.MonkeyPatch):
-    options = {"base_url": server.url + ("/v1" if kind == "openai" else "")}
+    options = {"base_url": server.url + ("/v1" if type_of(kind) == "openai" else "")}
     if KEYS[kind]:
         monkeypatch.setenv(KEYS[kind], "test-key-not-secret")
         options["api_key_env"] = KEYS[kind]
-    provider = make_provider(kind, kind, MODELS[kind], **options)
+    if kind == "openai-direct":
+        options["transport"] = "direct"
+    provider = make_provider(type_of(kind), kind, MODELS[kind], **options)
     provider.load()
     return provider
 
@@ -59,7 +69,7 @@ def request(kind: str, stream: bool, raw: bool = False) -> ProviderRequest:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
+@pytest.mark.parametrize("kind", ALL)
 @pytest.mark.parametrize("stream", [True, False])
 async def test_usage_is_exactly_what_the_server_sent(
     kind: str, stream: bool, server, monkeypatch
@@ -92,12 +102,12 @@ async def test_usage_is_exactly_what_the_server_sent(
             m["role"] != "system" for m in logged.body["messages"]
         )
         assert logged.body["stop_sequences"] == ["\n"]
-    if kind == "openai":
+    if type_of(kind) == "openai":
         assert logged.body["max_tokens"] == 8 and logged.body["seed"] == 7
         assert logged.body.get("stream_options") == ({"include_usage": True} if stream else None)
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
+@pytest.mark.parametrize("kind", ALL)
 async def test_a_stream_hands_each_piece_to_the_attempts_relay(kind, monkeypatch) -> None:
     """`abharness serve` passes a stream through by the attempt's relay: every piece,
     in order, as it arrives; none without a stream."""
@@ -162,7 +172,7 @@ ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
+@pytest.mark.parametrize("kind", ALL)
 @pytest.mark.parametrize(("fault", "error", "retry_after"), ERRORS)
 async def test_http_errors_map_to_the_spec_types(
     kind, fault, error, retry_after, server, monkeypatch
@@ -180,10 +190,10 @@ async def test_http_errors_map_to_the_spec_types(
 CONTEXT = CONTEXT_LENGTH_BODIES
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
+@pytest.mark.parametrize("kind", ALL)
 async def test_context_length_and_bad_request(kind, server, monkeypatch) -> None:
     provider = make(kind, server, monkeypatch)
-    server.faults.append(Fault(400, body=CONTEXT[kind]))
+    server.faults.append(Fault(400, body=CONTEXT[type_of(kind)]))
     with pytest.raises(errors.ContextLengthError):
         await provider.generate(request(kind, False))
     server.faults.append(Fault(400))
@@ -192,14 +202,17 @@ async def test_context_length_and_bad_request(kind, server, monkeypatch) -> None
     await provider.aclose()
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
+@pytest.mark.parametrize("kind", ALL)
 async def test_connection_refused_is_a_connection_error(kind, monkeypatch) -> None:
     server = FakeServer()
     url = server.url
     server.stop()  # nothing listens there now
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    provider = make_provider(kind, kind, MODELS[kind], base_url=url, api_key_env=KEYS[kind])
+    direct = {"transport": "direct"} if kind == "openai-direct" else {}
+    provider = make_provider(
+        type_of(kind), kind, MODELS[kind], base_url=url, api_key_env=KEYS[kind], **direct
+    )
     provider.load()
     with pytest.raises(errors.ConnectionError_):
         await provider.generate(request(kind, True))

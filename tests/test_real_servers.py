@@ -23,8 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 from abharness.cli.main import cli
+from abharness.providers.base import ProviderRequest
 
-from .conftest import write
+from .conftest import make_provider, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -223,6 +224,45 @@ def test_through_litellm_streamed_usage_is_flagged_and_request_ids_are_kept(
         assert "a proxy's own estimate" in out
     else:
         assert {r["usage_source"] for r in rows} == {"body"}
+
+
+@pytest.mark.parametrize("upstream", ["llama-cpp-python", "litellm"])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_direct_transport_gets_what_the_sdk_gets(
+    upstream: str, stream: bool, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`transport: direct` (providers.wire) against servers nobody here wrote: the same
+    request through it and through the SDK gets the same answer, counts, finish reason,
+    served model and where the counts came from, and a request id from each."""
+    if upstream == "litellm":
+        url, key = request.getfixturevalue("litellm")
+        model = "gemma"
+    else:
+        url, key, model = request.getfixturevalue("llama_server"), "none", "gemma3-270m"
+    monkeypatch.setenv("SERVER_KEY", key)
+    asked = ProviderRequest(
+        model=model,
+        prompt="Q: What is the capital of Italy?\nA: Rome\nQ: What is the capital of Peru?\nA:",
+        max_tokens=8,
+        temperature=0,
+        stop=("\n",),
+        stream=stream,
+    )
+    got = {}
+    for transport in ("aiohttp", "direct"):
+        provider = make_provider(
+            "openai", "srv", model, base_url=url, api_key_env="SERVER_KEY", transport=transport
+        )
+        provider.load()
+        try:
+            got[transport] = await provider.generate(asked)
+        finally:
+            await provider.aclose()
+    sdk, direct = got["aiohttp"], got["direct"]
+    assert direct.text.strip() and direct.request_id
+    same = ("text", "usage", "finish_reason", "served_model", "usage_source")
+    assert {f: getattr(direct, f) for f in same} == {f: getattr(sdk, f) for f in same}
+    assert (direct.ttft_ms is not None) == stream
 
 
 @pytest.mark.parametrize("upstream", ["llama-cpp-python", "litellm"])

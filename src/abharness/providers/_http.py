@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from ..errors import (
     AuthError,
@@ -242,6 +243,36 @@ def request_url(exc: BaseException) -> str | None:
     return str(url).split("?")[0] if url is not None else None
 
 
+def error_from_body(
+    status: int,
+    body: Any,
+    headers: Mapping[str, str],
+    url: str | None,
+    request_id: str | None = None,
+    fallback: str | None = None,
+) -> CallError:
+    """The `CallError` of an error response of the OpenAI or Anthropic API: the message
+    and code of its ``{"error": {...}}`` body (`fallback` or the body itself if it has
+    none); a 404 says where nothing was found."""
+    err = body.get("error", body) if isinstance(body, dict) else {}
+    code = err.get("code") or err.get("type") if isinstance(err, dict) else None
+    message = (err.get("message") if isinstance(err, dict) else None) or fallback
+    if not message:
+        message = body[:500] if isinstance(body, str) and body else f"HTTP {status}"
+    if status == 404 and url:
+        message = (
+            f"{message} — nothing at {url}: check base_url (OpenAI-compatible servers "
+            "usually serve under /v1) and the model name"
+        )
+    return error_from_status(
+        status,
+        message,
+        headers=headers,
+        request_id=request_id or headers.get("x-request-id"),
+        code=code,
+    )
+
+
 def map_stainless_error(exc: Exception, sdk: object) -> CallError:
     """Map an exception of the openai or anthropic SDK (same generated structure)."""
     if isinstance(exc, CallError):
@@ -250,21 +281,13 @@ def map_stainless_error(exc: Exception, sdk: object) -> CallError:
     if isinstance(exc, sdk.APIConnectionError):  # type: ignore[attr-defined] # timeouts too
         return transport_error(exc, url)
     if isinstance(exc, sdk.APIStatusError):  # type: ignore[attr-defined]
-        body = exc.body if isinstance(exc.body, dict) else {}
-        err = body.get("error", body) if isinstance(body, dict) else {}
-        code = err.get("code") or err.get("type") if isinstance(err, dict) else None
-        message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
-        if exc.status_code == 404 and url:
-            message = (
-                f"{message} — nothing at {url}: check base_url (OpenAI-compatible servers "
-                "usually serve under /v1) and the model name"
-            )
-        return error_from_status(
+        return error_from_body(
             exc.status_code,
-            message,
-            headers=dict(exc.response.headers),
+            exc.body if isinstance(exc.body, dict) else {},
+            dict(exc.response.headers),
+            url,
             request_id=getattr(exc, "request_id", None),
-            code=code,
+            fallback=str(exc),
         )
     return OtherCallError(f"{type(exc).__name__}: {exc}")
 
