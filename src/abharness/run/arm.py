@@ -46,6 +46,7 @@ class ArmPlan:
     _budget: int | None = field(default=None, repr=False)
     _budget_known: bool = field(default=False, repr=False)
     _tokenizer: Tokenizer | None = field(default=None, repr=False)
+    _hashed_params: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -75,6 +76,14 @@ class ArmPlan:
         if self._tokenizer is None:
             self._tokenizer = self.provider.tokenizer(self.model)
         return self._tokenizer
+
+    def hashed_params(self) -> dict[str, Any]:
+        """The parameters that make a request what it is (a call's ``request_hash``),
+        worked out once: the arm's parameters do not change."""
+        if self._hashed_params is None:
+            exclude = {"timeout_s", "stream", "mode"}
+            self._hashed_params = self.params.model_dump(exclude_none=True, exclude=exclude)
+        return self._hashed_params
 
     def fit_vars(self, variables: dict[str, Any]) -> FittedPrompt:
         return fit_to_budget(self.template, variables, self.tokenizer(), self.budget())

@@ -242,9 +242,7 @@ class Executor:
             "endpoint": arm.provider.connection_key(),
             "model": request.model,
             "prompt": fitted.rendered.as_json(),
-            "params": arm.params.model_dump(
-                exclude_none=True, exclude={"timeout_s", "stream", "mode"}
-            ),
+            "params": arm.hashed_params(),
         }
         api = arm.provider.api_for(request)
         if api is not None:  # only where one request can go to two APIs

@@ -292,7 +292,8 @@ class OnlineSession:
     ) -> Answer:
         assert self.writer is not None
         self.stats.requests += 1
-        request_id = f"{int(time.time() * 1000):x}-{secrets.token_hex(6)}"
+        # the request's case: when it came and its number in the run (unique in it)
+        request_id = f"{int(time.time() * 1000):x}-{self.stats.requests:x}"
         subject_hash = self.subjects.hash(subject)
         case = Case(id=request_id, data={"endpoint": endpoint})
         variables = client_variables(messages, prompt)

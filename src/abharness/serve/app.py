@@ -200,8 +200,9 @@ class Gateway:
                 500, f"internal error: {type(exc).__name__}", "api_error", "internal_error"
             ).response()
         finally:
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - began)
+            m = self.metrics
+            m.of(m.requests, endpoint, str(status)).inc()
+            m.of(m.request_seconds, endpoint).observe(time.perf_counter() - began)
 
     def _body(self, answer: Answer, endpoint: str) -> dict[str, Any]:
         record = answer.record

@@ -59,6 +59,7 @@ def command(spec: Path, host: str, port: int, db: Path) -> None:
         host=host,
         port=port,
         log_level="warning",
+        proxy_headers=False,  # nothing here reads the client's address or scheme
         timeout_graceful_shutdown=max(math.ceil(session.grace_s), 1),
     )
     # uvicorn handles SIGINT and SIGTERM itself (drain, then the app's shutdown: written

@@ -5,6 +5,8 @@ never a user, a key or a prompt."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -59,22 +61,32 @@ class GatewayMetrics:
         self.feedback = Counter(
             "abharness_serve_feedback", "Feedback scores recorded", ["status"], registry=r
         )
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def of(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once (the labels are few and bounded;
+        prometheus-client takes a lock and builds a key each time)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def call(self, record: CallRecord, assignment: str) -> None:
-        arm = record.arm_id
-        self.calls.labels(arm, assignment, record.status).inc()
+        arm, of = record.arm_id, self.of
+        of(self.calls, arm, assignment, record.status).inc()
         if not record.ok:
-            self.errors.labels(arm, record.error_type or "other").inc()
+            of(self.errors, arm, record.error_type or "other").inc()
         if record.latency_ms is not None:
-            self.latency.labels(arm).observe(record.latency_ms / 1000)
+            of(self.latency, arm).observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
-            self.ttft.labels(arm).observe(record.ttft_ms / 1000)
+            of(self.ttft, arm).observe(record.ttft_ms / 1000)
         if record.usage.input_tokens:
-            self.tokens.labels(arm, "input").inc(record.usage.input_tokens)
+            of(self.tokens, arm, "input").inc(record.usage.input_tokens)
         if record.usage.output_tokens:
-            self.tokens.labels(arm, "output").inc(record.usage.output_tokens)
+            of(self.tokens, arm, "output").inc(record.usage.output_tokens)
         if record.cost_usd:
-            self.cost.labels(arm).inc(record.cost_usd)
+            of(self.cost, arm).inc(record.cost_usd)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
