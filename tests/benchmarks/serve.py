@@ -12,7 +12,9 @@ is the client (aiohttp). In one run, side by side:
 - **memory**: this tree's gateway RSS (``/proc/PID/status``) every 10% of
   `--memory-requests` sent through it at full speed.
 
-``--old REF`` runs the gateway of an earlier commit beside this tree's.
+This tree's gateway runs twice: its arms on the OpenAI provider's ``transport: direct``
+(what the README advises for a busy gateway; its memory is measured) and on the
+default SDK transport. ``--old REF`` runs the gateway of an earlier commit beside them.
 
     .venv/bin/python -m tests.benchmarks.serve [--rate 200] [--memory-requests 100000] [--old REF]
 """
@@ -43,7 +45,7 @@ BODY = {
 SPEC = """name: bench
 prompts_dir: prompts
 providers:
-  up: {{type: openai, base_url: "{url}/v1", api_key_env: FAKE_KEY, concurrency: 256}}
+  up: {{type: openai, base_url: "{url}/v1", api_key_env: FAKE_KEY, concurrency: 256{options}}}
 defaults: {{stream: false, max_tokens: 8}}
 arms:
   - {{id: control, provider: up, model: model-a}}
@@ -247,11 +249,13 @@ SERVE = "import sys; from abharness.entry import main; sys.argv[0] = 'abharness'
 
 
 def start_gateway(
-    name: str, src: Path, root: Path, upstream: str, env: dict[str, str]
+    name: str, src: Path, root: Path, upstream: str, env: dict[str, str], transport: str | None
 ) -> tuple[Gateway, subprocess.Popen[bytes]]:
-    """`abharness serve` from the source tree `src`, up once /healthz answers."""
+    """`abharness serve` from the source tree `src` (its arms on the OpenAI provider's
+    `transport`, or its default), up once /healthz answers."""
     (root / "prompts").mkdir(parents=True)
-    (root / "spec.yaml").write_text(SPEC.format(url=upstream), encoding="utf-8")
+    options = f", options: {{transport: {transport}}}" if transport else ""
+    (root / "spec.yaml").write_text(SPEC.format(url=upstream, options=options), encoding="utf-8")
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -315,8 +319,12 @@ def main() -> None:
             tempfile.TemporaryDirectory(prefix="abharness-serve-bench-") as tmp,
         ):
             gateways = []
-            for i, (name, src) in enumerate(sources.items()):
-                gateway, proc = start_gateway(name, src, Path(tmp) / str(i), upstream, env)
+            setups = [("this tree, transport: direct", sources["this tree"], "direct")]  # memory
+            setups.append(("this tree, transport: aiohttp (the SDK)", sources["this tree"], None))
+            setups += [(name, src, None) for name, src in sources.items() if name != "this tree"]
+            for i, (name, src, transport) in enumerate(setups):
+                root = Path(tmp) / str(i)
+                gateway, proc = start_gateway(name, src, root, upstream, env, transport)
                 gateways.append(gateway)
                 procs.append(proc)
             print(

@@ -1,5 +1,6 @@
 """Memory of a staging file as it grows: calls and their scores appended through
-`Store`, 256 at a time, with call ids as random as the real ones; DuckDB's own memory
+`Store`, as many at a time as the run's writer batches (`WRITE_BATCH`, cases and
+calls: half of it calls), with call ids as random as the real ones; DuckDB's own memory
 (`duckdb_memory()`) and the process's peak RSS every 100k calls.
 
     .venv/bin/python -m tests.benchmarks.staging [--calls 1000000]
@@ -13,10 +14,11 @@ import tempfile
 from pathlib import Path
 
 from abharness.hashing import content_hash
+from abharness.run.writer import WRITE_BATCH
 from abharness.store.db import STAGING_CONFIG, Store
 from abharness.store.records import CallRecord, ScoreRecord
 
-BATCH = 256
+BATCH = WRITE_BATCH // 2
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ direct``: one POST of the JSON body, the answer read as JSON or as server-sent e
 
 The official SDK builds each request through its own machinery (options copied,
 headers merged, the URL parsed, an httpx request translated to aiohttp and the answer
-back), about 0.7 ms of CPU a call; a gateway serving hundreds of requests a second on
+back), 0.7-0.9 ms of CPU a call; a gateway serving hundreds of requests a second on
 one core spends most of its time there (BENCHMARKS.md, `abharness serve`). This is
 what is left of a call once that is gone: what goes on the wire and what comes back
 are the same (the tests run both transports against the same servers), errors map

@@ -32,8 +32,9 @@ from ..store.migrations import transaction
 from ..store.records import CallRecord, ScoreRecord
 
 # A transaction of the staging file costs ~9 ms however few its rows: batches of 256
-# (cases and calls) cost 0.08-0.12 ms of CPU a call, of 2,048 0.013 (BENCHMARKS.md), so
-# a busy run writes about once a second and a quiet one every `WRITE_INTERVAL_S`.
+# rows (128 calls and their cases) cost 0.095-0.125 ms of CPU a call, of 2,048 rows
+# 0.017-0.019 (BENCHMARKS.md, `abharness serve`), so a busy run writes about once a
+# second and a quiet one every `WRITE_INTERVAL_S`.
 WRITE_BATCH = 2048
 WRITE_BATCH_BYTES = 8 * 1024 * 1024  # prompt and response text per insert
 WRITE_INTERVAL_S = 1.0
