@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # The staging file is written by this process alone, a batch at a time: DuckDB need not
 # keep its pages in memory (by default it may use 80% of RAM), and a smaller WAL between
 # checkpoints bounds what a checkpoint holds. Staging 1M calls and their scores, DuckDB
-# holds 10-22 MB throughout (`python -m tests.benchmarks.staging`, BENCHMARKS.md). At
+# holds 8-14 MB throughout (`python -m tests.benchmarks.staging`, BENCHMARKS.md). At
 # 16 MB a checkpoint itself ran out of memory.
 STAGING_CONFIG: dict[str, Any] = {"memory_limit": "64MB", "checkpoint_threshold": "4MB"}
 
