@@ -226,6 +226,15 @@ def test_through_litellm_streamed_usage_is_flagged_and_request_ids_are_kept(
         assert {r["usage_source"] for r in rows} == {"body"}
 
 
+def _upstream(name: str, request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """(base URL, key, model) of llama-cpp-python's server or of LiteLLM's proxy in
+    front of it."""
+    if name == "litellm":
+        url, key = request.getfixturevalue("litellm")
+        return url, key, "gemma"
+    return request.getfixturevalue("llama_server"), "none", "gemma3-270m"
+
+
 @pytest.mark.parametrize("upstream", ["llama-cpp-python", "litellm"])
 @pytest.mark.parametrize("stream", [True, False])
 async def test_the_direct_transport_gets_what_the_sdk_gets(
@@ -234,11 +243,7 @@ async def test_the_direct_transport_gets_what_the_sdk_gets(
     """`transport: direct` (providers.wire) against servers nobody here wrote: the same
     request through it and through the SDK gets the same answer, counts, finish reason,
     served model and where the counts came from, and a request id from each."""
-    if upstream == "litellm":
-        url, key = request.getfixturevalue("litellm")
-        model = "gemma"
-    else:
-        url, key, model = request.getfixturevalue("llama_server"), "none", "gemma3-270m"
+    url, key, model = _upstream(upstream, request)
     monkeypatch.setenv("SERVER_KEY", key)
     asked = ProviderRequest(
         model=model,
@@ -275,11 +280,7 @@ def test_serve_passes_the_real_servers_stream_through_as_it_comes(
     join to the stored answer."""
     from .test_serve_process import Process, rows
 
-    if upstream == "litellm":
-        url, key = request.getfixturevalue("litellm")
-        model = "gemma"
-    else:
-        url, key, model = request.getfixturevalue("llama_server"), "none", "gemma3-270m"
+    url, key, model = _upstream(upstream, request)
     monkeypatch.setenv("UPSTREAM_KEY", key)
 
     (tmp_path / "prompts").mkdir()
