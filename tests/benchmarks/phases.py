@@ -29,7 +29,7 @@ import json, resource, sys
 peaks = {}
 def mark(name):
     peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-import abharness.run.experiment as experiment, abharness.run.runner as runner
+import abharness.run.runner as runner, abharness.store.recorder as recorder
 import abharness.report.build as build
 calls = runner.Runner.run
 async def run(self):
@@ -46,7 +46,7 @@ def wrap(module, name, phase):
         finally:
             mark(phase)
     setattr(module, name, wrapped)
-wrap(experiment, "merge", "merge")
+wrap(recorder.Recorder, "merge", "merge")
 wrap(build, "write_report", "report")
 from abharness.entry import main
 sys.argv = ["abharness", "run", *sys.argv[1:]]
