@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import secrets
 import time
@@ -158,6 +159,9 @@ class OnlineSession:
                     f"could not load {provider.label}: {exc}", file=self.spec.path
                 ) from exc
         await asyncio.to_thread(self.plan.warm_up)  # SDKs and tokenizers: not the first request's
+        # and the writer's pyarrow (a run imports it with its first batch, after its
+        # first request; a gateway would import it under the requests of its first second)
+        await asyncio.to_thread(importlib.import_module, "pyarrow")
         self.recorder = Recorder.start(
             self.db, self.run_id, run_row(self.plan, "online"), arm_rows(self.plan, [])
         )

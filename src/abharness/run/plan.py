@@ -108,11 +108,11 @@ class Plan:
         return missing
 
     def warm_up(self) -> None:
-        """Import the providers' SDKs and pyarrow (the first write's), make the arms'
-        tokenizers and load genai-prices' data, the work the first calls would do
-        (~0.5 s), so that it runs in a thread while the run's store is set up. Anything
-        that fails here fails again in the call that needs it, and is recorded there."""
-        for module in {p.sdk for p in self.providers if p.sdk} | {"pyarrow"}:
+        """Import the providers' SDKs, make the arms' tokenizers and load genai-prices'
+        data, the work the first calls would do (~0.5 s), so that it runs in a thread
+        while the run's store is set up. Anything that fails here fails again in the
+        call that needs it, and is recorded there."""
+        for module in {p.sdk for p in self.providers if p.sdk}:
             with contextlib.suppress(Exception):
                 importlib.import_module(module)
         for arm in self.all_arms():

@@ -135,7 +135,9 @@ class Store:
     def insert(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
         """Insert rows of a few columns (runs, arms, cases), replacing a run's or arm's
         row with the same key; every row has the same keys, and columns left out take
-        their default."""
+        their default. The cases come in batches, through Arrow (`_insert_columns`); a
+        run's or arm's rows in one parameterised statement, which needs no pyarrow
+        before the run's first request."""
         batch = list(rows)
         if table not in TABLES:
             raise ValueError(table)
@@ -144,8 +146,15 @@ class Store:
         columns = tuple(batch[0])
         if any(row.keys() != batch[0].keys() for row in batch):
             raise ValueError(f"rows for {table} differ in their keys")
-        values = [[row[c] for row in batch] for c in columns]
-        return self._insert_columns(table, columns, values, replace=table not in LOGS)
+        if table in LOGS:
+            return self._insert_columns(table, columns, [[r[c] for r in batch] for c in columns])
+        one = "(" + ", ".join("?" * len(columns)) + ")"
+        self.con.execute(
+            f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
+            f"VALUES {', '.join([one] * len(batch))}",
+            [row[c] for row in batch for c in columns],
+        )
+        return len(batch)
 
     def insert_calls(self, records: list[CallRecord]) -> int:
         return self._append("calls", records, CALL_COLUMNS)
@@ -161,14 +170,7 @@ class Store:
         values = [list(column) for column in zip(*as_rows(records), strict=True)]
         return self._insert_columns(table, columns, values)
 
-    def _insert_columns(
-        self,
-        table: str,
-        columns: tuple[str, ...],
-        values: list[list[Any]],
-        *,
-        replace: bool = False,
-    ) -> int:
+    def _insert_columns(self, table: str, columns: tuple[str, ...], values: list[list[Any]]) -> int:
         """Rows given column by column, in one statement through an Arrow table typed as
         the table's columns: DuckDB reads it without the GIL, and building it is C++ (a
         DataFrame, before, cost twice the CPU, most of it under the GIL that a serving
@@ -183,10 +185,9 @@ class Store:
             names=list(columns),
         )
         names = ", ".join(columns)
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
         self.con.register("_batch", frame)
         try:
-            self.con.execute(f"{verb} INTO {table} ({names}) SELECT {names} FROM _batch")
+            self.con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _batch")
         finally:
             self.con.unregister("_batch")
         return frame.num_rows
