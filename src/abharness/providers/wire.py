@@ -25,6 +25,9 @@ from .. import __version__
 from ..errors import CallError, OtherCallError
 from ._http import error_from_body, transport_error
 
+# what aiohttp raises when the connection, not the server, failed
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
 
 class Wire:
     """One aiohttp session for an endpoint, made on the loop that calls it."""
@@ -61,7 +64,7 @@ class Wire:
                 return response
             async with response:
                 raw = await response.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise transport_error(exc, url) from exc
         raise error_from_body(response.status, _json_or_text(raw), response.headers, url)
 
@@ -70,11 +73,11 @@ class Wire:
     ) -> tuple[dict[str, Any], Mapping[str, str]]:
         """The JSON answer to `body` and the response's headers."""
         response = await self._send(path, body)
-        url = self.base_url + path
+        url = str(response.url)
         try:
             async with response:
                 raw = await response.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise transport_error(exc, url) from exc
         try:
             answer = json.loads(raw)
